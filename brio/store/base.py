@@ -1,0 +1,205 @@
+"""The store's typed interface, shared by the SQLite and PostgreSQL backends.
+
+Everything the node keeps durably goes through this protocol: tasks, sessions and their
+messages, nodes, agents, the fence (an epoch row that later issues use to stop a deposed
+primary from writing) and configuration. Methods are trio-native coroutines; the PostgreSQL
+backend reaches asyncpg through the single trio-asyncio adapter (``brio.aio``).
+
+Updates that move a task are conditional (``WHERE status IN (...) AND attempt = ...``) and
+return ``None`` when the condition no longer holds, so racing writers cannot both win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from brio.core.tasks import TaskStatus
+
+JSON = Any
+
+
+class StoreError(Exception):
+    """A store operation failed in a way the caller should report, not crash on."""
+
+
+class NotFound(StoreError):
+    """The named row does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    agent: str
+    prompt: str
+    input: JSON = field(default_factory=dict)
+    session_id: str | None = None
+    idempotency_key: str | None = None
+    priority: int = 0
+    node_id: str | None = None  # the node a "node/agent" target names; None: any node
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    seq: int
+    agent: str
+    prompt: str
+    input: JSON
+    session_id: str | None
+    idempotency_key: str | None
+    priority: int
+    status: TaskStatus
+    node_id: str | None  # the node it is assigned to or ran on
+    attempt: int
+    result: JSON | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    status: TaskStatus | None = None
+    agent: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    tasks: list[TaskRecord]
+    next_cursor: str | None  # opaque; pass back as ``cursor`` for the next page
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    title: str | None
+    metadata: JSON
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: int
+    session_id: str
+    role: str  # "user" | "assistant" | "system"
+    content: str
+    task_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: str
+    role: str
+    address: str | None
+    version: str
+    status: str
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    name: str
+    kind: str
+    description: str
+    node_id: str
+    updated_at: datetime
+
+
+class Store(Protocol):
+    """What every backend provides. All times are UTC."""
+
+    backend: str  # "sqlite" | "postgresql"
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers a trivial query."""
+
+    async def schema_version(self) -> int: ...
+
+    # tasks
+    async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
+        """Insert a queued task; with an idempotency key already used, return that task and False."""
+
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    async def list_tasks(
+        self, filt: TaskFilter, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        """Newest first. Raise ValueError for a cursor this store did not hand out."""
+
+    async def claim_task(self, node_id: str, agents: list[str]) -> TaskRecord | None:
+        """Move the best queued task (priority, then age) that runs one of ``agents`` and is
+        pinned to ``node_id`` or to no node into ``assigned`` on ``node_id``; None if none."""
+
+    async def mark_running(self, task_id: str, attempt: int) -> TaskRecord | None:
+        """assigned -> running for this attempt; None if the task moved on meanwhile."""
+
+    async def finish_task(
+        self,
+        task_id: str,
+        attempt: int,
+        status: TaskStatus,
+        *,
+        result: JSON | None = None,
+        error: str | None = None,
+        messages: list[tuple[str, str]] | None = None,
+    ) -> TaskRecord | None:
+        """Record a terminal status for this attempt and, in the same transaction, append
+        ``messages`` ((role, content) pairs) to the task's session. None if the attempt is
+        stale or the task is already terminal."""
+
+    async def cancel_task(self, task_id: str) -> TaskRecord | None:
+        """Any non-terminal state -> cancelled; None if already terminal (or unknown)."""
+
+    async def requeue_task(self, task_id: str, attempt: int) -> TaskRecord | None:
+        """assigned/running -> queued with attempt + 1 and no node; None if stale."""
+
+    async def requeue_node_tasks(self, node_id: str) -> list[TaskRecord]:
+        """Requeue every assigned or running task of ``node_id`` (attempt + 1)."""
+
+    async def count_tasks(self, status: TaskStatus) -> int: ...
+
+    # sessions and conversation history
+    async def create_session(self, title: str | None = None, metadata: JSON = None) -> SessionRecord: ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    async def list_sessions(self, limit: int = 50, offset: int = 0) -> list[SessionRecord]: ...
+
+    async def append_messages(
+        self, session_id: str, messages: list[tuple[str, str]], task_id: str | None = None
+    ) -> list[MessageRecord]:
+        """Append in order; raise NotFound for an unknown session."""
+
+    async def list_messages(
+        self, session_id: str, limit: int | None = None
+    ) -> list[MessageRecord]:
+        """Oldest first; with ``limit``, the newest ``limit`` messages, still oldest first."""
+
+    # nodes and agents
+    async def upsert_node(self, node: NodeRecord) -> None: ...
+
+    async def list_nodes(self) -> list[NodeRecord]: ...
+
+    async def upsert_agents(self, node_id: str, agents: list[tuple[str, str, str]]) -> None:
+        """Replace this node's agents with (name, kind, description) triples."""
+
+    async def list_agents(self) -> list[AgentRecord]: ...
+
+    # the fence (used by the coordinator lease in a later issue)
+    async def fence_epoch(self) -> int: ...
+
+    async def raise_fence(self, epoch: int, holder: str) -> bool:
+        """Set the fence to ``epoch`` if it is higher than the current one; True on success."""
+
+    # configuration
+    async def put_config(self, key: str, value: JSON) -> None: ...
+
+    async def get_config(self, key: str) -> JSON | None: ...
