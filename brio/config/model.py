@@ -9,13 +9,65 @@ key at fault.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 Seconds = Annotated[float, Field(gt=0)]
+
+
+#: The pydantic error type raised by ``BrioConfig``'s cross-field check. Its context carries
+#: ``problems``: a tuple of ``Conflict`` so that each one can be reported against its own key.
+CONFLICT_ERROR_TYPE = "brio_config_conflict"
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def split_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6), with a message that says what is wrong.
+
+    Port 0 is only meaningful for addresses we listen on (the OS picks a free port, which
+    tests use); a peer's address needs a real port.
+    """
+    example = "expected host:port, e.g. '10.0.1.2:50051'"
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"{example} (an IPv6 host is written '[::1]:50051')")
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} inside [...] is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"the ':port' is missing; {example}")
+        if ":" in host:
+            raise ValueError(f"an IPv6 host needs brackets, e.g. '[::1]:50051'; {example}")
+        if not host:
+            raise ValueError(f"the host before ':' is missing; {example}")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is not a valid host name or IP address")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"the port {port_text!r} is not a number; {example}")
+    port = int(port_text)
+    lowest = 0 if allow_port_zero else 1
+    if not lowest <= port <= 65535:
+        raise ValueError(f"the port {port} is out of range ({lowest}-65535)")
+    return host, port
+
+
+class Conflict(NamedTuple):
+    """A problem that involves several keys: reported at ``loc``, caused by ``involved``."""
+
+    loc: tuple[str, ...]
+    message: str
+    involved: tuple[tuple[str, ...], ...] = ()
 
 
 class Section(BaseModel):
@@ -41,6 +93,12 @@ class PeerConfig(Section):
     id: str | None = None  # learned from the first heartbeat when not given
     address: str
     role: Literal["coordinator", "worker"] = "worker"
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
 
 
 class DiscoveryConfig(Section):
@@ -102,6 +160,12 @@ class MeshConfig(Section):
     load_balancing: LoadBalancingConfig = Field(default_factory=LoadBalancingConfig)
     failure_detection: FailureDetectionConfig = Field(default_factory=FailureDetectionConfig)
     access_control: AccessControlConfig = Field(default_factory=AccessControlConfig)
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value, allow_port_zero=True)
+        return value
 
 
 class AgentConfig(Section):
@@ -166,6 +230,12 @@ class MetricsConfig(Section):
     path: str = Field(default="/metrics", pattern=r"^/")
     mesh: MeshMetricsConfig = Field(default_factory=MeshMetricsConfig)
 
+    @field_validator("endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value, allow_port_zero=True)
+        return value
+
 
 class BrioConfig(Section):
     data_dir: Path = Path("./brio-data")
@@ -178,6 +248,16 @@ class BrioConfig(Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> BrioConfig:
+        conflicts = find_conflicts(self)
+        if conflicts:
+            summary = "; ".join(f"{'.'.join(c.loc)}: {c.message}" for c in conflicts)
+            raise PydanticCustomError(
+                CONFLICT_ERROR_TYPE, "{summary}", {"summary": summary, "problems": conflicts}
+            )
+        return self
+
     @property
     def database_url(self) -> str:
         """The effective database URL (SQLite under ``data_dir`` unless one is given)."""
@@ -189,3 +269,108 @@ class BrioConfig(Section):
     def database_backend(self) -> Literal["sqlite", "postgresql"]:
         url = self.database_url
         return "postgresql" if url.startswith(("postgresql://", "postgres://")) else "sqlite"
+
+
+def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
+    """Check what no single section can check alone; each problem names the key to change.
+
+    Side effect, on purpose: an ``llm`` agent without ``provider`` gets the only configured
+    provider written into it, so that everyone downstream sees the choice that was made.
+    File paths are not checked for existence here: that is the server's job at start.
+    """
+    found: list[Conflict] = []
+    mesh = config.mesh
+    multi_node = bool(mesh.peers) or mesh.discovery.method != "static"
+    if mesh.enabled and multi_node and config.database_backend == "sqlite":
+        if mesh.peers:
+            why = f"[mesh] enabled = true with {len(mesh.peers)} peer(s) in [[mesh.peers]]"
+            cause: tuple[str, ...] = ("mesh", "peers")
+        else:
+            why = f"[mesh] enabled = true with [mesh.discovery] method = {mesh.discovery.method!r}"
+            cause = ("mesh", "discovery", "method")
+        found.append(
+            Conflict(
+                ("database", "url"),
+                "a multi-node mesh needs PostgreSQL: set [database] url = 'postgresql://...' "
+                f"(or BRIO_DATABASE_URL); {why}, but the database is SQLite",
+                (("mesh", "enabled"), cause),
+            )
+        )
+    tls = mesh.tls
+    tls_on = (("mesh", "tls", "enabled"),)
+    if tls.enabled and tls.cert_file is None:
+        found.append(
+            Conflict(("mesh", "tls", "cert_file"), "TLS is enabled but cert_file is not set", tls_on)
+        )
+    if tls.enabled and tls.key_file is None:
+        found.append(
+            Conflict(("mesh", "tls", "key_file"), "TLS is enabled but key_file is not set", tls_on)
+        )
+    if tls.verify_client and tls.ca_file is None:
+        found.append(
+            Conflict(
+                ("mesh", "tls", "ca_file"),
+                "verify_client = true needs ca_file (the CA that signs the peers' certificates)",
+                (("mesh", "tls", "verify_client"),),
+            )
+        )
+    if tls.verify_client and not tls.enabled:
+        found.append(
+            Conflict(
+                ("mesh", "tls", "verify_client"),
+                "verify_client = true has no effect while [mesh.tls] enabled = false; "
+                "enable TLS or remove verify_client",
+                tls_on,
+            )
+        )
+    if mesh.discovery.method == "dns" and not mesh.discovery.dns_name:
+        found.append(
+            Conflict(
+                ("mesh", "discovery", "dns_name"),
+                "method = 'dns' needs dns_name (the DNS name whose records list the peers)",
+                (("mesh", "discovery", "method"),),
+            )
+        )
+    token = config.server.auth_token
+    if token is not None and not token.get_secret_value():
+        found.append(
+            Conflict(
+                ("server", "auth_token"),
+                "must not be empty (leave it out to run without authentication)",
+            )
+        )
+    found.extend(_provider_conflicts(config))
+    return tuple(found)
+
+
+def _provider_conflicts(config: BrioConfig) -> list[Conflict]:
+    found: list[Conflict] = []
+    known = sorted(config.providers)
+    for name, agent in config.agents.items():
+        loc = ("agents", name, "provider")
+        if agent.provider is not None:
+            if agent.provider not in config.providers:
+                known_text = ", ".join(repr(k) for k in known) if known else "none are configured"
+                found.append(
+                    Conflict(
+                        loc,
+                        f"unknown provider {agent.provider!r}: there is no "
+                        f"[providers.{agent.provider}] section (known providers: {known_text})",
+                    )
+                )
+        elif agent.kind == "llm":
+            if len(known) == 1:
+                agent.provider = known[0]
+            elif not known:
+                found.append(
+                    Conflict(loc, "an llm agent needs a provider, but no [providers.NAME] is set")
+                )
+            else:
+                found.append(
+                    Conflict(
+                        loc,
+                        f"several providers are configured ({', '.join(known)}); "
+                        "choose one with provider = '...'",
+                    )
+                )
+    return found

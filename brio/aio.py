@@ -1,0 +1,72 @@
+"""The one bridge between trio and asyncio: every asyncio library is entered through here.
+
+Brio is a trio program, but asyncpg and grpclib live on asyncio. trio-asyncio runs an asyncio
+loop inside trio; this module is the only place that imports it, so that the rest of the code
+stays plain trio and the bridging rules live in one spot:
+
+- ``open_loop()`` opens the loop and installs an exception handler that logs. The default
+  handler re-raises into the surrounding nursery, so one misbehaving asyncio callback (a client
+  that fails its TLS handshake, say) would otherwise crash the whole node.
+- ``call()`` runs one asyncio coroutine function from trio. Cancelling the trio scope cancels
+  the asyncio task and surfaces as ``trio.Cancelled`` as usual. An asyncio-side cancellation
+  that trio did not ask for becomes ``AsyncioCancelled``, an ordinary exception, so that it
+  cannot be mistaken for (or swallowed like) a trio cancellation. ``asyncio.TimeoutError`` is
+  the builtin ``TimeoutError`` on Python 3.11+, so timeouts need no translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import trio_asyncio
+
+__all__ = ["AsyncioCancelled", "call", "loop_is_open", "open_loop"]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncioCancelled(Exception):
+    """An asyncio task was cancelled from the asyncio side while trio was still waiting on it."""
+
+
+def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    logger.error(
+        "unhandled error in asyncio code: %s",
+        context.get("message", "no message"),
+        exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None,
+    )
+
+
+@asynccontextmanager
+async def open_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
+    """Run an asyncio loop inside trio for the body; asyncio objects must be created inside it."""
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_loop_exception)
+        yield loop
+
+
+def loop_is_open() -> bool:
+    """True when the current trio task can reach an open loop from ``open_loop()``."""
+    loop = trio_asyncio.current_loop.get()
+    return loop is not None and not loop.is_closed()
+
+
+async def call(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Await the asyncio coroutine function ``fn(*args, **kwargs)`` from trio."""
+    if not loop_is_open():
+        raise RuntimeError("brio.aio.call() needs an open brio.aio.open_loop() around it")
+    try:
+        result: T = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+    except asyncio.CancelledError as exc:
+        # trio-asyncio already turns a cancellation that trio asked for into trio.Cancelled;
+        # what arrives here was cancelled by someone on the asyncio side.
+        raise AsyncioCancelled(f"{getattr(fn, '__qualname__', fn)!s} was cancelled") from exc
+    return result

@@ -1,0 +1,35 @@
+"""The API's one error shape: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(body)"
+
+
+def validation_error(exc: ValidationError, where: str) -> ApiError:
+    """A 422 naming every bad field, what was wrong, and (when short) what was given."""
+    details = []
+    for err in exc.errors(include_url=False, include_context=False):
+        item: dict[str, Any] = {"field": _field(err["loc"]), "message": err["msg"]}
+        if err["type"] != "missing":
+            item["input"] = repr(err["input"])[:100]
+        details.append(item)
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return ApiError(422, "validation_error", f"invalid {where}: {summary}", details)

@@ -1,0 +1,95 @@
+"""In-process publish/subscribe of task events, feeding WebSocket clients.
+
+``publish`` never blocks and never awaits, so events of one task reach every subscriber in
+the order they were published. A subscriber that falls behind by more than its buffer is cut
+off (its stream ends with ``overflowed`` set) rather than slowing the node down.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+EVENT_TYPES = ("task_created", "task_update", "task_output", "task_completed")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    task_id: str
+    session_id: str | None
+    seq: int
+    time: datetime
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "task_id": self.task_id,
+            "session_id": self.session_id,
+            "seq": self.seq,
+            "time": self.time.isoformat(),
+            "data": self.data,
+        }
+
+
+@dataclass(eq=False)
+class Subscription:
+    """What one client listens to: everything, or chosen task ids and session ids."""
+
+    receive: trio.MemoryReceiveChannel[Event]
+    _send: trio.MemorySendChannel[Event]
+    everything: bool = False
+    task_ids: set[str] = field(default_factory=set)
+    session_ids: set[str] = field(default_factory=set)
+    overflowed: bool = False
+
+    def wants(self, event: Event) -> bool:
+        return (
+            self.everything
+            or event.task_id in self.task_ids
+            or (event.session_id is not None and event.session_id in self.session_ids)
+        )
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+        self._seq = itertools.count(1)
+
+    @contextmanager
+    def subscribe(self, buffer: int = 1000) -> Iterator[Subscription]:
+        send, receive = trio.open_memory_channel[Event](buffer)
+        sub = Subscription(receive=receive, _send=send)
+        self._subscribers.add(sub)
+        try:
+            yield sub
+        finally:
+            self._subscribers.discard(sub)
+            send.close()
+
+    def publish(
+        self, type_: str, task_id: str, session_id: str | None, data: dict[str, Any]
+    ) -> Event:
+        event = Event(type_, task_id, session_id, next(self._seq), datetime.now(UTC), data)
+        for sub in list(self._subscribers):
+            if sub.overflowed or not sub.wants(event):
+                continue
+            try:
+                sub._send.send_nowait(event)
+            except trio.WouldBlock:
+                sub.overflowed = True
+                sub._send.close()
+            except trio.ClosedResourceError:
+                self._subscribers.discard(sub)
+        return event
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,130 @@
+"""One Brio node: the root of the nursery tree that ``brio serve`` runs.
+
+```
+run_node
+└── asyncio bridge (brio.aio)   asyncpg (and later grpclib) live there
+    ├── store                   opened (migrations applied) before anything else
+    ├── supervisor              claims tasks, runs agents (capped by mesh.max_agents)
+    └── http                    hypercorn + quart-trio (when server.enabled)
+```
+The mesh server, peers, discovery, lease and metrics join this tree in later issues.
+
+Shutdown is ordered: stop taking tasks and close the HTTP listeners, let running agents
+finish within ``server.shutdown_grace``, cancel the rest and put them back to ``queued``,
+then close the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from brio import __version__, aio
+from brio.agents.registry import build_registry
+from brio.api.app import ApiDeps, create_app
+from brio.config.model import BrioConfig
+from brio.runtime.events import EventBus
+from brio.runtime.mesh_view import SingleNode
+from brio.runtime.service import TaskService
+from brio.runtime.supervisor import Supervisor
+from brio.store import open_store
+from brio.store.base import NodeRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeHandle:
+    """What a started node tells its caller (tests use it to find the bound address)."""
+
+    node_id: str
+    http_urls: list[str] = field(default_factory=list)
+    store: Store | None = None
+
+
+def _hypercorn_config(config: BrioConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = config.server.host
+    hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
+    hc.graceful_timeout = config.server.shutdown_grace
+    hc.websocket_max_message_size = config.server.max_ws_message_bytes
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    return hc
+
+
+async def _record_node(store: Store, config: BrioConfig, agents: list[tuple[str, str, str]]) -> None:
+    await store.upsert_node(
+        NodeRecord(
+            id=config.mesh.node_id,
+            role=config.mesh.role,
+            address=config.mesh.listen_addr if config.mesh.enabled else None,
+            version=__version__,
+            status="healthy",
+            last_seen=datetime.now(UTC),
+        )
+    )
+    await store.upsert_agents(config.mesh.node_id, agents)
+
+
+async def run_node(
+    config: BrioConfig,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until ``shutdown`` is set, then stop in order. Raises on a start-up failure."""
+    agents = build_registry(config)
+    node_id = config.mesh.node_id
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with aio.open_loop():
+        store = await open_store(
+            config.database_url, max_connections=config.database.max_connections
+        )
+        try:
+            await _record_node(
+                store, config, [(a.name, a.kind, a.description) for a in agents.values()]
+            )
+            bus = EventBus()
+            supervisor = Supervisor(store, agents, bus, node_id, config.mesh.max_agents)
+            service = TaskService(store, agents, bus, supervisor)
+            handle = NodeHandle(node_id=node_id, store=store)
+            http_stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(supervisor.run)
+                if config.server.enabled:
+                    app = create_app(
+                        ApiDeps(config, store, service, supervisor, bus, agents,
+                                SingleNode(config.mesh.role))
+                    )
+                    handle.http_urls = await nursery.start(
+                        lambda task_status: hypercorn_serve(
+                            app,  # type: ignore[arg-type]
+                            _hypercorn_config(config),
+                            shutdown_trigger=http_stop.wait,
+                            task_status=task_status,
+                        )
+                    )
+                log.info(
+                    "brio %s node %s up: http %s, store %s, agents %s",
+                    __version__,
+                    node_id,
+                    ", ".join(handle.http_urls) or "off",
+                    store.backend,
+                    ", ".join(sorted(agents)),
+                )
+                task_status.started(handle)
+                await shutdown.wait()
+                log.info("shutting down: no new tasks, %d running", supervisor.active)
+                service.accepting = False
+                http_stop.set()
+                await supervisor.drain(config.server.shutdown_grace)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+    log.info("node %s stopped", node_id)

@@ -1,0 +1,277 @@
+"""Runs agents: claims queued tasks for this node and runs each in its own cancel scope.
+
+The supervisor is the one place that turns a task record into a running agent. It claims a
+task only when it has a free slot (``mesh.max_agents``), so the rest stay ``queued`` in the
+store where any node may take them. An agent that raises or overruns its timeout marks its
+task failed; the supervisor itself never dies of an agent. On shutdown it stops claiming,
+lets running agents finish within a grace period, then cancels them and puts their tasks
+back to ``queued`` so that none is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import trio
+
+from brio.agents.base import AgentContext, AgentError, HistoryMessage
+from brio.agents.registry import RegisteredAgent
+from brio.core.tasks import TaskStatus
+from brio.runtime.events import EventBus
+from brio.store.base import Store, TaskRecord
+
+log = logging.getLogger(__name__)
+
+# Store writes that record an outcome must finish even while the node is being cancelled.
+_FINAL_WRITE_TIMEOUT = 10.0
+
+
+class StopReason(Enum):
+    CANCELLED = "cancelled"  # a user asked
+    SHUTDOWN = "shutdown"  # the node is stopping: requeue
+
+
+@dataclass(eq=False)
+class _Running:
+    task: TaskRecord
+    scope: trio.CancelScope
+    reason: StopReason | None = None
+
+
+def result_text(result: Any) -> str:
+    """How a result enters the conversation history."""
+    return result if isinstance(result, str) else json.dumps(result)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: Store,
+        agents: dict[str, RegisteredAgent],
+        bus: EventBus,
+        node_id: str,
+        max_agents: int,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._agents = agents
+        self._bus = bus
+        self._node_id = node_id
+        self._slots = trio.Semaphore(max_agents)
+        self._max_agents = max_agents
+        self._poll_interval = poll_interval
+        self._wake = trio.Event()
+        self._running: dict[str, _Running] = {}
+        self._accepting = True
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    @property
+    def max_agents(self) -> int:
+        return self._max_agents
+
+    def wake(self) -> None:
+        """A task may be waiting: look now rather than at the next poll."""
+        self._wake.set()
+
+    def cancel_local(self, task_id: str) -> bool:
+        """Cancel the agent running ``task_id`` here, if any. The caller records the state."""
+        running = self._running.get(task_id)
+        if running is None:
+            return False
+        running.reason = StopReason.CANCELLED
+        running.scope.cancel()
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Claim and run tasks until ``drain`` is called; then wait for the agents to end."""
+        requeued = await self._store.requeue_node_tasks(self._node_id)
+        for task in requeued:
+            log.warning("task %s was left %s by a previous run; requeued", task.id, "unfinished")
+            self._publish_update(task)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while self._accepting:
+                await self._slots.acquire()
+                if not self._accepting:
+                    self._slots.release()
+                    break
+                try:
+                    task = await self._store.claim_task(self._node_id, sorted(self._agents))
+                except Exception:
+                    log.exception("claiming a task failed; retrying")
+                    task = None
+                if task is None:
+                    self._slots.release()
+                    with trio.move_on_after(self._poll_interval):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                if not self._accepting:  # drain began while we were claiming
+                    self._slots.release()
+                    await self._requeue(task)
+                    break
+                scope = trio.CancelScope()
+                self._running[task.id] = _Running(task, scope)
+                self._idle = trio.Event()
+                self._publish_update(task)
+                nursery.start_soon(self._run_one, task, scope)
+
+    async def drain(self, grace: float) -> None:
+        """Stop claiming; give running agents ``grace`` seconds, then cancel and requeue them."""
+        self._accepting = False
+        self._wake.set()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        for running in list(self._running.values()):
+            if running.reason is None:
+                running.reason = StopReason.SHUTDOWN
+            running.scope.cancel()
+        await self._idle.wait()
+
+    # --- one task -----------------------------------------------------------------------
+
+    async def _run_one(self, claimed: TaskRecord, scope: trio.CancelScope) -> None:
+        try:
+            await self._run_agent(claimed, scope)
+        except Exception:
+            log.exception("supervising task %s failed", claimed.id)
+        finally:
+            self._running.pop(claimed.id, None)
+            self._slots.release()
+            if not self._running:
+                self._idle.set()
+
+    async def _run_agent(self, claimed: TaskRecord, scope: trio.CancelScope) -> None:
+        running_entry = self._running[claimed.id]
+        agent = self._agents.get(claimed.agent)
+        if agent is None:
+            await self._finish(claimed, TaskStatus.FAILED, error=f"unknown agent {claimed.agent!r}")
+            return
+        task = await self._store.mark_running(claimed.id, claimed.attempt)
+        if task is None:  # cancelled (or reassigned) between claim and start
+            return
+        running_entry.task = task
+        self._publish_update(task)
+        history: list[HistoryMessage] = []
+        if task.session_id is not None:
+            history = [
+                HistoryMessage(m.role, m.content)
+                for m in await self._store.list_messages(task.session_id)
+            ]
+        timeout = agent.settings.timeout
+        if timeout is not None:
+            scope.deadline = trio.current_time() + timeout
+        chunks = 0
+
+        async def emit(chunk: str) -> None:
+            nonlocal chunks
+            self._bus.publish(
+                "task_output", task.id, task.session_id, {"chunk": chunk, "index": chunks}
+            )
+            chunks += 1
+
+        ctx = AgentContext(
+            task_id=task.id,
+            agent=task.agent,
+            prompt=task.prompt,
+            input=task.input if isinstance(task.input, dict) else {"value": task.input},
+            history=history,
+            session_id=task.session_id,
+            attempt=task.attempt,
+            cancel_scope=scope,
+            emit_fn=emit,
+            settings=agent.settings,
+        )
+        result: Any = None
+        error: str | None = None
+        try:
+            with scope:
+                result = await agent.run(ctx)
+                json.dumps(result)  # must be storable
+        except AgentError as exc:
+            error = str(exc) or type(exc).__name__
+        except (TypeError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            log.info("agent %s failed on task %s: %r", task.agent, task.id, exc)
+            error = f"{type(exc).__name__}: {exc}"
+        except BaseException:
+            # The whole supervisor is being cancelled: the task must not be lost.
+            await self._requeue(task)
+            raise
+
+        if scope.cancelled_caught:
+            if running_entry.reason is StopReason.SHUTDOWN:
+                await self._requeue(task)
+            elif running_entry.reason is StopReason.CANCELLED:
+                await self._finish(task, TaskStatus.CANCELLED, error="cancelled")
+            else:
+                limit = "unknown" if timeout is None or math.isinf(timeout) else f"{timeout:g}s"
+                await self._finish(task, TaskStatus.FAILED, error=f"timed out after {limit}")
+        elif error is not None:
+            await self._finish(task, TaskStatus.FAILED, error=error)
+        else:
+            messages = None
+            if task.session_id is not None:
+                messages = [("user", task.prompt), ("assistant", result_text(result))]
+            await self._finish(task, TaskStatus.SUCCEEDED, result=result, messages=messages)
+
+    async def _finish(
+        self,
+        task: TaskRecord,
+        status: TaskStatus,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        messages: list[tuple[str, str]] | None = None,
+    ) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(_FINAL_WRITE_TIMEOUT):
+            done = await self._store.finish_task(
+                task.id, task.attempt, status, result=result, error=error, messages=messages
+            )
+            if done is not None:
+                self._publish_completed(done)
+
+    async def _requeue(self, task: TaskRecord) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(_FINAL_WRITE_TIMEOUT):
+            back = await self._store.requeue_task(task.id, task.attempt)
+            if back is not None:
+                log.info("task %s requeued (attempt %d next)", back.id, back.attempt)
+                self._publish_update(back)
+
+    def _publish_update(self, task: TaskRecord) -> None:
+        self._bus.publish(
+            "task_update",
+            task.id,
+            task.session_id,
+            {"status": task.status.value, "attempt": task.attempt, "node_id": task.node_id},
+        )
+
+    def _publish_completed(self, task: TaskRecord) -> None:
+        publish_completed(self._bus, task)
+
+
+def publish_completed(bus: EventBus, task: TaskRecord) -> None:
+    """The last event of a task: its terminal status with the result or error."""
+    bus.publish(
+        "task_completed",
+        task.id,
+        task.session_id,
+        {
+            "status": task.status.value,
+            "result": task.result,
+            "error": task.error,
+            "attempt": task.attempt,
+            "node_id": task.node_id,
+        },
+    )

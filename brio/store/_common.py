@@ -1,0 +1,122 @@
+"""Pieces both backends share: argument checks, cursors, SQL fragments, URL redaction.
+
+Keeping them here means the two backends differ only in how they talk to their database, not
+in what they accept or hand out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from brio.core.tasks import TaskStatus
+from brio.store.base import JSON, TaskFilter
+
+MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
+
+# The column order every task query returns; both backends build TaskRecord from it.
+TASK_COLUMNS = (
+    "seq, id, agent, prompt, input, session_id, idempotency_key, priority, status, node_id,"
+    " attempt, result, error, created_at, updated_at, started_at, finished_at"
+)
+
+_CURSOR_PREFIX = "brio-task-seq:"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def sql_in(statuses: Iterable[TaskStatus]) -> str:
+    """``('a', 'b')`` for a set of task states. Safe to inline: the values are enum members."""
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The ``seq`` a cursor from ``encode_cursor`` carries; ValueError for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+    number = text.removeprefix(_CURSOR_PREFIX)
+    if number == text or not number.isdecimal() or int(number) < 1:
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return int(number)
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def check_page(limit: int, offset: int) -> None:
+    check_limit(limit)
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, not {offset}")
+
+
+def check_messages(messages: list[tuple[str, str]]) -> None:
+    for role, _content in messages:
+        if role not in MESSAGE_ROLES:
+            raise ValueError(f"message role must be one of {sorted(MESSAGE_ROLES)}, not {role!r}")
+
+
+def check_terminal(status: TaskStatus) -> None:
+    if not status.terminal:
+        raise ValueError(f"finish_task needs a terminal status, not {status.value!r}")
+
+
+def task_input(value: JSON) -> JSON:
+    """A task's input as stored: ``None`` means no input, which is an empty object."""
+    return {} if value is None else value
+
+
+def task_page_query(
+    filt: TaskFilter, limit: int, cursor: str | None, param: Callable[[int], str]
+) -> tuple[str, list[object]]:
+    """The SELECT for one page of ``list_tasks``, newest first, fetching one extra row to
+    tell whether another page follows. ``param(n)`` spells the n-th placeholder (1-based)."""
+    check_limit(limit)
+    clauses: list[str] = []
+    args: list[object] = []
+
+    def where(column_test: str, value: object) -> None:
+        args.append(value)
+        clauses.append(column_test.format(param(len(args))))
+
+    if filt.status is not None:
+        where("status = {}", filt.status.value)
+    if filt.agent is not None:
+        where("agent = {}", filt.agent)
+    if filt.session_id is not None:
+        where("session_id = {}", filt.session_id)
+    if cursor is not None:
+        where("seq < {}", decode_cursor(cursor))
+    condition = "WHERE " + " AND ".join(clauses) if clauses else ""
+    args.append(limit + 1)
+    query = f"SELECT {TASK_COLUMNS} FROM tasks {condition} ORDER BY seq DESC LIMIT {param(len(args))}"
+    return query, args
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable database URL>"
+    if password:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if "password=" in parts.query:
+        parts = parts._replace(query=re.sub(r"password=[^&]*", "password=***", parts.query))
+    return urlunsplit(parts)

@@ -1,0 +1,69 @@
+"""Health routes, the OpenAPI document and the optional bearer token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import HandshakeError, open_websocket_url
+
+from brio import __version__
+from tests.api.conftest import Node, node_config, running_node
+
+
+async def test_health_has_the_guide_shape(node: Node) -> None:
+    resp = await node.client.get("/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "healthy"
+    assert body["node_id"] == "test-node"
+    assert body["version"] == __version__
+    assert body["mesh"] == {"connected_peers": 0, "last_heartbeat": None}
+    assert body["agents"]["active"] == 0 and body["agents"]["queued"] == 0
+    assert (await node.client.get("/health/live")).json() == {"status": "alive"}
+    assert (await node.client.get("/health/ready")).json() == {"status": "ready"}
+
+
+async def test_openapi_lists_every_route(node: Node) -> None:
+    doc = (await node.client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    for path in (
+        "/health", "/api/tasks", "/api/tasks/{task_id}", "/api/tasks/{task_id}/cancel",
+        "/api/sessions", "/api/sessions/{session_id}", "/api/sessions/{session_id}/messages",
+        "/api/agents", "/api/agents/{name}", "/ws",
+    ):
+        assert path in doc["paths"], path
+    assert "TaskCreate" in doc["components"]["schemas"]
+    assert doc["components"]["schemas"]["TaskCreate"]["required"] == ["agent", "prompt"]
+
+
+async def test_bearer_token_guards_api_and_ws_but_not_liveness(tmp_path: Path) -> None:
+    config = node_config(tmp_path, server={"auth_token": "s3cret"})
+    async with running_node(config) as node:
+        async with httpx.AsyncClient(base_url=node.url) as anon:
+            assert (await anon.get("/health/live")).status_code == 200
+            resp = await anon.get("/api/tasks")
+            assert resp.status_code == 401
+            assert resp.json()["error"]["code"] == "unauthorized"
+            resp = await anon.post("/api/tasks", json={"agent": "echo", "prompt": "x"})
+            assert resp.status_code == 401
+            wrong = await anon.get("/api/agents", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            right = await anon.get("/api/agents", headers={"Authorization": "Bearer s3cret"})
+            assert right.status_code == 200
+
+        ws_url = node.url.replace("http://", "ws://") + "/ws"
+        with pytest.raises(HandshakeError):
+            async with open_websocket_url(ws_url):
+                pass
+        with trio.fail_after(5):
+            async with open_websocket_url(ws_url + "?token=s3cret") as ws:
+                await ws.send_message('{"action": "subscribe", "all": true}')
+                assert '"subscribed"' in str(await ws.get_message())
+            async with open_websocket_url(
+                ws_url, extra_headers=[(b"Authorization", b"Bearer s3cret")]
+            ) as ws:
+                await ws.send_message('{"action": "subscribe", "all": true}')
+                assert '"subscribed"' in str(await ws.get_message())

@@ -1,0 +1,97 @@
+"""WebSocket events: subscription filters, order, streamed output, limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from tests.api.conftest import Node, node_config, running_node
+
+
+def ws_url(node: Node) -> str:
+    return node.url.replace("http://", "ws://") + "/ws"
+
+
+async def subscribe(ws: WebSocketConnection, **body: Any) -> dict[str, Any]:
+    await ws.send_message(json.dumps({"action": "subscribe", **body}))
+    ack = json.loads(await ws.get_message())
+    assert ack["type"] == "subscribed", ack
+    return ack  # type: ignore[no-any-return]
+
+
+async def events_until_completed(ws: WebSocketConnection, task_id: str) -> list[dict[str, Any]]:
+    events = []
+    with trio.fail_after(15):
+        while True:
+            event = json.loads(await ws.get_message())
+            if event.get("task_id") != task_id:
+                continue
+            events.append(event)
+            if event["type"] == "task_completed":
+                return events
+
+
+async def test_all_events_of_an_echo_task_in_order(node: Node) -> None:
+    async with open_websocket_url(ws_url(node)) as ws:
+        await subscribe(ws, all=True)
+        task = await node.submit(agent="echo", prompt="hi")
+        events = await events_until_completed(ws, task["id"])
+    kinds = [(e["type"], e["data"].get("status")) for e in events]
+    assert kinds == [
+        ("task_created", "queued"),
+        ("task_update", "assigned"),
+        ("task_update", "running"),
+        ("task_output", None),
+        ("task_completed", "succeeded"),
+    ]
+    assert events[3]["data"] == {"chunk": "hi", "index": 0}
+    assert events[-1]["data"]["result"] == "hi"
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+
+
+async def test_task_and_session_filters(node: Node) -> None:
+    session = (await node.client.post("/api/sessions", json={})).json()
+    async with open_websocket_url(ws_url(node)) as by_session, open_websocket_url(
+        ws_url(node)
+    ) as by_task:
+        await subscribe(by_session, sessions=[session["id"]])
+        other = await node.submit(agent="echo", prompt="elsewhere")
+        mine = await node.submit(agent="echo", prompt="mine", session_id=session["id"])
+        ack = await subscribe(by_task, tasks=[other["id"]])
+        assert ack["tasks"] == [other["id"]]
+        got = await events_until_completed(by_session, mine["id"])
+        assert {e["task_id"] for e in got} == {mine["id"]}
+        await node.wait_for(other["id"])
+        # the task subscriber sees only the other task (maybe only its end, it came late)
+        event = json.loads(await by_task.get_message())
+        assert event["task_id"] == other["id"]
+
+
+async def test_bad_messages_get_an_error_and_the_socket_lives(node: Node) -> None:
+    async with open_websocket_url(ws_url(node)) as ws:
+        await ws.send_message("not json")
+        err = json.loads(await ws.get_message())
+        assert err["type"] == "error" and err["error"]["code"] == "invalid_json"
+        await ws.send_message(json.dumps({"action": "dance"}))
+        err = json.loads(await ws.get_message())
+        assert err["error"]["code"] == "validation_error"
+        assert err["error"]["details"][0]["field"] == "action"
+        await subscribe(ws, all=True)
+
+
+async def test_oversized_message_closes_the_socket(tmp_path: Path) -> None:
+    config = node_config(tmp_path, server={"max_ws_message_bytes": 1024})
+    async with running_node(config) as node:
+        async with open_websocket_url(ws_url(node)) as ws:
+            await ws.send_message(json.dumps({"action": "subscribe", "tasks": ["x" * 2000]}))
+            with pytest.raises(ConnectionClosed), trio.fail_after(5):
+                while True:
+                    await ws.get_message()
+        # the node still serves
+        assert (await node.client.get("/health")).status_code == 200

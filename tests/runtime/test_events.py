@@ -1,0 +1,47 @@
+"""The event bus: filters, order, and cutting off a slow subscriber."""
+
+import trio
+
+from brio.runtime.events import EventBus
+
+
+async def test_subscribers_get_only_what_they_asked_for_in_order() -> None:
+    bus = EventBus()
+    with bus.subscribe() as by_task, bus.subscribe() as by_session, bus.subscribe() as everything:
+        by_task.task_ids.add("t1")
+        by_session.session_ids.add("s1")
+        everything.everything = True
+        bus.publish("task_created", "t1", None, {})
+        bus.publish("task_created", "t2", "s1", {})
+        bus.publish("task_output", "t1", None, {"chunk": "a"})
+        bus.publish("task_output", "t3", None, {})
+
+        def drain(sub):  # type: ignore[no-untyped-def]
+            out = []
+            while True:
+                try:
+                    out.append(sub.receive.receive_nowait())
+                except trio.WouldBlock:
+                    return out
+
+        assert [(e.type, e.task_id) for e in drain(by_task)] == [
+            ("task_created", "t1"),
+            ("task_output", "t1"),
+        ]
+        assert [e.task_id for e in drain(by_session)] == ["t2"]
+        seqs = [e.seq for e in drain(everything)]
+        assert len(seqs) == 4 and seqs == sorted(seqs)
+    assert bus.subscriber_count == 0
+
+
+async def test_a_slow_subscriber_is_cut_off_without_blocking_others() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=2) as slow, bus.subscribe(buffer=100) as fast:
+        slow.everything = fast.everything = True
+        for i in range(5):
+            bus.publish("task_output", "t", None, {"index": i})
+        assert slow.overflowed
+        got = [e async for e in slow.receive]  # ends: the bus closed the stream
+        assert len(got) == 2
+        assert not fast.overflowed
+        assert len([fast.receive.receive_nowait() for _ in range(5)]) == 5

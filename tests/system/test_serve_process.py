@@ -1,0 +1,104 @@
+"""``python -m brio serve`` as a real process: quick start and orderly shutdown."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from brio.core.tasks import TaskStatus
+from brio.store import open_store
+from tests.system.nodeproc import start_node
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_status(url: str, task_id: str, statuses: set[str], timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = httpx.get(f"{url}/api/tasks/{task_id}", timeout=5).json()
+        if task["status"] in statuses:
+            return task  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} never reached {statuses}")
+
+
+@pytest.mark.slow
+def test_quick_start_with_no_config(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8080)) == 0:
+            pytest.fail("127.0.0.1:8080 is taken; the no-config quick start needs it")
+    node = start_node(tmp_path, "http://127.0.0.1:8080")
+    try:
+        resp = httpx.post(
+            f"{node.url}/api/tasks", json={"agent": "echo", "prompt": "hello brio"}, timeout=5
+        )
+        assert resp.status_code == 202
+        task = wait_status(node.url, resp.json()["id"], {"succeeded", "failed"})
+        assert task["status"] == "succeeded"
+        assert task["result"] == "hello brio"
+    finally:
+        code = node.terminate()
+    assert code == 0, node.log()
+    assert (tmp_path / "brio-data" / "brio.db").exists()
+    assert "Traceback" not in node.log()
+
+
+@pytest.mark.slow
+async def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
+    port = free_port()
+    node = start_node(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        env={
+            "BRIO_SERVER__PORT": str(port),
+            "BRIO_SERVER__SHUTDOWN_GRACE": "3",
+            "BRIO_MESH__MAX_AGENTS": "4",
+            "BRIO_NODE_ID": "sigterm-node",
+        },
+    )
+    try:
+        def submit(ms: int) -> str:
+            resp = httpx.post(
+                f"{node.url}/api/tasks",
+                json={"agent": "sleep", "prompt": "", "input": {"ms": ms}},
+                timeout=5,
+            )
+            assert resp.status_code == 202, resp.text
+            return str(resp.json()["id"])
+
+        short = [submit(1000), submit(1000)]  # finish within the grace period
+        long = [submit(60_000), submit(60_000)]
+        for task_id in short + long:
+            wait_status(node.url, task_id, {"running", "succeeded"})
+        waiting = [submit(10), submit(10)]  # no slot free: these stay queued
+        time.sleep(0.1)
+        started = time.monotonic()
+    finally:
+        code = node.terminate()
+    took = time.monotonic() - started
+    assert code == 0, node.log()
+    assert took < 15, f"shutdown took {took:.1f}s"
+    assert "Traceback" not in node.log()
+
+    store = await open_store(f"sqlite:///{tmp_path / 'brio-data' / 'brio.db'}")
+    try:
+        tasks = {i: await store.get_task(i) for i in short + long + waiting}
+    finally:
+        await store.close()
+    for task_id in short:
+        assert tasks[task_id].status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    for task_id in long:
+        t = tasks[task_id]
+        assert t is not None and t.status is TaskStatus.QUEUED
+        assert t.attempt == 2 and t.node_id is None
+    for task_id in waiting:
+        t = tasks[task_id]
+        assert t is not None and t.status is TaskStatus.QUEUED and t.attempt == 1
