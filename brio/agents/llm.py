@@ -72,6 +72,7 @@ def make_llm_agent(
     client = _Client(provider_name, provider, tunables)
 
     async def llm_agent(ctx: AgentContext) -> str:
+        """Answer the prompt with a streamed chat completion from the configured model."""
         body: dict[str, Any] = {
             "model": model,
             "messages": _messages(settings.system_prompt, ctx),

@@ -55,6 +55,7 @@ def make_shell_agent(name: str, settings: AgentConfig, config: BrioConfig) -> Ag
     max_output_bytes = settings.max_output_bytes
 
     async def shell_agent(ctx: AgentContext) -> dict[str, Any]:
+        """Run one allow-listed command in a throwaway directory and return its output."""
         argv = _command_line(ctx)
         if argv[0] not in allowed:
             raise AgentError(

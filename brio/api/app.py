@@ -104,8 +104,10 @@ def _validate(model: type[M], data: Any, where: str) -> M:
         raise validation_error(exc, where) from None
 
 
-async def _body(model: type[M]) -> M:
+async def _body(model: type[M], *, optional: bool = False) -> M:
     raw = await request.get_data(cache=False, as_text=False)
+    if optional and not raw.strip():
+        return _validate(model, {}, "request body")
     if not raw:
         raise ApiError(422, "invalid_body", "the request body must be a JSON object")
     try:
@@ -271,8 +273,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
 
     @app.post("/api/sessions")
     async def create_session() -> Response:
-        raw = await request.get_data(cache=False, as_text=False)
-        body = await _body(models.SessionCreate) if raw.strip() else models.SessionCreate()
+        body = await _body(models.SessionCreate, optional=True)
         session = await deps.store.create_session(body.title, body.metadata)
         return _json(session_json(session), 201)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -20,12 +20,39 @@ KeyPath = tuple[str | int, ...]
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
+_ESCAPES: Mapping[str, str] = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
 
 def quote_key(key: str) -> str:
-    """A TOML key: bare when it can be, else a quoted string."""
+    """A TOML key: bare when it can be, else a quoted string (so never more than one line)."""
     if _BARE_KEY.match(key):
         return key
-    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return toml_string(key)
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string; characters TOML cannot hold (lone surrogates) become U+FFFD."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\ufffd")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
 
 
 def dotted(path: Sequence[str | int]) -> str:
@@ -132,7 +159,7 @@ def model_paths(
 ) -> list[tuple[tuple[str, ...], Any]]:
     """Every leaf key of the model with its type; ``name`` stands for agent/provider names.
 
-    Used by tests and by the environment parser to know which keys exist.
+    Tests use it to reach every key of the configuration.
     """
     found: list[tuple[tuple[str, ...], Any]] = []
     for field_name, field in model.model_fields.items():

@@ -34,6 +34,8 @@ def split_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, i
     tests use); a peer's address needs a real port.
     """
     example = "expected host:port, e.g. '10.0.1.2:50051'"
+    if any(char.isspace() for char in text):
+        raise ValueError(f"it contains whitespace; {example}")
     if text.startswith("["):
         end = text.find("]")
         if end < 0 or not text[end + 1 :].startswith(":"):
@@ -141,9 +143,7 @@ class FailureDetectionConfig(Section):
 
 class AccessControlConfig(Section):
     coordinator_only_endpoints: list[str] = Field(default_factory=list)
-    allowed_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
-        default_factory=list
-    )
+    allowed_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
 
 
 class MeshConfig(Section):
@@ -300,7 +300,9 @@ def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
     tls_on = (("mesh", "tls", "enabled"),)
     if tls.enabled and tls.cert_file is None:
         found.append(
-            Conflict(("mesh", "tls", "cert_file"), "TLS is enabled but cert_file is not set", tls_on)
+            Conflict(
+                ("mesh", "tls", "cert_file"), "TLS is enabled but cert_file is not set", tls_on
+            )
         )
     if tls.enabled and tls.key_file is None:
         found.append(

@@ -102,7 +102,9 @@ def task_page_query(
         where("seq < {}", decode_cursor(cursor))
     condition = "WHERE " + " AND ".join(clauses) if clauses else ""
     args.append(limit + 1)
-    query = f"SELECT {TASK_COLUMNS} FROM tasks {condition} ORDER BY seq DESC LIMIT {param(len(args))}"
+    query = (
+        f"SELECT {TASK_COLUMNS} FROM tasks {condition} ORDER BY seq DESC LIMIT {param(len(args))}"
+    )
     return query, args
 
 
@@ -113,10 +115,11 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return "<unparsable database URL>"
+    if not password and "password=" not in parts.query:
+        return url  # unchanged (urlunsplit would also drop the empty host of sqlite:///)
     if password:
         userinfo, _, host = parts.netloc.rpartition("@")
         user = userinfo.partition(":")[0]
         parts = parts._replace(netloc=f"{user}:***@{host}")
-    if "password=" in parts.query:
-        parts = parts._replace(query=re.sub(r"password=[^&]*", "password=***", parts.query))
-    return urlunsplit(parts)
+    query = re.sub(r"password=[^&]*", "password=***", parts.query)
+    return urlunsplit(parts._replace(query=query))

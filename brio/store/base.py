@@ -125,7 +125,8 @@ class Store(Protocol):
 
     # tasks
     async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
-        """Insert a queued task; with an idempotency key already used, return that task and False."""
+        """Insert a queued task; with an idempotency key already used, return that task
+        and False."""
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
@@ -167,7 +168,9 @@ class Store(Protocol):
     async def count_tasks(self, status: TaskStatus) -> int: ...
 
     # sessions and conversation history
-    async def create_session(self, title: str | None = None, metadata: JSON = None) -> SessionRecord: ...
+    async def create_session(
+        self, title: str | None = None, metadata: JSON = None
+    ) -> SessionRecord: ...
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
@@ -178,9 +181,7 @@ class Store(Protocol):
     ) -> list[MessageRecord]:
         """Append in order; raise NotFound for an unknown session."""
 
-    async def list_messages(
-        self, session_id: str, limit: int | None = None
-    ) -> list[MessageRecord]:
+    async def list_messages(self, session_id: str, limit: int | None = None) -> list[MessageRecord]:
         """Oldest first; with ``limit``, the newest ``limit`` messages, still oldest first."""
 
     # nodes and agents

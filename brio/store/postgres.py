@@ -131,9 +131,7 @@ async def _insert_messages(
 
 
 async def _init_connection(conn: Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-    )
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def _create_pool(url: str, max_connections: int, connect_timeout: float) -> Any:
@@ -286,9 +284,7 @@ class PostgresStore:
             f" AND status IN {sql_in(predecessors(TaskStatus.RUNNING))}"
             f" RETURNING {TASK_COLUMNS}"
         )
-        return _opt_task(
-            await self._transaction(lambda conn: conn.fetchrow(sql, task_id, attempt))
-        )
+        return _opt_task(await self._transaction(lambda conn: conn.fetchrow(sql, task_id, attempt)))
 
     async def finish_task(
         self,
@@ -309,7 +305,9 @@ class PostgresStore:
         )
 
         async def finish(conn: Connection) -> TaskRecord | None:
-            task = _opt_task(await conn.fetchrow(sql, task_id, attempt, status.value, result, error))
+            task = _opt_task(
+                await conn.fetchrow(sql, task_id, attempt, status.value, result, error)
+            )
             if task is not None and task.session_id is not None and messages:
                 await _insert_messages(conn, task.session_id, messages, task.id)
             return task
@@ -331,9 +329,7 @@ class PostgresStore:
             f" AND status IN {sql_in(predecessors(TaskStatus.QUEUED))}"
             f" RETURNING {TASK_COLUMNS}"
         )
-        return _opt_task(
-            await self._transaction(lambda conn: conn.fetchrow(sql, task_id, attempt))
-        )
+        return _opt_task(await self._transaction(lambda conn: conn.fetchrow(sql, task_id, attempt)))
 
     async def requeue_node_tasks(self, node_id: str) -> list[TaskRecord]:
         sql = (
@@ -384,9 +380,7 @@ class PostgresStore:
 
         return await self._transaction(append)
 
-    async def list_messages(
-        self, session_id: str, limit: int | None = None
-    ) -> list[MessageRecord]:
+    async def list_messages(self, session_id: str, limit: int | None = None) -> list[MessageRecord]:
         if limit is not None:
             check_limit(limit)
         # LIMIT NULL means no limit.

@@ -315,7 +315,8 @@ class SQLiteStore:
     async def mark_running(self, task_id: str, attempt: int) -> TaskRecord | None:
         sql = (
             "UPDATE tasks SET status = 'running', started_at = ?, updated_at = ?"
-            f" WHERE id = ? AND attempt = ? AND status IN {sql_in(predecessors(TaskStatus.RUNNING))}"
+            " WHERE id = ? AND attempt = ?"
+            f" AND status IN {sql_in(predecessors(TaskStatus.RUNNING))}"
             f" RETURNING {TASK_COLUMNS}"
         )
         now = _now()
@@ -422,9 +423,7 @@ class SQLiteStore:
 
         return await self._transaction(append)
 
-    async def list_messages(
-        self, session_id: str, limit: int | None = None
-    ) -> list[MessageRecord]:
+    async def list_messages(self, session_id: str, limit: int | None = None) -> list[MessageRecord]:
         if limit is not None:
             check_limit(limit)
         # A negative LIMIT means no limit in SQLite.
@@ -442,11 +441,20 @@ class SQLiteStore:
             " address = excluded.address, version = excluded.version,"
             " status = excluded.status, last_seen = excluded.last_seen"
         )
-        args = (node.id, node.role, node.address, node.version, node.status, _fmt_ts(node.last_seen))
+        args = (
+            node.id,
+            node.role,
+            node.address,
+            node.version,
+            node.status,
+            _fmt_ts(node.last_seen),
+        )
         await self._transaction(lambda conn: conn.execute(sql, args))
 
     async def list_nodes(self) -> list[NodeRecord]:
-        rows = await self._run(lambda conn: conn.execute("SELECT * FROM nodes ORDER BY id").fetchall())
+        rows = await self._run(
+            lambda conn: conn.execute("SELECT * FROM nodes ORDER BY id").fetchall()
+        )
         return [
             NodeRecord(
                 id=row["id"],

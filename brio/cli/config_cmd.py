@@ -1,0 +1,65 @@
+"""``brio config check`` and ``brio config show``: see what a node would run with, safely.
+
+Both load exactly as ``brio serve`` does (``--config`` replaces the file lookup; the ``BRIO_*``
+environment still applies), so "OK" here means the node will start with this configuration.
+Secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from brio.config.errors import ConfigError
+from brio.config.load import LoadedConfig, load_config
+from brio.config.redact import redacted
+from brio.config.render import to_toml
+
+
+def _load(config_path: str | None) -> LoadedConfig:
+    path = Path(config_path) if config_path is not None else None
+    return load_config(path, os.environ)
+
+
+def _report(err: ConfigError) -> int:
+    count = len(err.problems)
+    print(
+        f"brio: invalid configuration ({count} problem{'s' if count != 1 else ''}):",
+        file=sys.stderr,
+    )
+    for line in err.problems:
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
+def config_check(config_path: str | None) -> int:
+    """Print ``OK: <source>`` and return 0, or print every problem to stderr and return 1."""
+    try:
+        loaded = _load(config_path)
+    except ConfigError as err:
+        return _report(err)
+    print(f"OK: {loaded.source if loaded.source is not None else 'defaults'}")
+    if loaded.env_overrides:
+        print(f"environment overrides: {', '.join(loaded.env_overrides)}")
+    return 0
+
+
+def config_show(config_path: str | None, as_json: bool) -> int:
+    """Print the effective configuration, secrets redacted, as TOML (or JSON with ``as_json``)."""
+    try:
+        loaded = _load(config_path)
+    except ConfigError as err:
+        return _report(err)
+    data = redacted(loaded.config)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    source = loaded.source if loaded.source is not None else "defaults"
+    print(f"# source: {source}")
+    if loaded.env_overrides:
+        print(f"# environment overrides: {', '.join(loaded.env_overrides)}")
+    print()
+    print(to_toml(data), end="")
+    return 0
