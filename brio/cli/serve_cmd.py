@@ -40,16 +40,32 @@ async def _serve(config_path: str | None) -> None:
         nursery.cancel_scope.cancel()
 
 
+_EXPECTED = (ConfigError, StoreError, OSError)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConfigError):
+        return f"invalid configuration:\n{exc}"
+    if isinstance(exc, StoreError):
+        return f"store: {exc}"
+    return str(exc)
+
+
 def serve(config_path: str | None) -> int:
+    """Run a node; 0 after an orderly shutdown, 1 (with a one-line reason) if it cannot start."""
     try:
-        trio.run(_serve, config_path)
-    except ConfigError as exc:
-        print(f"brio: invalid configuration:\n{exc}", file=sys.stderr)
-        return 1
-    except StoreError as exc:
-        print(f"brio: store: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"brio: {exc}", file=sys.stderr)
+        trio.run(_serve, config_path, strict_exception_groups=True)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            print(f"brio: {_describe(leaf)}", file=sys.stderr)
         return 1
     return 0

@@ -95,3 +95,49 @@ async def test_oversized_message_closes_the_socket(tmp_path: Path) -> None:
                     await ws.get_message()
         # the node still serves
         assert (await node.client.get("/health")).status_code == 200
+
+
+async def test_streaming_llm_task_events_arrive_in_order(tmp_path: Path) -> None:
+    from tests.fakes.openai_server import open_fake_openai
+
+    async with open_fake_openai(api_key="sk-test") as fake:
+        fake.reply("Hel", "lo", ",", " wor", "ld", delay=0.02)
+        config = node_config(
+            tmp_path,
+            agents={"assistant": {"kind": "llm", "system_prompt": "Be brief."}},
+            providers={
+                "fake": {"base_url": fake.base_url, "api_key": "sk-test",
+                         "default_model": "gpt-test"}
+            },
+        )
+        async with running_node(config) as node:
+            session = (await node.client.post("/api/sessions", json={})).json()
+            async with open_websocket_url(ws_url(node)) as ws:
+                await subscribe(ws, sessions=[session["id"]])
+                task = await node.submit(
+                    agent="assistant", prompt="Say hello", session_id=session["id"]
+                )
+                events = await events_until_completed(ws, task["id"])
+            msgs = (
+                await node.client.get(f"/api/sessions/{session['id']}/messages")
+            ).json()["messages"]
+
+    types = [e["type"] for e in events]
+    assert types == ["task_created", "task_update", "task_update"] + ["task_output"] * 5 + [
+        "task_completed"
+    ]
+    outputs = [e["data"] for e in events if e["type"] == "task_output"]
+    assert [o["index"] for o in outputs] == [0, 1, 2, 3, 4]
+    assert "".join(o["chunk"] for o in outputs) == "Hello, world"
+    assert events[-1]["data"]["status"] == "succeeded"
+    assert events[-1]["data"]["result"] == "Hello, world"
+    sent = fake.requests[-1].json
+    assert sent is not None and sent["model"] == "gpt-test" and sent["stream"] is True
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hello"},
+    ]
+    assert [(m["role"], m["content"]) for m in msgs] == [
+        ("user", "Say hello"),
+        ("assistant", "Hello, world"),
+    ]
