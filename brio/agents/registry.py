@@ -67,7 +67,7 @@ def _load_entrypoint(spec: str, where: str) -> Agent:
         raise ConfigError([f"{where}: cannot load entrypoint {spec!r}: {exc}"]) from None
     if not callable(obj):
         raise ConfigError([f"{where}: entrypoint {spec!r} is not callable"])
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 def _plugins(eps: Iterable[EntryPoint]) -> dict[str, Agent]:
@@ -92,8 +92,13 @@ def build_registry(
     plugins = _plugins(entry_points(group=ENTRY_POINT_GROUP) if eps is None else eps)
     factories = _builtin_factories()
     agents: dict[str, RegisteredAgent] = {
-        name: RegisteredAgent(name, name if name in factories else "plugin",
-                              _describe(fn, AgentConfig()), fn, AgentConfig())
+        name: RegisteredAgent(
+            name,
+            name if name in factories else "plugin",
+            _describe(fn, AgentConfig()),
+            fn,
+            AgentConfig(),
+        )
         for name, fn in plugins.items()
     }
     problems: list[str] = []
@@ -110,8 +115,8 @@ def build_registry(
                 fn, kind = factories["llm"](name, settings, config), "llm"
             else:
                 problems.append(
-                    f"{where}: no agent to run; set kind = \"echo\" | \"sleep\" | \"shell\" | "
-                    f"\"llm\", or entrypoint = \"module:attr\", or install a plugin named {name!r}"
+                    f'{where}: no agent to run; set kind = "echo" | "sleep" | "shell" | '
+                    f'"llm", or entrypoint = "module:attr", or install a plugin named {name!r}'
                 )
                 continue
         except ConfigError as exc:

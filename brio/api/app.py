@@ -13,12 +13,13 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 from pydantic import BaseModel, ValidationError
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from brio import __version__
@@ -123,7 +124,7 @@ def _query(model: type[M]) -> M:
     return _validate(model, dict(request.args.items()), "query parameters")
 
 
-def _token_ok(expected: str | None, headers: Mapping[str, str], args: Mapping[str, str]) -> bool:
+def _token_ok(expected: str | None, headers: Headers, args: Mapping[str, str]) -> bool:
     if expected is None:
         return True
     given = ""
@@ -184,7 +185,8 @@ def create_app(deps: ApiDeps) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Response:
-        status, queued = "healthy", 0
+        status: Literal["healthy", "unhealthy"] = "healthy"
+        queued = 0
         try:
             with trio.fail_after(2):
                 queued = await deps.store.count_tasks(TaskStatus.QUEUED)
@@ -192,7 +194,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             status = "unhealthy"
         beat = deps.mesh.last_heartbeat()
         body = models.Health(
-            status=status,  # type: ignore[arg-type]
+            status=status,
             node_id=deps.config.mesh.node_id,
             version=__version__,
             role=deps.mesh.role,
@@ -244,9 +246,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             )
         except ValueError as exc:
             raise ApiError(422, "invalid_cursor", str(exc), {"field": "cursor"}) from None
-        return _json(
-            {"tasks": [task_json(t) for t in page.tasks], "next_cursor": page.next_cursor}
-        )
+        return _json({"tasks": [task_json(t) for t in page.tasks], "next_cursor": page.next_cursor})
 
     @app.get("/api/tasks/<task_id>")
     async def get_task(task_id: str) -> Response:
@@ -344,7 +344,10 @@ async def _forward_events(sub: Subscription, done: trio.CancelScope) -> None:
         await _send_ws(event.to_json())
     if sub.overflowed:
         await _send_ws(
-            {"type": "error", "error": {"code": "slow_consumer", "message": "too many unread events"}}
+            {
+                "type": "error",
+                "error": {"code": "slow_consumer", "message": "too many unread events"},
+            }
         )
         await websocket.close(1008, "slow consumer")
     done.cancel()
@@ -370,7 +373,9 @@ async def _read_subscriptions(sub: Subscription, max_bytes: int) -> None:
             data = json.loads(raw)
             msg = _validate(models.WsSubscribe, data, "message")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            await _send_ws({"type": "error", "error": {"code": "invalid_json", "message": str(exc)}})
+            await _send_ws(
+                {"type": "error", "error": {"code": "invalid_json", "message": str(exc)}}
+            )
             continue
         except ApiError as exc:
             await _send_ws({"type": "error", **exc.body()})

@@ -73,19 +73,27 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
             }
         },
-        "/health/live": {"get": {"summary": "Liveness; never needs a token",
-                                 "responses": {"200": {"description": "Alive"}}}},
-        "/health/ready": {"get": {"summary": "Readiness: the store answers",
-                                  "responses": {"200": {"description": "Ready"},
-                                                "503": {"description": "Not ready"}}}},
+        "/health/live": {
+            "get": {
+                "summary": "Liveness; never needs a token",
+                "responses": {"200": {"description": "Alive"}},
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "summary": "Readiness: the store answers",
+                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+            }
+        },
         "/api/tasks": {
             "post": {
                 "summary": "Submit a task (committed before the answer)",
                 "requestBody": _body(models.TaskCreate),
                 "responses": {
                     "202": _json_response("Accepted: a new task", models.TaskOut),
-                    "200": _json_response("The task already made with this idempotency key",
-                                          models.TaskOut),
+                    "200": _json_response(
+                        "The task already made with this idempotency key", models.TaskOut
+                    ),
                     "404": _error("Unknown agent or session"),
                     "413": _error("Body too large"),
                     "422": _error("Invalid body"),
@@ -95,69 +103,92 @@ def openapi_document(version: str) -> dict[str, Any]:
             "get": {
                 "summary": "List tasks, newest first",
                 "parameters": _query_params(models.TaskListQuery),
-                "responses": {"200": _json_response("A page of tasks", models.TaskList),
-                              "422": _error("Invalid query"), **_AUTH_ERRORS},
+                "responses": {
+                    "200": _json_response("A page of tasks", models.TaskList),
+                    "422": _error("Invalid query"),
+                    **_AUTH_ERRORS,
+                },
             },
         },
         "/api/tasks/{task_id}": {
             "get": {
                 "summary": "One task",
                 "parameters": [_path_param("task_id")],
-                "responses": {"200": _json_response("The task", models.TaskOut),
-                              "404": _error("Unknown task"), **_AUTH_ERRORS},
+                "responses": {
+                    "200": _json_response("The task", models.TaskOut),
+                    "404": _error("Unknown task"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/api/tasks/{task_id}/cancel": {
             "post": {
                 "summary": "Cancel a queued or running task",
                 "parameters": [_path_param("task_id")],
-                "responses": {"200": _json_response("Cancelled", models.TaskOut),
-                              "404": _error("Unknown task"),
-                              "409": _error("Already finished"), **_AUTH_ERRORS},
+                "responses": {
+                    "200": _json_response("Cancelled", models.TaskOut),
+                    "404": _error("Unknown task"),
+                    "409": _error("Already finished"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/api/sessions": {
             "post": {
                 "summary": "Create a session (conversation)",
                 "requestBody": {**_body(models.SessionCreate), "required": False},
-                "responses": {"201": _json_response("Created", models.SessionOut),
-                              "422": _error("Invalid body"), **_AUTH_ERRORS},
+                "responses": {
+                    "201": _json_response("Created", models.SessionOut),
+                    "422": _error("Invalid body"),
+                    **_AUTH_ERRORS,
+                },
             },
             "get": {
                 "summary": "List sessions, newest first",
                 "parameters": _query_params(models.SessionListQuery),
-                "responses": {"200": _json_response("Sessions", models.SessionList),
-                              **_AUTH_ERRORS},
+                "responses": {
+                    "200": _json_response("Sessions", models.SessionList),
+                    **_AUTH_ERRORS,
+                },
             },
         },
         "/api/sessions/{session_id}": {
             "get": {
                 "summary": "One session",
                 "parameters": [_path_param("session_id")],
-                "responses": {"200": _json_response("The session", models.SessionOut),
-                              "404": _error("Unknown session"), **_AUTH_ERRORS},
+                "responses": {
+                    "200": _json_response("The session", models.SessionOut),
+                    "404": _error("Unknown session"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/api/sessions/{session_id}/messages": {
             "get": {
                 "summary": "The session's conversation history, oldest first",
-                "parameters": [_path_param("session_id"),
-                               *_query_params(models.MessageListQuery)],
-                "responses": {"200": _json_response("Messages", models.MessageList),
-                              "404": _error("Unknown session"), **_AUTH_ERRORS},
+                "parameters": [_path_param("session_id"), *_query_params(models.MessageListQuery)],
+                "responses": {
+                    "200": _json_response("Messages", models.MessageList),
+                    "404": _error("Unknown session"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/api/agents": {
-            "get": {"summary": "Agents this node runs",
-                    "responses": {"200": _json_response("Agents", models.AgentList),
-                                  **_AUTH_ERRORS}}
+            "get": {
+                "summary": "Agents this node runs",
+                "responses": {"200": _json_response("Agents", models.AgentList), **_AUTH_ERRORS},
+            }
         },
         "/api/agents/{name}": {
             "get": {
                 "summary": "One agent",
                 "parameters": [_path_param("name")],
-                "responses": {"200": _json_response("The agent", models.AgentOut),
-                              "404": _error("Unknown agent"), **_AUTH_ERRORS},
+                "responses": {
+                    "200": _json_response("The agent", models.AgentOut),
+                    "404": _error("Unknown agent"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/ws": {

@@ -16,9 +16,7 @@ from brio import __version__
 def _parser() -> argparse.ArgumentParser:
     from brio.cli import tasks_cmd
 
-    parser = argparse.ArgumentParser(
-        prog="brio", description="Brio: a service mesh for AI agents."
-    )
+    parser = argparse.ArgumentParser(prog="brio", description="Brio: a service mesh for AI agents.")
     parser.add_argument("--version", action="version", version=f"brio {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

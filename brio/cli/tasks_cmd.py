@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,13 +67,15 @@ def _target(args: argparse.Namespace) -> tuple[str, str | None]:
     token = args.token or os.environ.get("BRIO_API_TOKEN")
     if url is None or token is None:
         try:
-            config = load_config(args.config and __import__("pathlib").Path(args.config)).config
+            config = load_config(Path(args.config) if args.config else None).config
         except ConfigError as exc:
             raise CliError(f"cannot read the config to find the node:\n{exc}") from None
         if url is None:
             host = config.server.host
             host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-            host = f"[{host}]" if ":" in host and host != "::" else ("[::1]" if host == "::" else host)
+            host = (
+                f"[{host}]" if ":" in host and host != "::" else ("[::1]" if host == "::" else host)
+            )
             url = f"http://{host}:{config.server.port}"
         if token is None and config.server.auth_token is not None:
             token = config.server.auth_token.get_secret_value()
@@ -91,7 +94,9 @@ def _request(method: str, url: str, token: str | None, **kwargs: Any) -> Any:
     try:
         body = resp.json()
     except ValueError:
-        raise CliError(f"{url} answered {resp.status_code} with non-JSON: {resp.text[:200]}") from None
+        raise CliError(
+            f"{url} answered {resp.status_code} with non-JSON: {resp.text[:200]}"
+        ) from None
     if resp.status_code >= 400:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         raise CliError(f"{err.get('message', resp.text)} (HTTP {resp.status_code})")
@@ -131,29 +136,39 @@ def _print_table(tasks: list[dict[str, Any]]) -> None:
         )
 
 
-async def _watch(url: str, token: str | None, task_ids: list[str], everything: bool,
-                 as_json: bool) -> int:
+async def _watch(
+    url: str, token: str | None, task_ids: list[str], everything: bool, as_json: bool
+) -> int:
     from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
     pending = set(task_ids)
     failed = False
     try:
-        async with open_websocket_url(ws_url, extra_headers=list(
-            (k.encode(), v.encode()) for k, v in _headers(token).items()
-        )) as ws:
+        async with open_websocket_url(
+            ws_url, extra_headers=list((k.encode(), v.encode()) for k, v in _headers(token).items())
+        ) as ws:
             await ws.send_message(
                 json.dumps({"action": "subscribe", "tasks": task_ids, "all": everything})
             )
             # Tasks that finished before we subscribed will send no more events.
             for task_id in list(pending):
                 task = await trio.to_thread.run_sync(
-                    lambda tid=task_id: _request("GET", f"{url}/api/tasks/{tid}", token)
+                    _request, "GET", f"{url}/api/tasks/{task_id}", token
                 )
                 if task["status"] in ("succeeded", "failed", "cancelled"):
-                    _print_event({"type": "task_completed", "task_id": task_id,
-                                  "data": {"status": task["status"], "result": task["result"],
-                                           "error": task["error"]}}, as_json)
+                    _print_event(
+                        {
+                            "type": "task_completed",
+                            "task_id": task_id,
+                            "data": {
+                                "status": task["status"],
+                                "result": task["result"],
+                                "error": task["error"],
+                            },
+                        },
+                        as_json,
+                    )
                     failed |= task["status"] != "succeeded"
                     pending.discard(task_id)
             while pending or everything:
@@ -181,12 +196,15 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
     if kind == "task_output":
         print(data.get("chunk", ""), end="", flush=True)
     elif kind == "task_completed":
-        tail = data.get("error") if data.get("error") else data.get("result")
-        print(f"\n[{tid}] {data.get('status')}: {tail if isinstance(tail, str) else json.dumps(tail)}",
-              flush=True)
+        tail = data.get("error") or data.get("result")
+        text = tail if isinstance(tail, str) else json.dumps(tail)
+        print(f"\n[{tid}] {data.get('status')}: {text}", flush=True)
     elif kind == "task_update":
-        print(f"[{tid}] {data.get('status')} (attempt {data.get('attempt')}, "
-              f"node {data.get('node_id') or '-'})", flush=True)
+        print(
+            f"[{tid}] {data.get('status')} (attempt {data.get('attempt')}, "
+            f"node {data.get('node_id') or '-'})",
+            flush=True,
+        )
     elif kind == "task_created":
         print(f"[{tid}] created ({data.get('agent')})", flush=True)
     else:
@@ -207,8 +225,11 @@ def _run(args: argparse.Namespace) -> int:
     url, token = _target(args)
     action = args.tasks_command
     if action == "submit":
-        payload: dict[str, Any] = {"agent": args.agent, "prompt": args.prompt,
-                                   "priority": args.priority}
+        payload: dict[str, Any] = {
+            "agent": args.agent,
+            "prompt": args.prompt,
+            "priority": args.priority,
+        }
         if args.input is not None:
             try:
                 payload["input"] = json.loads(args.input)
@@ -229,9 +250,17 @@ def _run(args: argparse.Namespace) -> int:
         _print_task(_request("GET", f"{url}/api/tasks/{args.task_id}", token), args.json)
         return 0
     if action == "list":
-        params = {k: v for k, v in (("status", args.status), ("agent", args.agent),
-                                    ("session_id", args.session_id), ("limit", args.limit),
-                                    ("cursor", args.cursor)) if v is not None}
+        params = {
+            k: v
+            for k, v in (
+                ("status", args.status),
+                ("agent", args.agent),
+                ("session_id", args.session_id),
+                ("limit", args.limit),
+                ("cursor", args.cursor),
+            )
+            if v is not None
+        }
         page = _request("GET", f"{url}/api/tasks", token, params=params)
         if args.json:
             print(json.dumps(page, indent=2))

@@ -58,7 +58,9 @@ def _hypercorn_config(config: BrioConfig) -> HypercornConfig:
     return hc
 
 
-async def _record_node(store: Store, config: BrioConfig, agents: list[tuple[str, str, str]]) -> None:
+async def _record_node(
+    store: Store, config: BrioConfig, agents: list[tuple[str, str, str]]
+) -> None:
     await store.upsert_node(
         NodeRecord(
             id=config.mesh.node_id,
@@ -99,12 +101,19 @@ async def run_node(
                 await nursery.start(supervisor.run)
                 if config.server.enabled:
                     app = create_app(
-                        ApiDeps(config, store, service, supervisor, bus, agents,
-                                SingleNode(config.mesh.role))
+                        ApiDeps(
+                            config,
+                            store,
+                            service,
+                            supervisor,
+                            bus,
+                            agents,
+                            SingleNode(config.mesh.role),
+                        )
                     )
                     handle.http_urls = await nursery.start(
                         lambda task_status: hypercorn_serve(
-                            app,  # type: ignore[arg-type]
+                            app,
                             _hypercorn_config(config),
                             shutdown_trigger=http_stop.wait,
                             task_status=task_status,

@@ -56,6 +56,7 @@ class Supervisor:
         bus: EventBus,
         node_id: str,
         max_agents: int,
+        *,
         poll_interval: float = 1.0,
     ) -> None:
         self._store = store
@@ -94,9 +95,8 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Claim and run tasks until ``drain`` is called; then wait for the agents to end."""
-        requeued = await self._store.requeue_node_tasks(self._node_id)
-        for task in requeued:
-            log.warning("task %s was left %s by a previous run; requeued", task.id, "unfinished")
+        for task in await self._store.requeue_node_tasks(self._node_id):
+            log.warning("task %s was left unfinished by a previous run; requeued", task.id)
             self._publish_update(task)
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -105,12 +105,12 @@ class Supervisor:
                 if not self._accepting:
                     self._slots.release()
                     break
+                claimed: TaskRecord | None = None
                 try:
-                    task = await self._store.claim_task(self._node_id, sorted(self._agents))
+                    claimed = await self._store.claim_task(self._node_id, sorted(self._agents))
                 except Exception:
                     log.exception("claiming a task failed; retrying")
-                    task = None
-                if task is None:
+                if claimed is None:
                     self._slots.release()
                     with trio.move_on_after(self._poll_interval):
                         await self._wake.wait()
@@ -118,13 +118,13 @@ class Supervisor:
                     continue
                 if not self._accepting:  # drain began while we were claiming
                     self._slots.release()
-                    await self._requeue(task)
+                    await self._requeue(claimed)
                     break
                 scope = trio.CancelScope()
-                self._running[task.id] = _Running(task, scope)
+                self._running[claimed.id] = _Running(task, scope)
                 self._idle = trio.Event()
-                self._publish_update(task)
-                nursery.start_soon(self._run_one, task, scope)
+                self._publish_update(claimed)
+                nursery.start_soon(self._run_one, claimed, scope)
 
     async def drain(self, grace: float) -> None:
         """Stop claiming; give running agents ``grace`` seconds, then cancel and requeue them."""

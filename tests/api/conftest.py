@@ -29,7 +29,9 @@ class Node:
         return resp.json()  # type: ignore[no-any-return]
 
     async def wait_for(
-        self, task_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+        self,
+        task_id: str,
+        statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
         timeout: float = 15,
     ) -> dict[str, Any]:
         with trio.fail_after(timeout):

@@ -30,9 +30,16 @@ async def test_openapi_lists_every_route(node: Node) -> None:
     doc = (await node.client.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
     for path in (
-        "/health", "/api/tasks", "/api/tasks/{task_id}", "/api/tasks/{task_id}/cancel",
-        "/api/sessions", "/api/sessions/{session_id}", "/api/sessions/{session_id}/messages",
-        "/api/agents", "/api/agents/{name}", "/ws",
+        "/health",
+        "/api/tasks",
+        "/api/tasks/{task_id}",
+        "/api/tasks/{task_id}/cancel",
+        "/api/sessions",
+        "/api/sessions/{session_id}",
+        "/api/sessions/{session_id}/messages",
+        "/api/agents",
+        "/api/agents/{name}",
+        "/ws",
     ):
         assert path in doc["paths"], path
     assert "TaskCreate" in doc["components"]["schemas"]

@@ -168,8 +168,7 @@ async def test_max_agents_caps_concurrency_and_the_rest_wait_queued(tmp_path: Pa
     config = node_config(tmp_path, mesh={"max_agents": 2})
     async with running_node(config) as node:
         ids = [
-            (await node.submit(agent="sleep", prompt="", input={"ms": 400}))["id"]
-            for _ in range(4)
+            (await node.submit(agent="sleep", prompt="", input={"ms": 400}))["id"] for _ in range(4)
         ]
         with trio.fail_after(10):
             while (await node.client.get("/health")).json()["agents"]["active"] < 2:

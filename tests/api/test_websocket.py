@@ -57,9 +57,10 @@ async def test_all_events_of_an_echo_task_in_order(node: Node) -> None:
 
 async def test_task_and_session_filters(node: Node) -> None:
     session = (await node.client.post("/api/sessions", json={})).json()
-    async with open_websocket_url(ws_url(node)) as by_session, open_websocket_url(
-        ws_url(node)
-    ) as by_task:
+    async with (
+        open_websocket_url(ws_url(node)) as by_session,
+        open_websocket_url(ws_url(node)) as by_task,
+    ):
         await subscribe(by_session, sessions=[session["id"]])
         other = await node.submit(agent="echo", prompt="elsewhere")
         mine = await node.submit(agent="echo", prompt="mine", session_id=session["id"])
@@ -106,8 +107,11 @@ async def test_streaming_llm_task_events_arrive_in_order(tmp_path: Path) -> None
             tmp_path,
             agents={"assistant": {"kind": "llm", "system_prompt": "Be brief."}},
             providers={
-                "fake": {"base_url": fake.base_url, "api_key": "sk-test",
-                         "default_model": "gpt-test"}
+                "fake": {
+                    "base_url": fake.base_url,
+                    "api_key": "sk-test",
+                    "default_model": "gpt-test",
+                }
             },
         )
         async with running_node(config) as node:
@@ -118,9 +122,9 @@ async def test_streaming_llm_task_events_arrive_in_order(tmp_path: Path) -> None
                     agent="assistant", prompt="Say hello", session_id=session["id"]
                 )
                 events = await events_until_completed(ws, task["id"])
-            msgs = (
-                await node.client.get(f"/api/sessions/{session['id']}/messages")
-            ).json()["messages"]
+            msgs = (await node.client.get(f"/api/sessions/{session['id']}/messages")).json()[
+                "messages"
+            ]
 
     types = [e["type"] for e in events]
     assert types == ["task_created", "task_update", "task_update"] + ["task_output"] * 5 + [

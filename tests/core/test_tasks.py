@@ -1,5 +1,7 @@
 """The task lifecycle table: the properties the store's conditional updates rely on."""
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +28,7 @@ def test_no_walk_leaves_a_terminal_state(walk: list[TaskStatus]) -> None:
 
 def test_the_designed_path_is_allowed() -> None:
     path = [TaskStatus.QUEUED, TaskStatus.ASSIGNED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED]
-    assert all(can_transition(a, b) for a, b in zip(path, path[1:], strict=False))
+    assert all(can_transition(a, b) for a, b in itertools.pairwise(path))
 
 
 def test_requeue_only_from_assigned_or_running() -> None:

@@ -2,7 +2,7 @@
 
 import trio
 
-from brio.runtime.events import EventBus
+from brio.runtime.events import Event, EventBus, Subscription
 
 
 async def test_subscribers_get_only_what_they_asked_for_in_order() -> None:
@@ -16,7 +16,7 @@ async def test_subscribers_get_only_what_they_asked_for_in_order() -> None:
         bus.publish("task_output", "t1", None, {"chunk": "a"})
         bus.publish("task_output", "t3", None, {})
 
-        def drain(sub):  # type: ignore[no-untyped-def]
+        def drain(sub: Subscription) -> list[Event]:
             out = []
             while True:
                 try:

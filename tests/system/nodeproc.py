@@ -35,9 +35,7 @@ def start_node(
     cwd: Path, url: str, env: dict[str, str] | None = None, ready_timeout: float = 30
 ) -> NodeProcess:
     """Start a node in ``cwd`` with a clean environment and wait until it answers."""
-    child_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"
-    }
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"}
     child_env["HOME"] = str(cwd)  # no ~/.config/brio/brio.toml from the developer
     child_env.update(env or {})
     log_path = cwd / "node.log"

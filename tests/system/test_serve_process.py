@@ -5,13 +5,23 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from brio.core.tasks import TaskStatus
-from brio.store import open_store
+from brio.store import TaskRecord, open_store
 from tests.system.nodeproc import start_node
+
+
+async def read_tasks(db: Path, ids: list[str]) -> dict[str, TaskRecord | None]:
+    store = await open_store(f"sqlite:///{db}")
+    try:
+        return {i: await store.get_task(i) for i in ids}
+    finally:
+        await store.close()
 
 
 def free_port() -> int:
@@ -20,7 +30,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_status(url: str, task_id: str, statuses: set[str], timeout: float = 20) -> dict:
+def wait_status(url: str, task_id: str, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         task = httpx.get(f"{url}/api/tasks/{task_id}", timeout=5).json()
@@ -52,7 +62,7 @@ def test_quick_start_with_no_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
+def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
     port = free_port()
     node = start_node(
         tmp_path,
@@ -65,6 +75,7 @@ async def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
         },
     )
     try:
+
         def submit(ms: int) -> str:
             resp = httpx.post(
                 f"{node.url}/api/tasks",
@@ -88,11 +99,7 @@ async def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
     assert took < 15, f"shutdown took {took:.1f}s"
     assert "Traceback" not in node.log()
 
-    store = await open_store(f"sqlite:///{tmp_path / 'brio-data' / 'brio.db'}")
-    try:
-        tasks = {i: await store.get_task(i) for i in short + long + waiting}
-    finally:
-        await store.close()
+    tasks = trio.run(read_tasks, tmp_path / "brio-data" / "brio.db", short + long + waiting)
     for task_id in short:
         assert tasks[task_id].status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
     for task_id in long:

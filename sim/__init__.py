@@ -1,0 +1,1 @@
+"""The deterministic simulator (`python -m sim`) arrives with the coordinator lease."""
