@@ -121,7 +121,7 @@ class Supervisor:
                     await self._requeue(claimed)
                     break
                 scope = trio.CancelScope()
-                self._running[claimed.id] = _Running(task, scope)
+                self._running[claimed.id] = _Running(claimed, scope)
                 self._idle = trio.Event()
                 self._publish_update(claimed)
                 nursery.start_soon(self._run_one, claimed, scope)
