@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,51 @@ def wait_status(url: str, task_id: str, statuses: set[str], timeout: float = 20)
     raise AssertionError(f"task {task_id} never reached {statuses}")
 
 
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_")}
+    env["HOME"] = str(cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "brio", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def check_cli(cwd: Path, echo_id: str) -> None:
+    """The `brio tasks` client against the running node (found through the default config)."""
+    got = cli(cwd, "tasks", "get", echo_id)
+    assert got.returncode == 0, got.stderr
+    assert "status    succeeded" in got.stdout and "result    hello brio" in got.stdout
+
+    sub = cli(cwd, "tasks", "submit", "echo", "via cli", "--wait", "--json")
+    assert sub.returncode == 0, sub.stderr
+    final = json.loads(sub.stdout[sub.stdout.index("\n{") :])  # the task after the events
+    assert final["status"] == "succeeded" and final["result"] == "via cli"
+
+    slow = cli(cwd, "tasks", "submit", "sleep", "", "--input", '{"ms": 300}', "--json")
+    slow_id = json.loads(slow.stdout)["id"]
+    watched = cli(cwd, "tasks", "watch", slow_id)
+    assert watched.returncode == 0, watched.stderr
+    assert f"[{slow_id}] succeeded" in watched.stdout
+
+    listed = cli(cwd, "tasks", "list", "--json", "--agent", "echo")
+    assert [t["result"] for t in json.loads(listed.stdout)["tasks"]] == ["via cli", "hello brio"]
+    table = cli(cwd, "tasks", "list")
+    assert table.stdout.splitlines()[0].split() == ["ID", "AGENT", "STATUS", "NODE", "CREATED"]
+
+    bad = cli(cwd, "tasks", "submit", "nope", "x")
+    assert bad.returncode == 1
+    assert "unknown agent 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    bad_input = cli(cwd, "tasks", "submit", "echo", "x", "--input", "{oops")
+    assert bad_input.returncode == 1 and "--input: not valid JSON" in bad_input.stderr
+    missing = cli(cwd, "tasks", "get", "no-such-task")
+    assert missing.returncode == 1 and "unknown task" in missing.stderr
+
+
 @pytest.mark.slow
 def test_quick_start_with_no_config(tmp_path: Path) -> None:
     with socket.socket() as probe:
@@ -54,6 +103,7 @@ def test_quick_start_with_no_config(tmp_path: Path) -> None:
         task = wait_status(node.url, resp.json()["id"], {"succeeded", "failed"})
         assert task["status"] == "succeeded"
         assert task["result"] == "hello brio"
+        check_cli(tmp_path, task["id"])
     finally:
         code = node.terminate()
     assert code == 0, node.log()
