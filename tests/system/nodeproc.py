@@ -22,8 +22,8 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def terminate(self, timeout: float = 30) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float = 30, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

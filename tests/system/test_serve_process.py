@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -159,3 +160,32 @@ def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
     for task_id in waiting:
         t = tasks[task_id]
         assert t is not None and t.status is TaskStatus.QUEUED and t.attempt == 1
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_a_second_signal_cuts_the_grace_short(tmp_path: Path) -> None:
+    port = free_port()
+    node = start_node(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        env={"BRIO_SERVER__PORT": str(port), "BRIO_SERVER__SHUTDOWN_GRACE": "60"},
+    )
+    try:
+        resp = httpx.post(
+            f"{node.url}/api/tasks",
+            json={"agent": "sleep", "prompt": "", "input": {"ms": 120_000}},
+            timeout=5,
+        )
+        task_id = resp.json()["id"]
+        wait_status(node.url, task_id, {"running"})
+        node.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert node.proc.poll() is None  # waiting for the agent, within its grace
+        started = time.monotonic()
+    finally:
+        code = node.terminate(sig=signal.SIGINT)
+    assert code == 0, node.log()
+    assert time.monotonic() - started < 10
+    assert "second signal" in node.log()
+    task = trio.run(read_tasks, tmp_path / "brio-data" / "brio.db", [task_id])[task_id]
+    assert task is not None and task.status is TaskStatus.QUEUED and task.attempt == 2
