@@ -76,12 +76,17 @@ async def _end_to_end(url: str, tasks: int, clients: int) -> float:
         async with trio.open_nursery() as nursery:
             for _ in range(clients):
                 nursery.start_soon(submitter)
+    await _wait_idle(url)
+    return tasks / (time.perf_counter() - started)
+
+
+async def _wait_idle(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         while True:
             load = (await client.get("/health")).json()["agents"]
             if load["queued"] == 0 and load["active"] == 0:
-                break
+                return
             await trio.sleep(0.05)
-        return tasks / (time.perf_counter() - started)
 
 
 def _row(name: str, rps: float, lat: list[float], base: float) -> str:
@@ -106,7 +111,7 @@ async def main(seconds: float, clients: int, tasks: int) -> None:
             url = handle.http_urls[0]
             base_rps, base_lat = await _load(seconds, clients, _health, url)
             sub_rps, sub_lat = await _load(seconds, clients, _submit, url)
-            await trio.sleep(0)
+            await _wait_idle(url)  # the submission load left a queue behind
             e2e = await _end_to_end(url, tasks, clients)
             shutdown.set()
     print(f"single node, SQLite, {clients} clients, {seconds:g}s per load, same process")
