@@ -11,6 +11,7 @@ import trio
 
 from brio.config.errors import ConfigError
 from brio.config.load import load_config
+from brio.exc import leaves
 from brio.logs import setup_logging
 from brio.runtime.node import run_node
 from brio.store.base import StoreError
@@ -43,12 +44,6 @@ async def _serve(config_path: str | None) -> None:
 _EXPECTED = (ConfigError, StoreError, OSError)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConfigError):
         return f"invalid configuration:\n{exc}"
@@ -62,10 +57,10 @@ def serve(config_path: str | None) -> int:
     try:
         trio.run(_serve, config_path, strict_exception_groups=True)
     except BaseException as exc:
-        leaves = _leaves(exc)
-        if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+        found = leaves(exc)
+        if not all(isinstance(leaf, _EXPECTED) for leaf in found):
             raise
-        for leaf in leaves:
+        for leaf in found:
             print(f"brio: {_describe(leaf)}", file=sys.stderr)
         return 1
     return 0

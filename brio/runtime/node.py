@@ -28,6 +28,7 @@ from brio import __version__, aio
 from brio.agents.registry import build_registry
 from brio.api.app import ApiDeps, create_app
 from brio.config.model import BrioConfig
+from brio.exc import leaves
 from brio.runtime.events import EventBus
 from brio.runtime.mesh_view import SingleNode
 from brio.runtime.service import TaskService
@@ -111,14 +112,23 @@ async def run_node(
                             SingleNode(config.mesh.role),
                         )
                     )
-                    handle.http_urls = await nursery.start(
-                        lambda task_status: hypercorn_serve(
-                            app,
-                            _hypercorn_config(config),
-                            shutdown_trigger=http_stop.wait,
-                            task_status=task_status,
+                    try:
+                        handle.http_urls = await nursery.start(
+                            lambda task_status: hypercorn_serve(
+                                app,
+                                _hypercorn_config(config),
+                                shutdown_trigger=http_stop.wait,
+                                task_status=task_status,
+                            )
                         )
-                    )
+                    except* OSError as group:
+                        where = f"{config.server.host}:{config.server.port}"
+                        reasons = "; ".join(
+                            str(getattr(e, "strerror", None) or e) for e in leaves(group)
+                        )
+                        raise OSError(
+                            f"cannot serve HTTP on {where} ([server] host, port): {reasons}"
+                        ) from group
                 log.info(
                     "brio %s node %s up: http %s, store %s, agents %s",
                     __version__,
