@@ -57,6 +57,7 @@ class ApiDeps:
     bus: EventBus
     agents: dict[str, RegisteredAgent]
     mesh: MeshView
+    stopping: trio.Event  # set once running agents are done: WebSockets then close
 
 
 def session_json(s: SessionRecord) -> dict[str, Any]:
@@ -328,6 +329,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             with deps.bus.subscribe() as sub:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_forward_events, sub, nursery.cancel_scope)
+                    nursery.start_soon(_close_on_shutdown, deps.stopping, nursery.cancel_scope)
                     await _read_subscriptions(sub, server.max_ws_message_bytes)
                     nursery.cancel_scope.cancel()
             return None
@@ -337,6 +339,12 @@ def create_app(deps: ApiDeps) -> QuartTrio:
 
 async def _send_ws(body: dict[str, Any]) -> None:
     await websocket.send(json.dumps(body))
+
+
+async def _close_on_shutdown(stopping: trio.Event, done: trio.CancelScope) -> None:
+    await stopping.wait()
+    await websocket.close(1001, "node shutting down")
+    done.cancel()
 
 
 async def _forward_events(sub: Subscription, done: trio.CancelScope) -> None:

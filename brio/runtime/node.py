@@ -52,7 +52,9 @@ def _hypercorn_config(config: BrioConfig) -> HypercornConfig:
     hc = HypercornConfig()
     host = config.server.host
     hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
-    hc.graceful_timeout = config.server.shutdown_grace
+    # Requests and WebSockets outlive the agents' grace a little, so that watchers get the
+    # last events before their sockets are closed (run_node closes them after the drain).
+    hc.graceful_timeout = config.server.shutdown_grace + 5.0
     hc.websocket_max_message_size = config.server.max_ws_message_bytes
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
@@ -84,6 +86,11 @@ async def run_node(
     """Run until ``shutdown`` is set, then stop in order. Raises on a start-up failure."""
     agents = build_registry(config)
     node_id = config.mesh.node_id
+    if config.mesh.enabled:
+        log.warning(
+            "[mesh] enabled = true, but this version has no mesh yet: "
+            "running as a single node (peers, discovery and TLS settings are not used)"
+        )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     async with aio.open_loop():
         store = await open_store(
@@ -98,6 +105,7 @@ async def run_node(
             service = TaskService(store, agents, bus, supervisor)
             handle = NodeHandle(node_id=node_id, store=store)
             http_stop = trio.Event()
+            ws_stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
                 if config.server.enabled:
@@ -110,6 +118,7 @@ async def run_node(
                             bus,
                             agents,
                             SingleNode(config.mesh.role),
+                            stopping=ws_stop,
                         )
                     )
                     try:
@@ -143,6 +152,7 @@ async def run_node(
                 service.accepting = False
                 http_stop.set()
                 await supervisor.drain(config.server.shutdown_grace)
+                ws_stop.set()  # watchers have seen the last events; let them go
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()

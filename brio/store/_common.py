@@ -1,4 +1,5 @@
-"""Pieces both backends share: argument checks, cursors, SQL fragments, URL redaction.
+"""Pieces both backends share: argument checks, cursors, SQL fragments, row decoding, URL
+redaction.
 
 Keeping them here means the two backends differ only in how they talk to their database, not
 in what they accept or hand out.
@@ -11,14 +12,25 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from brio.core.tasks import TaskStatus
-from brio.store.base import JSON, TaskFilter
+from brio.store.base import (
+    JSON,
+    AgentRecord,
+    MessageRecord,
+    NodeRecord,
+    SessionRecord,
+    TaskFilter,
+    TaskRecord,
+)
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
 
-# The column order every task query returns; both backends build TaskRecord from it.
+# The columns every task query returns, which RowDecoder.task reads.
 TASK_COLUMNS = (
     "seq, id, agent, prompt, input, session_id, idempotency_key, priority, status, node_id,"
     " attempt, result, error, created_at, updated_at, started_at, finished_at"
@@ -106,6 +118,78 @@ def task_page_query(
         f"SELECT {TASK_COLUMNS} FROM tasks {condition} ORDER BY seq DESC LIMIT {param(len(args))}"
     )
     return query, args
+
+
+@dataclass(frozen=True, slots=True)
+class RowDecoder:
+    """Builds records from one backend's rows (``row["column"]``: a ``sqlite3.Row`` or an
+    ``asyncpg.Record``). ``ts`` turns a stored timestamp into a datetime and ``json`` a stored
+    JSON value (or None) into its value; everything else arrives as it is."""
+
+    ts: Callable[[Any], datetime]
+    json: Callable[[Any], JSON]
+
+    def opt_ts(self, value: Any) -> datetime | None:
+        return None if value is None else self.ts(value)
+
+    def task(self, row: Any) -> TaskRecord:
+        return TaskRecord(
+            id=row["id"],
+            seq=row["seq"],
+            agent=row["agent"],
+            prompt=row["prompt"],
+            input=self.json(row["input"]),
+            session_id=row["session_id"],
+            idempotency_key=row["idempotency_key"],
+            priority=row["priority"],
+            status=TaskStatus(row["status"]),
+            node_id=row["node_id"],
+            attempt=row["attempt"],
+            result=self.json(row["result"]),
+            error=row["error"],
+            created_at=self.ts(row["created_at"]),
+            updated_at=self.ts(row["updated_at"]),
+            started_at=self.opt_ts(row["started_at"]),
+            finished_at=self.opt_ts(row["finished_at"]),
+        )
+
+    def session(self, row: Any) -> SessionRecord:
+        return SessionRecord(
+            id=row["id"],
+            title=row["title"],
+            metadata=self.json(row["metadata"]),
+            created_at=self.ts(row["created_at"]),
+            updated_at=self.ts(row["updated_at"]),
+        )
+
+    def message(self, row: Any) -> MessageRecord:
+        return MessageRecord(
+            id=row["id"],
+            session_id=row["session_id"],
+            role=row["role"],
+            content=row["content"],
+            task_id=row["task_id"],
+            created_at=self.ts(row["created_at"]),
+        )
+
+    def node(self, row: Any) -> NodeRecord:
+        return NodeRecord(
+            id=row["id"],
+            role=row["role"],
+            address=row["address"],
+            version=row["version"],
+            status=row["status"],
+            last_seen=self.ts(row["last_seen"]),
+        )
+
+    def agent(self, row: Any) -> AgentRecord:
+        return AgentRecord(
+            name=row["name"],
+            kind=row["kind"],
+            description=row["description"],
+            node_id=row["node_id"],
+            updated_at=self.ts(row["updated_at"]),
+        )
 
 
 def redact_url(url: str) -> str:

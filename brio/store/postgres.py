@@ -26,6 +26,7 @@ from brio.core.tasks import TaskStatus, predecessors
 from brio.store import schema
 from brio.store._common import (
     TASK_COLUMNS,
+    RowDecoder,
     check_limit,
     check_messages,
     check_page,
@@ -58,51 +59,16 @@ Connection = Any  # asyncpg.Connection; asyncpg ships no type hints
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-def _task(row: Any) -> TaskRecord:
-    return TaskRecord(
-        id=row["id"],
-        seq=row["seq"],
-        agent=row["agent"],
-        prompt=row["prompt"],
-        input=row["input"],
-        session_id=row["session_id"],
-        idempotency_key=row["idempotency_key"],
-        priority=row["priority"],
-        status=TaskStatus(row["status"]),
-        node_id=row["node_id"],
-        attempt=row["attempt"],
-        result=row["result"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# asyncpg hands out timestamps as datetimes and jsonb decoded (by _init_connection's codec).
+_ROWS = RowDecoder(ts=_as_is, json=_as_is)
 
 
 def _opt_task(row: Any) -> TaskRecord | None:
-    return None if row is None else _task(row)
-
-
-def _session(row: Any) -> SessionRecord:
-    return SessionRecord(
-        id=row["id"],
-        title=row["title"],
-        metadata=row["metadata"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _message(row: Any) -> MessageRecord:
-    return MessageRecord(
-        id=row["id"],
-        session_id=row["session_id"],
-        role=row["role"],
-        content=row["content"],
-        task_id=row["task_id"],
-        created_at=row["created_at"],
-    )
+    return None if row is None else _ROWS.task(row)
 
 
 async def _session_exists(conn: Connection, session_id: str) -> bool:
@@ -114,7 +80,7 @@ async def _insert_messages(
 ) -> list[MessageRecord]:
     # One INSERT per message, in order, so that ids follow the order given.
     records = [
-        _message(
+        _ROWS.message(
             await conn.fetchrow(
                 "INSERT INTO messages (session_id, role, content, task_id, created_at)"
                 " VALUES ($1, $2, $3, $4, now()) RETURNING *",
@@ -229,7 +195,7 @@ class PostgresStore:
             if new.idempotency_key is not None:
                 row = await conn.fetchrow(by_key, new.idempotency_key)
                 if row is not None:
-                    return _task(row), False
+                    return _ROWS.task(row), False
             if new.session_id is not None and not await _session_exists(conn, new.session_id):
                 raise NotFound(f"session {new.session_id!r} does not exist")
             row = await conn.fetchrow(
@@ -247,8 +213,8 @@ class PostgresStore:
                 new.node_id,
             )
             if row is None:  # a concurrent create with the same key committed first
-                return _task(await conn.fetchrow(by_key, new.idempotency_key)), False
-            return _task(row), True
+                return _ROWS.task(await conn.fetchrow(by_key, new.idempotency_key)), False
+            return _ROWS.task(row), True
 
         return await self._transaction(create)
 
@@ -261,7 +227,7 @@ class PostgresStore:
     ) -> TaskPage:
         sql, args = task_page_query(filt, limit, cursor, lambda n: f"${n}")
         rows = await self._read(lambda conn: conn.fetch(sql, *args))
-        tasks = [_task(row) for row in rows[:limit]]
+        tasks = [_ROWS.task(row) for row in rows[:limit]]
         more = len(rows) > limit
         return TaskPage(tasks=tasks, next_cursor=encode_cursor(tasks[-1].seq) if more else None)
 
@@ -339,7 +305,7 @@ class PostgresStore:
             f" RETURNING {TASK_COLUMNS}"
         )
         rows = await self._transaction(lambda conn: conn.fetch(sql, node_id))
-        return sorted((_task(row) for row in rows), key=lambda task: task.seq)
+        return sorted((_ROWS.task(row) for row in rows), key=lambda task: task.seq)
 
     async def count_tasks(self, status: TaskStatus) -> int:
         sql = "SELECT COUNT(*) FROM tasks WHERE status = $1"
@@ -355,18 +321,18 @@ class PostgresStore:
             " VALUES ($1, $2, $3, now(), now()) RETURNING *"
         )
         args = (new_id(), title, {} if metadata is None else metadata)
-        return _session(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
+        return _ROWS.session(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         sql = "SELECT * FROM sessions WHERE id = $1"
         row = await self._read(lambda conn: conn.fetchrow(sql, session_id))
-        return None if row is None else _session(row)
+        return None if row is None else _ROWS.session(row)
 
     async def list_sessions(self, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
         check_page(limit, offset)
         sql = "SELECT * FROM sessions ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
         rows = await self._read(lambda conn: conn.fetch(sql, limit, offset))
-        return [_session(row) for row in rows]
+        return [_ROWS.session(row) for row in rows]
 
     async def append_messages(
         self, session_id: str, messages: list[tuple[str, str]], task_id: str | None = None
@@ -386,7 +352,7 @@ class PostgresStore:
         # LIMIT NULL means no limit.
         sql = "SELECT * FROM messages WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
         rows = await self._read(lambda conn: conn.fetch(sql, session_id, limit))
-        return [_message(row) for row in reversed(rows)]
+        return [_ROWS.message(row) for row in reversed(rows)]
 
     # nodes and agents
 
@@ -404,17 +370,7 @@ class PostgresStore:
 
     async def list_nodes(self) -> list[NodeRecord]:
         rows = await self._read(lambda conn: conn.fetch("SELECT * FROM nodes ORDER BY id"))
-        return [
-            NodeRecord(
-                id=row["id"],
-                role=row["role"],
-                address=row["address"],
-                version=row["version"],
-                status=row["status"],
-                last_seen=row["last_seen"],
-            )
-            for row in rows
-        ]
+        return [_ROWS.node(row) for row in rows]
 
     async def upsert_agents(self, node_id: str, agents: list[tuple[str, str, str]]) -> None:
         async def replace(conn: Connection) -> None:
@@ -430,16 +386,7 @@ class PostgresStore:
     async def list_agents(self) -> list[AgentRecord]:
         sql = "SELECT * FROM agents ORDER BY name, node_id"
         rows = await self._read(lambda conn: conn.fetch(sql))
-        return [
-            AgentRecord(
-                name=row["name"],
-                kind=row["kind"],
-                description=row["description"],
-                node_id=row["node_id"],
-                updated_at=row["updated_at"],
-            )
-            for row in rows
-        ]
+        return [_ROWS.agent(row) for row in rows]
 
     # the fence
 

@@ -28,6 +28,7 @@ from brio.core.tasks import TaskStatus, predecessors
 from brio.store import schema
 from brio.store._common import (
     TASK_COLUMNS,
+    RowDecoder,
     check_limit,
     check_messages,
     check_page,
@@ -68,14 +69,6 @@ def _fmt_ts(value: datetime) -> str:
     return value.astimezone(UTC).strftime(_TS_FORMAT)
 
 
-def _ts(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _opt_ts(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
 def _dump(value: JSON) -> str | None:
     return None if value is None else json.dumps(value)
 
@@ -84,52 +77,12 @@ def _load(text: str | None) -> JSON:
     return None if text is None else json.loads(text)
 
 
-def _task(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord(
-        id=row["id"],
-        seq=row["seq"],
-        agent=row["agent"],
-        prompt=row["prompt"],
-        input=json.loads(row["input"]),
-        session_id=row["session_id"],
-        idempotency_key=row["idempotency_key"],
-        priority=row["priority"],
-        status=TaskStatus(row["status"]),
-        node_id=row["node_id"],
-        attempt=row["attempt"],
-        result=_load(row["result"]),
-        error=row["error"],
-        created_at=_ts(row["created_at"]),
-        updated_at=_ts(row["updated_at"]),
-        started_at=_opt_ts(row["started_at"]),
-        finished_at=_opt_ts(row["finished_at"]),
-    )
-
-
-def _session(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        id=row["id"],
-        title=row["title"],
-        metadata=json.loads(row["metadata"]),
-        created_at=_ts(row["created_at"]),
-        updated_at=_ts(row["updated_at"]),
-    )
-
-
-def _message(row: sqlite3.Row) -> MessageRecord:
-    return MessageRecord(
-        id=row["id"],
-        session_id=row["session_id"],
-        role=row["role"],
-        content=row["content"],
-        task_id=row["task_id"],
-        created_at=_ts(row["created_at"]),
-    )
+_ROWS = RowDecoder(ts=datetime.fromisoformat, json=_load)
 
 
 def _one_task(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> TaskRecord | None:
     row = conn.execute(sql, args).fetchone()
-    return None if row is None else _task(row)
+    return None if row is None else _ROWS.task(row)
 
 
 def _session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
@@ -144,7 +97,7 @@ def _insert_messages(
 ) -> list[MessageRecord]:
     now = _now()
     records = [
-        _message(
+        _ROWS.message(
             conn.execute(
                 "INSERT INTO messages (session_id, role, content, task_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?) RETURNING *",
@@ -281,7 +234,7 @@ class SQLiteStore:
                     now,
                 ),
             ).fetchone()
-            return _task(row), True
+            return _ROWS.task(row), True
 
         return await self._transaction(create)
 
@@ -294,7 +247,7 @@ class SQLiteStore:
     ) -> TaskPage:
         sql, args = task_page_query(filt, limit, cursor, lambda n: "?")
         rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
-        tasks = [_task(row) for row in rows[:limit]]
+        tasks = [_ROWS.task(row) for row in rows[:limit]]
         more = len(rows) > limit
         return TaskPage(tasks=tasks, next_cursor=encode_cursor(tasks[-1].seq) if more else None)
 
@@ -380,7 +333,7 @@ class SQLiteStore:
         )
         args = (_now(), node_id)
         rows = await self._transaction(lambda conn: conn.execute(sql, args).fetchall())
-        return sorted((_task(row) for row in rows), key=lambda task: task.seq)
+        return sorted((_ROWS.task(row) for row in rows), key=lambda task: task.seq)
 
     async def count_tasks(self, status: TaskStatus) -> int:
         sql = "SELECT COUNT(*) FROM tasks WHERE status = ?"
@@ -398,18 +351,18 @@ class SQLiteStore:
         )
         args = (new_id(), title, json.dumps({} if metadata is None else metadata), now, now)
         row = await self._transaction(lambda conn: conn.execute(sql, args).fetchone())
-        return _session(row)
+        return _ROWS.session(row)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         sql = "SELECT * FROM sessions WHERE id = ?"
         row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
-        return None if row is None else _session(row)
+        return None if row is None else _ROWS.session(row)
 
     async def list_sessions(self, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
         check_page(limit, offset)
         sql = "SELECT * FROM sessions ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         rows = await self._run(lambda conn: conn.execute(sql, (limit, offset)).fetchall())
-        return [_session(row) for row in rows]
+        return [_ROWS.session(row) for row in rows]
 
     async def append_messages(
         self, session_id: str, messages: list[tuple[str, str]], task_id: str | None = None
@@ -430,7 +383,7 @@ class SQLiteStore:
         sql = "SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?"
         args = (session_id, -1 if limit is None else limit)
         rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
-        return [_message(row) for row in reversed(rows)]
+        return [_ROWS.message(row) for row in reversed(rows)]
 
     # nodes and agents
 
@@ -455,17 +408,7 @@ class SQLiteStore:
         rows = await self._run(
             lambda conn: conn.execute("SELECT * FROM nodes ORDER BY id").fetchall()
         )
-        return [
-            NodeRecord(
-                id=row["id"],
-                role=row["role"],
-                address=row["address"],
-                version=row["version"],
-                status=row["status"],
-                last_seen=_ts(row["last_seen"]),
-            )
-            for row in rows
-        ]
+        return [_ROWS.node(row) for row in rows]
 
     async def upsert_agents(self, node_id: str, agents: list[tuple[str, str, str]]) -> None:
         def replace(conn: sqlite3.Connection) -> None:
@@ -482,16 +425,7 @@ class SQLiteStore:
     async def list_agents(self) -> list[AgentRecord]:
         sql = "SELECT * FROM agents ORDER BY name, node_id"
         rows = await self._run(lambda conn: conn.execute(sql).fetchall())
-        return [
-            AgentRecord(
-                name=row["name"],
-                kind=row["kind"],
-                description=row["description"],
-                node_id=row["node_id"],
-                updated_at=_ts(row["updated_at"]),
-            )
-            for row in rows
-        ]
+        return [_ROWS.agent(row) for row in rows]
 
     # the fence
 

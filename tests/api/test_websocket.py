@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+from brio.runtime.node import run_node
 from tests.api.conftest import Node, node_config, running_node
 
 
@@ -145,3 +147,33 @@ async def test_streaming_llm_task_events_arrive_in_order(tmp_path: Path) -> None
         ("user", "Say hello"),
         ("assistant", "Hello, world"),
     ]
+
+
+async def test_shutdown_sends_the_last_events_then_closes_watchers(tmp_path: Path) -> None:
+    config = node_config(tmp_path, server={"shutdown_grace": 0.5, "port": 0})
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(run_node, config, shutdown)
+        url = handle.http_urls[0]
+        async with httpx.AsyncClient(base_url=url) as client:
+            resp = await client.post(
+                "/api/tasks", json={"agent": "sleep", "prompt": "", "input": {"ms": 60_000}}
+            )
+            task_id = resp.json()["id"]
+            async with open_websocket_url(url.replace("http://", "ws://") + "/ws") as ws:
+                await subscribe(ws, tasks=[task_id])
+                with trio.fail_after(10):
+                    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != "running":
+                        await trio.sleep(0.02)
+                started = trio.current_time()
+                shutdown.set()
+                seen = []
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
+                    while True:
+                        seen.append(json.loads(await ws.get_message()))
+    assert trio.current_time() - started < 5  # not hypercorn's full graceful timeout
+    reason = closed.value.reason
+    assert reason is not None and reason.code == 1001
+    requeued = [e for e in seen if e["type"] == "task_update"]
+    assert requeued and requeued[-1]["data"]["status"] == "queued"
+    assert requeued[-1]["data"]["attempt"] == 2
