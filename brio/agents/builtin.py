@@ -14,7 +14,7 @@ async def echo(ctx: AgentContext) -> str:
 
 
 async def sleep(ctx: AgentContext) -> dict[str, float]:
-    """Wait ``input.ms`` milliseconds (default 0), then report how long it slept."""
+    """Wait input.ms milliseconds (default 0), then report how long it slept."""
     raw = ctx.input.get("ms", 0)
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
         raise AgentError(f"input.ms: expected a non-negative number of milliseconds, got {raw!r}")

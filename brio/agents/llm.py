@@ -137,7 +137,7 @@ class _Client:
     @property
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream"}
-        if self.provider.api_key is not None:
+        if self.provider.api_key is not None and self.provider.api_key.get_secret_value():
             headers["Authorization"] = f"Bearer {self.provider.api_key.get_secret_value()}"
         return headers
 

@@ -32,6 +32,7 @@ from brio.core.tasks import TaskStatus
 from brio.runtime.events import EventBus, Subscription
 from brio.runtime.mesh_view import MeshView
 from brio.runtime.service import (
+    IdempotencyConflict,
     NotAccepting,
     TaskService,
     UnknownAgent,
@@ -234,6 +235,13 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             raise ApiError(404, "session_not_found", str(exc)) from None
         except NotAccepting as exc:
             raise ApiError(503, "shutting_down", str(exc)) from None
+        except IdempotencyConflict as exc:
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                str(exc),
+                {"task_id": exc.task.id, "fields": exc.fields},
+            ) from None
         return _json(task_json(task), 202 if created else 200)
 
     @app.get("/api/tasks")

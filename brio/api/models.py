@@ -17,7 +17,7 @@ class Body(BaseModel):
 
 
 class TaskCreate(Body):
-    agent: str = Field(min_length=1, max_length=200, description='"agent" or "node-id/agent"')
+    agent: str = Field(min_length=1, max_length=200, description="the agent's name")
     prompt: str = Field(max_length=1_000_000)
     input: dict[str, Any] = Field(default_factory=dict)
     session_id: str | None = Field(default=None, min_length=1, max_length=200)

@@ -95,6 +95,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "The task already made with this idempotency key", models.TaskOut
                     ),
                     "404": _error("Unknown agent or session"),
+                    "409": _error("Idempotency key reused with a different request"),
                     "413": _error("Body too large"),
                     "422": _error("Invalid body"),
                     **_AUTH_ERRORS,

@@ -36,8 +36,11 @@ def _report(err: ConfigError) -> int:
 
 def config_check(config_path: str | None) -> int:
     """Print ``OK: <source>`` and return 0, or print every problem to stderr and return 1."""
+    from brio.agents.registry import build_registry
+
     try:
         loaded = _load(config_path)
+        build_registry(loaded.config)  # agents that cannot be built would stop `brio serve`
     except ConfigError as err:
         return _report(err)
     print(f"OK: {loaded.source if loaded.source is not None else 'defaults'}")

@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
 
     submit = tasks_sub.add_parser("submit", help="submit a task")
-    submit.add_argument("agent", help='"agent" or "node-id/agent"')
+    submit.add_argument("agent", help="the agent's name (see GET /api/agents)")
     submit.add_argument("prompt")
     submit.add_argument("--input", help="JSON object passed to the agent", default=None)
     submit.add_argument("--session", dest="session_id")

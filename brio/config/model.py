@@ -200,9 +200,23 @@ class ProviderConfig(Section):
     max_retries: int = Field(default=3, ge=0)
 
 
+_DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
 class DatabaseConfig(Section):
     url: str | None = None  # default: sqlite under data_dir
     max_connections: int = Field(default=10, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(_DATABASE_SCHEMES):
+            scheme = value.partition(":")[0] or value[:20]
+            raise ValueError(
+                f"unsupported database {scheme!r}; expected sqlite:///PATH or "
+                "postgresql://USER:PASSWORD@HOST:PORT/DB"
+            )
+        return value
 
 
 class LoggingConfig(Section):
@@ -268,7 +282,8 @@ class BrioConfig(Section):
     @property
     def database_backend(self) -> Literal["sqlite", "postgresql"]:
         url = self.database_url
-        return "postgresql" if url.startswith(("postgresql://", "postgres://")) else "sqlite"
+        postgres = url.lower().startswith(("postgresql://", "postgres://"))
+        return "postgresql" if postgres else "sqlite"
 
 
 def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:

@@ -55,7 +55,9 @@ def _hypercorn_config(config: BrioConfig) -> HypercornConfig:
     # Requests and WebSockets outlive the agents' grace a little, so that watchers get the
     # last events before their sockets are closed (run_node closes them after the drain).
     hc.graceful_timeout = config.server.shutdown_grace + 5.0
-    hc.websocket_max_message_size = config.server.max_ws_message_bytes
+    # Above our own limit the app answers with a JSON error and closes (1009); hypercorn's
+    # limit only guards against far larger frames.
+    hc.websocket_max_message_size = 2 * config.server.max_ws_message_bytes
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc

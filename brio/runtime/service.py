@@ -29,6 +29,18 @@ class UnknownSession(LookupError):
         self.session_id = session_id
 
 
+class IdempotencyConflict(ValueError):
+    """An idempotency key came back with a different request than the one it first named."""
+
+    def __init__(self, task: TaskRecord, fields: list[str]) -> None:
+        super().__init__(
+            f"idempotency key {task.idempotency_key!r} was first used for task {task.id} with "
+            f"a different {', '.join(fields)}"
+        )
+        self.task = task
+        self.fields = fields
+
+
 class NotAccepting(RuntimeError):
     """The node is shutting down and takes no new tasks."""
 
@@ -72,6 +84,20 @@ class TaskService:
         if new.session_id is not None and await self.store.get_session(new.session_id) is None:
             raise UnknownSession(new.session_id)
         task, created = await self.store.create_task(new)
+        if not created:
+            differs = [
+                name
+                for name, mine, theirs in (
+                    ("agent", new.agent, task.agent),
+                    ("prompt", new.prompt, task.prompt),
+                    ("input", new.input, task.input),
+                    ("session_id", new.session_id, task.session_id),
+                    ("priority", new.priority, task.priority),
+                )
+                if mine != theirs
+            ]
+            if differs:
+                raise IdempotencyConflict(task, differs)
         if created:
             self.bus.publish("task_created", task.id, task.session_id, task_json(task))
             self.supervisor.wake()

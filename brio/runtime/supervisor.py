@@ -202,7 +202,7 @@ class Supervisor:
             error = str(exc) or type(exc).__name__
         except (TypeError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in an agent must not stop the node
             log.info("agent %s failed on task %s: %r", task.agent, task.id, exc)
             error = f"{type(exc).__name__}: {exc}"
         except BaseException:

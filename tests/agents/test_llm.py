@@ -134,6 +134,14 @@ async def test_api_key_is_sent_as_bearer_token() -> None:
     assert fake.requests[0].headers["authorization"] == "Bearer sk-secret"
 
 
+async def test_an_empty_api_key_sends_no_authorization_header() -> None:
+    async with open_fake_openai() as fake:
+        fake.reply("ok")
+        agent = llm_agent(fake, provider={"api_key": ""})
+        assert await agent(context()) == "ok"
+    assert "authorization" not in fake.requests[0].headers
+
+
 async def test_wrong_api_key_fails_without_retry() -> None:
     pacing = Pacing()
     async with open_fake_openai(api_key="sk-secret") as fake:

@@ -23,6 +23,11 @@ async def slow(ctx: AgentContext) -> str:
     return "never"
 
 
+async def exits(ctx: AgentContext) -> Any:
+    """Calls sys.exit, as careless code does."""
+    raise SystemExit(3)
+
+
 async def unserialisable(ctx: AgentContext) -> Any:
     """Returns something JSON cannot hold."""
     return {1, 2}

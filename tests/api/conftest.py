@@ -81,6 +81,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
             "boom": {"entrypoint": "tests.api.agents:boom"},
             "slow": {"entrypoint": "tests.api.agents:slow", "timeout": 0.3},
             "weird": {"entrypoint": "tests.api.agents:unserialisable"},
+            "exits": {"entrypoint": "tests.api.agents:exits"},
         },
     )
     async with running_node(config) as n:

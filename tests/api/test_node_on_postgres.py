@@ -27,7 +27,8 @@ async def test_tasks_sessions_and_cancel_on_postgresql(tmp_path: Path, postgres_
         )
         assert again.status_code == 202
         dup = await node.client.post(
-            "/api/tasks", json={"agent": "echo", "prompt": "one", "idempotency_key": "k"}
+            "/api/tasks",
+            json={"agent": "echo", "prompt": "one", "idempotency_key": "k", "priority": 5},
         )
         assert dup.status_code == 200 and dup.json()["id"] == again.json()["id"]
         assert (await node.wait_for(first["id"]))["result"] == "one"

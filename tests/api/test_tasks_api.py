@@ -32,6 +32,14 @@ async def test_idempotency_key_returns_the_same_task(node: Node) -> None:
     page = (await node.client.get("/api/tasks")).json()
     assert [t["id"] for t in page["tasks"]] == [first["id"]]
 
+    other = await node.client.post(
+        "/api/tasks", json={"agent": "sleep", "prompt": "twice", "idempotency_key": "k-1"}
+    )
+    assert other.status_code == 409
+    err = other.json()["error"]
+    assert err["code"] == "idempotency_conflict"
+    assert err["details"] == {"task_id": first["id"], "fields": ["agent", "prompt"]}
+
 
 async def test_unknown_agent_is_404_naming_the_known_ones(node: Node) -> None:
     resp = await node.client.post("/api/tasks", json={"agent": "nope", "prompt": "x"})
@@ -152,6 +160,7 @@ async def test_failures_and_timeouts_mark_the_task_failed_and_the_node_lives(nod
     slow = await node.submit(agent="slow", prompt="")
     weird = await node.submit(agent="weird", prompt="")
     bad_input = await node.submit(agent="sleep", prompt="", input={"ms": "soon"})
+    exits = await node.submit(agent="exits", prompt="")
     assert (await node.wait_for(boom["id"]))["error"] == "RuntimeError: kaboom"
     slow_done = await node.wait_for(slow["id"])
     assert slow_done["status"] == "failed"
@@ -160,6 +169,7 @@ async def test_failures_and_timeouts_mark_the_task_failed_and_the_node_lives(nod
     assert weird_done["status"] == "failed" and "JSON" in weird_done["error"]
     bad_done = await node.wait_for(bad_input["id"])
     assert bad_done["status"] == "failed" and "input.ms" in bad_done["error"]
+    assert (await node.wait_for(exits["id"]))["error"] == "SystemExit: 3"
     ok = await node.submit(agent="echo", prompt="still here")
     assert (await node.wait_for(ok["id"]))["result"] == "still here"
 

@@ -92,10 +92,15 @@ async def test_oversized_message_closes_the_socket(tmp_path: Path) -> None:
     config = node_config(tmp_path, server={"max_ws_message_bytes": 1024})
     async with running_node(config) as node:
         async with open_websocket_url(ws_url(node)) as ws:
-            await ws.send_message(json.dumps({"action": "subscribe", "tasks": ["x" * 2000]}))
-            with pytest.raises(ConnectionClosed), trio.fail_after(5):
+            await ws.send_message(json.dumps({"action": "subscribe", "tasks": ["x" * 1500]}))
+            err = json.loads(await ws.get_message())
+            assert err["error"]["code"] == "too_large"
+            assert "1024 bytes" in err["error"]["message"]
+            with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
                 while True:
                     await ws.get_message()
+            reason = closed.value.reason
+            assert reason is not None and reason.code == 1009
         # the node still serves
         assert (await node.client.get("/health")).status_code == 200
 

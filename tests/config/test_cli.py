@@ -28,6 +28,7 @@ kind = "llm"
 [providers.local]
 base_url = "http://localhost:11434"
 api_key = "sk-SECRET"
+default_model = "llama3"
 
 [database]
 url = "postgresql://brio:pw-SECRET@db:5432/brio"
@@ -86,6 +87,25 @@ def test_check_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert lines[1] == f"  {path}: [server] port: got 'x'; expected a whole number"
     assert lines[2].startswith(f"  {path}: [mesh] enabeld: got true; unknown key")
     assert "Traceback" not in out.err
+
+
+def test_check_builds_the_agents_as_serve_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "agents.toml", '[agents.files]\nkind = "shell"\n[agents.idle]\n')
+    assert config_check(str(path)) == 1
+    err = capsys.readouterr().err
+    assert "[agents.files]" in err and "allowed_commands" in err
+    assert "[agents.idle]: no agent to run" in err
+
+
+def test_check_refuses_an_unknown_database_scheme(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "db.toml", '[database]\nurl = "mysql://u@h/db"\n')
+    assert config_check(str(path)) == 1
+    err = capsys.readouterr().err
+    assert "[database] url" in err and "unsupported database 'mysql'" in err
 
 
 def test_check_missing_explicit_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
