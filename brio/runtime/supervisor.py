@@ -23,7 +23,7 @@ from brio.agents.base import AgentContext, AgentError, HistoryMessage
 from brio.agents.registry import RegisteredAgent
 from brio.core.tasks import TaskStatus
 from brio.runtime.events import EventBus
-from brio.store.base import Store, TaskRecord
+from brio.store.base import Store, StoreError, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,30 @@ class _Running:
 def result_text(result: Any) -> str:
     """How a result enters the conversation history."""
     return result if isinstance(result, str) else json.dumps(result)
+
+
+def _no_nul(text: str) -> str:
+    # PostgreSQL text and jsonb cannot hold U+0000; keep the rest of the text readable.
+    return text.replace("\x00", "\ufffd")
+
+
+def storable(value: Any) -> Any:
+    """``value`` as the store can keep it: strict JSON (no NaN or Infinity), no NUL characters.
+
+    Raises ValueError or TypeError (the task then fails with that text) for anything else.
+    """
+    json.dumps(value, allow_nan=False)
+    return _without_nul(value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return _no_nul(value)
+    if isinstance(value, dict):
+        return {_no_nul(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 class Supervisor:
@@ -120,11 +144,11 @@ class Supervisor:
                     self._slots.release()
                     await self._requeue(claimed)
                     break
-                scope = trio.CancelScope()
-                self._running[claimed.id] = _Running(claimed, scope)
+                entry = _Running(claimed, trio.CancelScope())
+                self._running[claimed.id] = entry
                 self._idle = trio.Event()
                 self._publish_update(claimed)
-                nursery.start_soon(self._run_one, claimed, scope)
+                nursery.start_soon(self._run_one, claimed, entry)
 
     async def drain(self, grace: float) -> None:
         """Stop claiming; give running agents ``grace`` seconds, then cancel and requeue them."""
@@ -140,19 +164,33 @@ class Supervisor:
 
     # --- one task -----------------------------------------------------------------------
 
-    async def _run_one(self, claimed: TaskRecord, scope: trio.CancelScope) -> None:
+    async def _run_one(self, claimed: TaskRecord, entry: _Running) -> None:
         try:
-            await self._run_agent(claimed, scope)
-        except Exception:
-            log.exception("supervising task %s failed", claimed.id)
+            await self._run_agent(claimed, entry)
+        except BaseException as exc:
+            # Whatever failed around the agent (the store, or the whole node being cancelled),
+            # the task must not stay assigned or running: put it back for another attempt.
+            if isinstance(exc, Exception):
+                log.exception("supervising task %s failed; requeueing it", claimed.id)
+            try:
+                await self._requeue(entry.task)
+            except Exception as requeue_exc:
+                log.error(
+                    "task %s could not be requeued (%s); it will be at this node's next start",
+                    claimed.id,
+                    requeue_exc,
+                )
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            self._running.pop(claimed.id, None)
+            if self._running.get(claimed.id) is entry:
+                del self._running[claimed.id]
             self._slots.release()
             if not self._running:
                 self._idle.set()
 
-    async def _run_agent(self, claimed: TaskRecord, scope: trio.CancelScope) -> None:
-        running_entry = self._running[claimed.id]
+    async def _run_agent(self, claimed: TaskRecord, entry: _Running) -> None:
+        scope = entry.scope
         agent = self._agents.get(claimed.agent)
         if agent is None:
             await self._finish(claimed, TaskStatus.FAILED, error=f"unknown agent {claimed.agent!r}")
@@ -160,7 +198,7 @@ class Supervisor:
         task = await self._store.mark_running(claimed.id, claimed.attempt)
         if task is None:  # cancelled (or reassigned) between claim and start
             return
-        running_entry.task = task
+        entry.task = task
         self._publish_update(task)
         history: list[HistoryMessage] = []
         if task.session_id is not None:
@@ -196,30 +234,23 @@ class Supervisor:
         error: str | None = None
         try:
             with scope:
-                result = await agent.run(ctx)
-                json.dumps(result)  # must be storable
+                result = storable(await agent.run(ctx))
         except AgentError as exc:
             error = str(exc) or type(exc).__name__
-        except (TypeError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
         except (Exception, SystemExit) as exc:  # sys.exit() in an agent must not stop the node
             log.info("agent %s failed on task %s: %r", task.agent, task.id, exc)
             error = f"{type(exc).__name__}: {exc}"
-        except BaseException:
-            # The whole supervisor is being cancelled: the task must not be lost.
-            await self._requeue(task)
-            raise
 
         if scope.cancelled_caught:
-            if running_entry.reason is StopReason.SHUTDOWN:
+            if entry.reason is StopReason.SHUTDOWN:
                 await self._requeue(task)
-            elif running_entry.reason is StopReason.CANCELLED:
+            elif entry.reason is StopReason.CANCELLED:
                 await self._finish(task, TaskStatus.CANCELLED, error="cancelled")
             else:
                 limit = "unknown" if timeout is None or math.isinf(timeout) else f"{timeout:g}s"
                 await self._finish(task, TaskStatus.FAILED, error=f"timed out after {limit}")
         elif error is not None:
-            await self._finish(task, TaskStatus.FAILED, error=error)
+            await self._finish(task, TaskStatus.FAILED, error=_no_nul(error))
         else:
             messages = None
             if task.session_id is not None:
@@ -235,15 +266,28 @@ class Supervisor:
         error: str | None = None,
         messages: list[tuple[str, str]] | None = None,
     ) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(_FINAL_WRITE_TIMEOUT):
-            done = await self._store.finish_task(
-                task.id, task.attempt, status, result=result, error=error, messages=messages
-            )
+        """Record the outcome, even while the node is being cancelled."""
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(_FINAL_WRITE_TIMEOUT):
+                    done = await self._store.finish_task(
+                        task.id, task.attempt, status, result=result, error=error, messages=messages
+                    )
+            except (StoreError, trio.TooSlowError) as exc:
+                reason = str(exc) or "the store did not answer in time"
+                log.error("task %s: recording %s failed: %s", task.id, status.value, reason)
+                if status is not TaskStatus.SUCCEEDED:
+                    raise
+                # The result itself may be what the store refused; the failure must still land.
+                await self._finish(
+                    task, TaskStatus.FAILED, error=f"the result could not be stored: {reason}"
+                )
+                return
             if done is not None:
                 self._publish_completed(done)
 
     async def _requeue(self, task: TaskRecord) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(_FINAL_WRITE_TIMEOUT):
+        with trio.CancelScope(shield=True), trio.fail_after(_FINAL_WRITE_TIMEOUT):
             back = await self._store.requeue_task(task.id, task.attempt)
             if back is not None:
                 log.info("task %s requeued (attempt %d next)", back.id, back.attempt)

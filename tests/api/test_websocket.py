@@ -64,16 +64,19 @@ async def test_task_and_session_filters(node: Node) -> None:
         open_websocket_url(ws_url(node)) as by_task,
     ):
         await subscribe(by_session, sessions=[session["id"]])
-        other = await node.submit(agent="echo", prompt="elsewhere")
-        mine = await node.submit(agent="echo", prompt="mine", session_id=session["id"])
+        other = await node.submit(agent="sleep", prompt="", input={"ms": 60_000})
+        await node.wait_for(other["id"], ("running",))
         ack = await subscribe(by_task, tasks=[other["id"]])
         assert ack["tasks"] == [other["id"]]
+        mine = await node.submit(agent="echo", prompt="mine", session_id=session["id"])
         got = await events_until_completed(by_session, mine["id"])
-        assert {e["task_id"] for e in got} == {mine["id"]}
-        await node.wait_for(other["id"])
-        # the task subscriber sees only the other task (maybe only its end, it came late)
-        event = json.loads(await by_task.get_message())
-        assert event["task_id"] == other["id"]
+        assert {e["task_id"] for e in got} == {mine["id"]}  # nothing of the other task
+        await node.client.post(f"/api/tasks/{other['id']}/cancel")
+        # the task subscriber sees the other task's end, and nothing of the session's task
+        with trio.fail_after(10):
+            event = json.loads(await by_task.get_message())
+        assert (event["task_id"], event["type"]) == (other["id"], "task_completed")
+        assert event["data"]["status"] == "cancelled"
 
 
 async def test_bad_messages_get_an_error_and_the_socket_lives(node: Node) -> None:

@@ -1,0 +1,115 @@
+"""The supervisor against a real SQLite store, with store faults injected around it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from brio.agents.base import AgentContext
+from brio.agents.registry import RegisteredAgent
+from brio.config.model import AgentConfig
+from brio.core.tasks import TaskStatus
+from brio.runtime.events import EventBus
+from brio.runtime.supervisor import Supervisor
+from brio.store import open_store
+from brio.store.base import NewTask, Store, StoreError, TaskRecord
+
+
+class FlakyStore:
+    """A real store whose chosen methods fail a given number of times."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.failures: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.failures:
+            return attr
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if self.failures[name] > 0:
+                self.failures[name] -= 1
+                raise StoreError(f"injected failure of {name}")
+            return await attr(*args, **kwargs)
+
+        return flaky
+
+
+async def nan(ctx: AgentContext) -> Any:
+    return {"x": float("nan")}
+
+
+async def nul(ctx: AgentContext) -> Any:
+    return {"out\x00": "a\x00b", "list": ["\x00"]}
+
+
+def agents(**fns: Any) -> dict[str, RegisteredAgent]:
+    return {name: RegisteredAgent(name, "test", "", fn, AgentConfig()) for name, fn in fns.items()}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(f"sqlite:///{tmp_path / 'brio.db'}")
+    yield s
+    await s.close()
+
+
+async def run_until_done(store: Any, reg: dict[str, RegisteredAgent], task_id: str) -> TaskRecord:
+    sup = Supervisor(store, reg, EventBus(), "n1", 2, poll_interval=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        with trio.fail_after(10):
+            while True:
+                task = await store.get_task(task_id)
+                assert task is not None
+                if task.status.terminal:
+                    break
+                await trio.sleep(0.01)
+        await sup.drain(1)
+    return task
+
+
+async def test_a_result_json_cannot_hold_fails_the_task(store: Store) -> None:
+    task, _ = await store.create_task(NewTask(agent="nan", prompt=""))
+    done = await run_until_done(store, agents(nan=nan), task.id)
+    assert done.status is TaskStatus.FAILED
+    assert done.error is not None and "JSON" in done.error
+
+
+async def test_nul_characters_are_replaced_not_fatal(store: Store) -> None:
+    task, _ = await store.create_task(NewTask(agent="nul", prompt=""))
+    done = await run_until_done(store, agents(nul=nul), task.id)
+    assert done.status is TaskStatus.SUCCEEDED
+    assert done.result == {"out\ufffd": "a\ufffdb", "list": ["\ufffd"]}
+
+
+async def test_a_refused_result_still_ends_the_task_failed(store: Store) -> None:
+    async def echo(ctx: AgentContext) -> str:
+        return "fine"
+
+    flaky = FlakyStore(store)
+    flaky.failures["finish_task"] = 1  # the success write fails, the failure write lands
+    task, _ = await store.create_task(NewTask(agent="echo", prompt=""))
+    done = await run_until_done(flaky, agents(echo=echo), task.id)
+    assert done.status is TaskStatus.FAILED
+    assert done.error == "the result could not be stored: injected failure of finish_task"
+
+
+async def test_a_store_failure_before_the_agent_requeues_the_task(store: Store) -> None:
+    ran: list[int] = []
+
+    async def record(ctx: AgentContext) -> str:
+        ran.append(ctx.attempt)
+        return "ok"
+
+    flaky = FlakyStore(store)
+    flaky.failures["mark_running"] = 1
+    task, _ = await store.create_task(NewTask(agent="record", prompt=""))
+    done = await run_until_done(flaky, agents(record=record), task.id)
+    assert done.status is TaskStatus.SUCCEEDED
+    assert ran == [2]  # the first attempt never started; the task came back and ran again
