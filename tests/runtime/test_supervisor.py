@@ -65,7 +65,7 @@ async def run_until_done(store: Any, reg: dict[str, RegisteredAgent], task_id: s
         await nursery.start(sup.run)
         with trio.fail_after(10):
             while True:
-                task = await store.get_task(task_id)
+                task: TaskRecord | None = await store.get_task(task_id)
                 assert task is not None
                 if task.status.terminal:
                     break
