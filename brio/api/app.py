@@ -40,7 +40,14 @@ from brio.runtime.service import (
     task_json,
 )
 from brio.runtime.supervisor import Supervisor
-from brio.store.base import MessageRecord, NewTask, SessionRecord, Store, TaskFilter
+from brio.store.base import (
+    MessageRecord,
+    NewTask,
+    SessionRecord,
+    Store,
+    StoreError,
+    TaskFilter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +114,57 @@ def _validate(model: type[M], data: Any, where: str) -> M:
         raise validation_error(exc, where) from None
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """Where a NUL character hides in ``value`` (PostgreSQL cannot store one), if anywhere."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path}.{key!r}".lstrip(".")
+            items.append((f"{path}.{key}".lstrip("."), item))
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    for where, item in items:
+        found = _nul_path(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_json_object(raw: bytes | str, where: str) -> dict[str, Any]:
+    """Strict JSON (no NaN/Infinity), an object, no NUL characters; else a precise 422."""
+    try:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(422, "invalid_json", f"the {where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_json", f"the {where} is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"the {where} must be a JSON object")
+    bad = _nul_path(data, "")
+    if bad is not None:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"invalid {where}: {bad}: NUL characters are not allowed",
+            [{"field": bad, "message": "NUL characters are not allowed"}],
+        )
+    return data
+
+
 async def _body(model: type[M], *, optional: bool = False) -> M:
     raw = await request.get_data(cache=False, as_text=False)
     if optional and not raw.strip():
         return _validate(model, {}, "request body")
     if not raw:
         raise ApiError(422, "invalid_body", "the request body must be a JSON object")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(422, "invalid_json", f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_body", "the request body must be a JSON object")
-    return _validate(model, data, "request body")
+    return _validate(model, parse_json_object(raw, "request body"), "request body")
 
 
 def _query(model: type[M]) -> M:
@@ -159,10 +204,23 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             message = f"the request body is larger than {server.max_body_bytes} bytes"
         return _error(ApiError(exc.code or 500, code, message))
 
+    @app.errorhandler(StoreError)
+    async def _store_error(exc: StoreError) -> Response:
+        log.error("store error in %s %s: %s", request.method, request.path, exc)
+        return _error(ApiError(503, "store_unavailable", f"the store failed: {exc}"))
+
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(ApiError(500, "internal", "internal error; see the node's log"))
+
+    @app.before_request
+    async def _reject_nul() -> Response | None:
+        if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+            return _error(
+                ApiError(422, "invalid_request", "NUL characters are not allowed in the URL")
+            )
+        return None
 
     @app.before_request
     async def _auth() -> Response | None:
@@ -386,13 +444,7 @@ async def _read_subscriptions(sub: Subscription, max_bytes: int) -> None:
             await websocket.close(1009, "message too big")
             return
         try:
-            data = json.loads(raw)
-            msg = _validate(models.WsSubscribe, data, "message")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            await _send_ws(
-                {"type": "error", "error": {"code": "invalid_json", "message": str(exc)}}
-            )
-            continue
+            msg = _validate(models.WsSubscribe, parse_json_object(raw, "message"), "message")
         except ApiError as exc:
             await _send_ws({"type": "error", **exc.body()})
             continue

@@ -25,10 +25,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from brio import __version__, aio
-from brio.agents.registry import build_registry
+from brio.agents.registry import RegisteredAgent, build_registry
 from brio.api.app import ApiDeps, create_app
 from brio.config.model import BrioConfig
 from brio.exc import leaves
+from brio.runtime.data_dir import locked_data_dir
+from brio.runtime.data_dir import node_id as remembered_node_id
 from brio.runtime.events import EventBus
 from brio.runtime.mesh_view import SingleNode
 from brio.runtime.service import TaskService
@@ -87,13 +89,26 @@ async def run_node(
 ) -> None:
     """Run until ``shutdown`` is set, then stop in order. Raises on a start-up failure."""
     agents = build_registry(config)
+    with locked_data_dir(config.data_dir):
+        node_id = remembered_node_id(config)
+        config = config.model_copy(
+            update={"mesh": config.mesh.model_copy(update={"node_id": node_id})}
+        )
+        await _run(config, agents, shutdown, task_status)
+
+
+async def _run(
+    config: BrioConfig,
+    agents: dict[str, RegisteredAgent],
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[NodeHandle],
+) -> None:
     node_id = config.mesh.node_id
     if config.mesh.enabled:
         log.warning(
             "[mesh] enabled = true, but this version has no mesh yet: "
             "running as a single node (peers, discovery and TLS settings are not used)"
         )
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     async with aio.open_loop():
         store = await open_store(
             config.database_url, max_connections=config.database.max_connections
@@ -109,7 +124,6 @@ async def run_node(
             http_stop = trio.Event()
             ws_stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                await nursery.start(supervisor.run)
                 if config.server.enabled:
                     app = create_app(
                         ApiDeps(
@@ -140,6 +154,9 @@ async def run_node(
                         raise OSError(
                             f"cannot serve HTTP on {where} ([server] host, port): {reasons}"
                         ) from group
+                # Agents start only once the node can be reached: a start that fails (the
+                # port is taken, say) must not have run anything.
+                await nursery.start(supervisor.run)
                 log.info(
                     "brio %s node %s up: http %s, store %s, agents %s",
                     __version__,

@@ -74,3 +74,17 @@ async def test_bearer_token_guards_api_and_ws_but_not_liveness(tmp_path: Path) -
             ) as ws:
                 await ws.send_message('{"action": "subscribe", "all": true}')
                 assert '"subscribed"' in str(await ws.get_message())
+
+
+async def test_a_failing_store_is_503_not_500(tmp_path: Path) -> None:
+    async with running_node(node_config(tmp_path)) as node:
+        assert node.handle.store is not None
+        await node.handle.store.close()  # the database goes away under the node
+        resp = await node.client.get("/api/tasks/some-id")
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "store_unavailable"
+        ready = await node.client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
+        health = await node.client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert (await node.client.get("/health/live")).status_code == 200

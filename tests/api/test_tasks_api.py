@@ -258,3 +258,37 @@ async def test_agents_routes(node: Node) -> None:
     assert (await node.client.get("/api/agents/echo")).json()["name"] == "echo"
     resp = await node.client.get("/api/agents/nope")
     assert resp.status_code == 404 and "echo" in resp.json()["error"]["details"]["known"]
+
+
+async def test_json_the_store_cannot_hold_is_refused_precisely(node: Node) -> None:
+    headers = {"Content-Type": "application/json"}
+    resp = await node.client.post(
+        "/api/tasks",
+        content=b'{"agent": "echo", "prompt": "x", "input": {"v": NaN}}',
+        headers=headers,
+    )
+    assert resp.status_code == 422
+    assert resp.json()["error"]["code"] == "invalid_json"
+    assert "NaN is not valid JSON" in resp.json()["error"]["message"]
+
+    deep = b'{"agent": "echo", "prompt": "x", "input": {"v": ' + b"[" * 100_000 + b"]" * 100_000
+    resp = await node.client.post("/api/tasks", content=deep + b"}}", headers=headers)
+    assert resp.status_code == 422
+    assert resp.json()["error"]["message"] == "the request body is nested too deeply"
+
+    resp = await node.client.post(
+        "/api/tasks", json={"agent": "echo", "prompt": "a\x00b", "input": {"k": ["ok", "\x00"]}}
+    )
+    assert resp.status_code == 422
+    err = resp.json()["error"]
+    assert err["details"][0]["field"] == "prompt"
+    resp = await node.client.post(
+        "/api/tasks", json={"agent": "echo", "prompt": "x", "input": {"k": ["ok", "\x00"]}}
+    )
+    assert resp.json()["error"]["details"][0]["field"] == "input.k[1]"
+
+    resp = await node.client.get("/api/tasks/a%00b")
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request"
+    resp = await node.client.get("/api/tasks", params={"agent": "a\x00"})
+    assert resp.status_code == 422
+    assert (await node.client.get("/api/tasks")).json()["tasks"] == []

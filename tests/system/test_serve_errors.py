@@ -70,3 +70,18 @@ def test_broken_agent_section_stops_the_start(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "[agents.files]" in done.stderr and "allowed_commands" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_two_nodes_on_one_data_dir(tmp_path: Path) -> None:
+    from tests.system.nodeproc import start_node
+    from tests.system.test_serve_process import free_port
+
+    port = free_port()
+    first = start_node(tmp_path, f"http://127.0.0.1:{port}", {"BRIO_SERVER__PORT": str(port)})
+    try:
+        second = serve(tmp_path, {"BRIO_SERVER__PORT": str(free_port())})
+    finally:
+        assert first.terminate() == 0
+    assert second.returncode == 1
+    assert "is in use by another brio process" in second.stderr
+    assert f"(pid {first.proc.pid})" in second.stderr
