@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_SUBSCRIBED_IDS = 10_000
+
 
 @dataclass
 class ApiDeps:
@@ -415,7 +417,8 @@ async def _close_on_shutdown(stopping: trio.Event, done: trio.CancelScope) -> No
 
 async def _forward_events(sub: Subscription, done: trio.CancelScope) -> None:
     async for event in sub.receive:
-        await _send_ws(event.to_json())
+        sub.delivered(event)
+        await websocket.send(event.text)
     if sub.overflowed:
         await _send_ws(
             {
@@ -449,6 +452,13 @@ async def _read_subscriptions(sub: Subscription, max_bytes: int) -> None:
             await _send_ws({"type": "error", **exc.body()})
             continue
         if msg.action == "subscribe":
+            wanted = len(sub.task_ids | set(msg.tasks)) + len(sub.session_ids | set(msg.sessions))
+            if wanted > MAX_SUBSCRIBED_IDS:
+                limit = f"at most {MAX_SUBSCRIBED_IDS} task and session ids per connection"
+                await _send_ws(
+                    {"type": "error", "error": {"code": "too_many_ids", "message": limit}}
+                )
+                continue
             sub.everything = sub.everything or msg.all
             sub.task_ids.update(msg.tasks)
             sub.session_ids.update(msg.sessions)

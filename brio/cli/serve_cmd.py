@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import trio
@@ -19,10 +21,29 @@ from brio.store.base import StoreError
 log = logging.getLogger("brio.serve")
 
 
+# After the orderly shutdown's own bounds (the grace period, then hypercorn's graceful timeout)
+# a process that still has not ended is stuck, e.g. on a shielded write to a WebSocket client
+# that stopped reading. Tasks are requeued by then; the process exits anyway, with status 1.
+_STUCK_MARGIN = 15.0
+_SECOND_SIGNAL_LIMIT = 5.0
+
+
+def _exit_if_still_running(after: float, why: str) -> None:
+    def force() -> None:
+        log.error("%s; forcing exit", why)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(after, force)
+    timer.daemon = True
+    timer.start()
+
+
 async def _serve(config_path: str | None) -> None:
     loaded = load_config(Path(config_path) if config_path else None)
     setup_logging(loaded.config.logging)
     log.info("config: %s", loaded.source or "defaults (no config file)")
+    grace = loaded.config.server.shutdown_grace
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
 
@@ -32,9 +53,15 @@ async def _serve(config_path: str | None) -> None:
                     if not shutdown.is_set():
                         log.info("%s received: shutting down", signal.Signals(signum).name)
                         shutdown.set()
+                        limit = 2 * grace + _STUCK_MARGIN
+                        _exit_if_still_running(limit, f"shutdown not done after {limit:g}s")
                     else:
                         log.warning("second signal: stopping now")
                         nursery.cancel_scope.cancel()
+                        _exit_if_still_running(
+                            _SECOND_SIGNAL_LIMIT,
+                            f"not stopped {_SECOND_SIGNAL_LIMIT:g}s after the second signal",
+                        )
 
         nursery.start_soon(watch_signals)
         await run_node(loaded.config, shutdown)

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -143,7 +144,6 @@ async def _watch(
 
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
     pending = set(task_ids)
-    failed = False
     try:
         async with open_websocket_url(
             ws_url, extra_headers=list((k.encode(), v.encode()) for k, v in _headers(token).items())
@@ -151,34 +151,39 @@ async def _watch(
             await ws.send_message(
                 json.dumps({"action": "subscribe", "tasks": task_ids, "all": everything})
             )
-            # Tasks that finished before we subscribed will send no more events.
-            for task_id in list(pending):
-                task = await trio.to_thread.run_sync(
-                    _request, "GET", f"{url}/api/tasks/{task_id}", token
-                )
-                if task["status"] in ("succeeded", "failed", "cancelled"):
-                    _print_event(
-                        {
-                            "type": "task_completed",
-                            "task_id": task_id,
-                            "data": {
-                                "status": task["status"],
-                                "result": task["result"],
-                                "error": task["error"],
-                            },
-                        },
-                        as_json,
-                    )
-                    failed |= task["status"] != "succeeded"
-                    pending.discard(task_id)
-            while pending or everything:
-                event = json.loads(await ws.get_message())
-                if event.get("type") == "subscribed":
-                    continue
+            early: list[dict[str, Any]] = []  # events that overtook the acknowledgement
+            while (message := json.loads(await ws.get_message())).get("type") != "subscribed":
+                if message.get("type") == "error":
+                    raise CliError(f"the node refused the subscription: {message['error']}")
+                early.append(message)
+            failed = False
+
+            def show(event: dict[str, Any]) -> None:
+                nonlocal failed
+                if event.get("task_id") in task_ids and event["task_id"] not in pending:
+                    return  # already reported finished
                 _print_event(event, as_json)
                 if event.get("type") == "task_completed":
                     failed |= event["data"]["status"] != "succeeded"
                     pending.discard(event["task_id"])
+
+            for event in early:
+                show(event)
+            # Subscribed now: a task that finished before this point sends no more events.
+            for task_id in list(pending):
+                task = await trio.to_thread.run_sync(
+                    _request, "GET", f"{url}/api/tasks/{quote(task_id, safe='')}", token
+                )
+                if task["status"] in ("succeeded", "failed", "cancelled"):
+                    show(
+                        {
+                            "type": "task_completed",
+                            "task_id": task_id,
+                            "data": {k: task[k] for k in ("status", "result", "error")},
+                        }
+                    )
+            while pending or everything:
+                show(json.loads(await ws.get_message()))
     except HandshakeError as exc:
         raise CliError(f"cannot open {ws_url}: {exc}") from None
     except ConnectionClosed as exc:
@@ -242,12 +247,16 @@ def _run(args: argparse.Namespace) -> int:
         task = _request("POST", f"{url}/api/tasks", token, json=payload)
         if args.wait:
             code = trio.run(_watch, url, token, [task["id"]], False, args.json)
-            _print_task(_request("GET", f"{url}/api/tasks/{task['id']}", token), args.json)
+            _print_task(
+                _request("GET", f"{url}/api/tasks/{quote(task['id'], safe='')}", token), args.json
+            )
             return code
         _print_task(task, args.json)
         return 0
     if action == "get":
-        _print_task(_request("GET", f"{url}/api/tasks/{args.task_id}", token), args.json)
+        _print_task(
+            _request("GET", f"{url}/api/tasks/{quote(args.task_id, safe='')}", token), args.json
+        )
         return 0
     if action == "list":
         params = {

@@ -1,17 +1,21 @@
 """In-process publish/subscribe of task events, feeding WebSocket clients.
 
 ``publish`` never blocks and never awaits, so events of one task reach every subscriber in
-the order they were published. A subscriber that falls behind by more than its buffer is cut
-off (its stream ends with ``overflowed`` set) rather than slowing the node down.
+the order they were published. A subscriber that falls behind by more than its buffer (a
+number of events, and a number of bytes: one event may carry a large prompt or result) is cut
+off (its stream ends with ``overflowed`` set) rather than slowing the node down or filling
+its memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import trio
@@ -19,7 +23,7 @@ import trio
 EVENT_TYPES = ("task_created", "task_update", "task_output", "task_completed")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     type: str
     task_id: str
@@ -38,6 +42,11 @@ class Event:
             "data": self.data,
         }
 
+    @cached_property
+    def text(self) -> str:
+        """The JSON text sent to clients, made once however many subscribers there are."""
+        return json.dumps(self.to_json())
+
 
 @dataclass(eq=False)
 class Subscription:
@@ -45,6 +54,8 @@ class Subscription:
 
     receive: trio.MemoryReceiveChannel[Event]
     _send: trio.MemorySendChannel[Event]
+    max_bytes: int
+    pending_bytes: int = 0  # published to this subscriber and not yet taken by ``delivered``
     everything: bool = False
     task_ids: set[str] = field(default_factory=set)
     session_ids: set[str] = field(default_factory=set)
@@ -57,6 +68,10 @@ class Subscription:
             or (event.session_id is not None and event.session_id in self.session_ids)
         )
 
+    def delivered(self, event: Event) -> None:
+        """The consumer has taken ``event`` off the stream: its bytes no longer count."""
+        self.pending_bytes -= len(event.text)
+
 
 class EventBus:
     def __init__(self) -> None:
@@ -64,9 +79,9 @@ class EventBus:
         self._seq = itertools.count(1)
 
     @contextmanager
-    def subscribe(self, buffer: int = 1000) -> Iterator[Subscription]:
+    def subscribe(self, buffer: int = 1000, max_bytes: int = 16 << 20) -> Iterator[Subscription]:
         send, receive = trio.open_memory_channel[Event](buffer)
-        sub = Subscription(receive=receive, _send=send)
+        sub = Subscription(receive=receive, _send=send, max_bytes=max_bytes)
         self._subscribers.add(sub)
         try:
             yield sub
@@ -82,7 +97,10 @@ class EventBus:
             if sub.overflowed or not sub.wants(event):
                 continue
             try:
+                if sub.pending_bytes + len(event.text) > sub.max_bytes:
+                    raise trio.WouldBlock
                 sub._send.send_nowait(event)
+                sub.pending_bytes += len(event.text)
             except trio.WouldBlock:
                 sub.overflowed = True
                 sub._send.close()

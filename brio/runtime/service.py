@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from brio.agents.registry import RegisteredAgent
 from brio.runtime.events import EventBus
 from brio.runtime.supervisor import Supervisor, publish_completed
@@ -105,9 +107,11 @@ class TaskService:
 
     async def cancel(self, task_id: str) -> TaskRecord | None:
         """Cancel a task in any non-terminal state; None when it was already finished."""
-        task = await self.store.cancel_task(task_id)
-        if task is None:
-            return None
-        self.supervisor.cancel_local(task_id)
-        publish_completed(self.bus, task)
+        # Shielded: once the store says cancelled, the agent must be stopped too, even if the
+        # client that asked has gone away meanwhile.
+        with trio.CancelScope(shield=True):
+            task = await self.store.cancel_task(task_id)
+            if task is not None:
+                self.supervisor.cancel_local(task_id)
+                publish_completed(self.bus, task)
         return task

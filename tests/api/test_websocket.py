@@ -185,3 +185,16 @@ async def test_shutdown_sends_the_last_events_then_closes_watchers(tmp_path: Pat
     requeued = [e for e in seen if e["type"] == "task_update"]
     assert requeued and requeued[-1]["data"]["status"] == "queued"
     assert requeued[-1]["data"]["attempt"] == 2
+
+
+async def test_subscriptions_are_capped_per_connection(node: Node) -> None:
+    from brio.api.app import MAX_SUBSCRIBED_IDS
+
+    async with open_websocket_url(ws_url(node)) as ws:
+        for start in range(0, MAX_SUBSCRIBED_IDS, 1000):
+            await subscribe(ws, tasks=[f"t{i}" for i in range(start, start + 1000)])
+        await ws.send_message(json.dumps({"action": "subscribe", "sessions": ["one-more"]}))
+        err = json.loads(await ws.get_message())
+        assert err["error"]["code"] == "too_many_ids"
+        ack = await subscribe(ws, tasks=["t0"])  # nothing new: still fine
+        assert len(ack["tasks"]) == MAX_SUBSCRIBED_IDS and ack["sessions"] == []

@@ -1,5 +1,7 @@
 """The event bus: filters, order, and cutting off a slow subscriber."""
 
+import json
+
 import trio
 
 from brio.runtime.events import Event, EventBus, Subscription
@@ -45,3 +47,19 @@ async def test_a_slow_subscriber_is_cut_off_without_blocking_others() -> None:
         assert len(got) == 2
         assert not fast.overflowed
         assert len([fast.receive.receive_nowait() for _ in range(5)]) == 5
+
+
+async def test_a_subscriber_is_cut_off_by_bytes_too() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=1000, max_bytes=10_000) as sub:
+        sub.everything = True
+        bus.publish("task_created", "t", None, {"prompt": "x" * 4000})
+        bus.publish("task_created", "t", None, {"prompt": "x" * 4000})
+        assert not sub.overflowed
+        first = sub.receive.receive_nowait()
+        sub.delivered(first)  # taken off the stream: room again
+        bus.publish("task_created", "t", None, {"prompt": "x" * 4000})
+        assert not sub.overflowed
+        bus.publish("task_created", "t", None, {"prompt": "x" * 4000})
+        assert sub.overflowed
+        assert json.loads(first.text)["data"]["prompt"] == "x" * 4000

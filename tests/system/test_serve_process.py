@@ -189,3 +189,41 @@ def test_sigint_stops_cleanly_and_a_second_signal_cuts_the_grace_short(tmp_path:
     assert "second signal" in node.log()
     task = trio.run(read_tasks, tmp_path / "brio-data" / "brio.db", [task_id])[task_id]
     assert task is not None and task.status is TaskStatus.QUEUED and task.attempt == 2
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_reading_cannot_hang_the_shutdown(tmp_path: Path) -> None:
+    """A WebSocket watcher that never reads fills the TCP buffers; SIGTERM still ends it all."""
+    port = free_port()
+    node = start_node(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        env={"BRIO_SERVER__PORT": str(port), "BRIO_SERVER__SHUTDOWN_GRACE": "1"},
+    )
+    url = f"ws://127.0.0.1:{port}/ws"
+
+    async def stall() -> None:
+        from trio_websocket import open_websocket_url
+
+        async with open_websocket_url(url, message_queue_size=0) as ws:
+            await ws.send_message(json.dumps({"action": "subscribe", "all": True}))
+            prompt = "x" * 900_000
+            async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+                for _ in range(25):  # ~45 MB of events nobody reads
+                    resp = await client.post("/api/tasks", json={"agent": "echo", "prompt": prompt})
+                    assert resp.status_code == 202
+            await trio.sleep(1)
+            started = time.monotonic()
+            node.proc.send_signal(signal.SIGTERM)
+            while node.proc.poll() is None and time.monotonic() - started < 60:
+                await trio.sleep(0.1)
+
+    try:
+        trio.run(stall)
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            pytest.fail(f"node still running 60s after SIGTERM; log:\n{node.log()}")
+    assert node.proc.returncode in (0, 1), node.log()
+    if node.proc.returncode == 1:
+        assert "forcing exit" in node.log()
