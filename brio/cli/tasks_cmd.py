@@ -157,12 +157,13 @@ async def _watch(
                     raise CliError(f"the node refused the subscription: {message['error']}")
                 early.append(message)
             failed = False
+            print_event = EventPrinter(as_json)
 
             def show(event: dict[str, Any]) -> None:
                 nonlocal failed
                 if event.get("task_id") in task_ids and event["task_id"] not in pending:
                     return  # already reported finished
-                _print_event(event, as_json)
+                print_event(event)
                 if event.get("type") == "task_completed":
                     failed |= event["data"]["status"] != "succeeded"
                     pending.discard(event["task_id"])
@@ -193,27 +194,41 @@ async def _watch(
     return 1 if failed else 0
 
 
-def _print_event(event: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(event), flush=True)
-        return
-    kind, data, tid = event.get("type"), event.get("data", {}), event.get("task_id", "")
-    if kind == "task_output":
-        print(data.get("chunk", ""), end="", flush=True)
-    elif kind == "task_completed":
-        tail = data.get("error") or data.get("result")
-        text = tail if isinstance(tail, str) else json.dumps(tail)
-        print(f"\n[{tid}] {data.get('status')}: {text}", flush=True)
-    elif kind == "task_update":
-        print(
-            f"[{tid}] {data.get('status')} (attempt {data.get('attempt')}, "
-            f"node {data.get('node_id') or '-'})",
-            flush=True,
-        )
-    elif kind == "task_created":
-        print(f"[{tid}] created ({data.get('agent')})", flush=True)
-    else:
-        print(json.dumps(event), flush=True)
+class EventPrinter:
+    """Prints task events readably: streamed output as it comes, other events one per line."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.mid_line = False  # streamed output left the cursor inside a line
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps(event), flush=True)
+            return
+        kind, data, tid = event.get("type"), event.get("data", {}), event.get("task_id", "")
+        if kind == "task_output":
+            chunk = str(data.get("chunk", ""))
+            print(chunk, end="", flush=True)
+            if chunk:
+                self.mid_line = not chunk.endswith("\n")
+            return
+        if kind == "task_completed":
+            tail = data.get("error") or data.get("result")
+            text = tail if isinstance(tail, str) else json.dumps(tail)
+            line = f"[{tid}] {data.get('status')}: {text}"
+        elif kind == "task_update":
+            line = (
+                f"[{tid}] {data.get('status')} (attempt {data.get('attempt')}, "
+                f"node {data.get('node_id') or '-'})"
+            )
+        elif kind == "task_created":
+            line = f"[{tid}] created ({data.get('agent')})"
+        else:
+            line = json.dumps(event)
+        if self.mid_line:
+            print()
+            self.mid_line = False
+        print(line, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
