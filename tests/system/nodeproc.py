@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,20 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"node did not exit after SIGTERM; log:\n{self.log()}") from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_node_on_free_port(cwd: Path, env: dict[str, str] | None = None) -> NodeProcess:
+    """Start a node whose HTTP port is a free one (``BRIO_SERVER__PORT``)."""
+    port = free_port()
+    return start_node(
+        cwd, f"http://127.0.0.1:{port}", {"BRIO_SERVER__PORT": str(port), **(env or {})}
+    )
 
 
 def start_node(

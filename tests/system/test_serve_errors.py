@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.nodeproc import free_port, start_node_on_free_port
+
 
 def serve(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_")}
@@ -73,11 +75,7 @@ def test_broken_agent_section_stops_the_start(tmp_path: Path) -> None:
 
 
 def test_two_nodes_on_one_data_dir(tmp_path: Path) -> None:
-    from tests.system.nodeproc import start_node
-    from tests.system.test_serve_process import free_port
-
-    port = free_port()
-    first = start_node(tmp_path, f"http://127.0.0.1:{port}", {"BRIO_SERVER__PORT": str(port)})
+    first = start_node_on_free_port(tmp_path)
     try:
         second = serve(tmp_path, {"BRIO_SERVER__PORT": str(free_port())})
     finally:

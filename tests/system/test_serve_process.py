@@ -18,7 +18,7 @@ import trio
 
 from brio.core.tasks import TaskStatus
 from brio.store import TaskRecord, open_store
-from tests.system.nodeproc import start_node
+from tests.system.nodeproc import start_node, start_node_on_free_port
 
 
 async def read_tasks(db: Path, ids: list[str]) -> dict[str, TaskRecord | None]:
@@ -27,12 +27,6 @@ async def read_tasks(db: Path, ids: list[str]) -> dict[str, TaskRecord | None]:
         return {i: await store.get_task(i) for i in ids}
     finally:
         await store.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_status(url: str, task_id: str, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
@@ -114,12 +108,9 @@ def test_quick_start_with_no_config(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
-    port = free_port()
-    node = start_node(
+    node = start_node_on_free_port(
         tmp_path,
-        f"http://127.0.0.1:{port}",
-        env={
-            "BRIO_SERVER__PORT": str(port),
+        {
             "BRIO_SERVER__SHUTDOWN_GRACE": "3",
             "BRIO_MESH__MAX_AGENTS": "4",
             "BRIO_NODE_ID": "sigterm-node",
@@ -164,12 +155,7 @@ def test_sigterm_requeues_unfinished_tasks(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigint_stops_cleanly_and_a_second_signal_cuts_the_grace_short(tmp_path: Path) -> None:
-    port = free_port()
-    node = start_node(
-        tmp_path,
-        f"http://127.0.0.1:{port}",
-        env={"BRIO_SERVER__PORT": str(port), "BRIO_SERVER__SHUTDOWN_GRACE": "60"},
-    )
+    node = start_node_on_free_port(tmp_path, {"BRIO_SERVER__SHUTDOWN_GRACE": "60"})
     try:
         resp = httpx.post(
             f"{node.url}/api/tasks",
@@ -194,13 +180,8 @@ def test_sigint_stops_cleanly_and_a_second_signal_cuts_the_grace_short(tmp_path:
 @pytest.mark.slow
 def test_a_client_that_stops_reading_cannot_hang_the_shutdown(tmp_path: Path) -> None:
     """A WebSocket watcher that never reads fills the TCP buffers; SIGTERM still ends it all."""
-    port = free_port()
-    node = start_node(
-        tmp_path,
-        f"http://127.0.0.1:{port}",
-        env={"BRIO_SERVER__PORT": str(port), "BRIO_SERVER__SHUTDOWN_GRACE": "1"},
-    )
-    url = f"ws://127.0.0.1:{port}/ws"
+    node = start_node_on_free_port(tmp_path, {"BRIO_SERVER__SHUTDOWN_GRACE": "1"})
+    url = node.url.replace("http://", "ws://") + "/ws"
 
     async def stall() -> None:
         from trio_websocket import open_websocket_url
