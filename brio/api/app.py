@@ -101,6 +101,10 @@ def agent_json(a: RegisteredAgent) -> dict[str, Any]:
     }
 
 
+def _agent_not_found(exc: UnknownAgent) -> ApiError:
+    return ApiError(404, "agent_not_found", str(exc), {"known": exc.known})
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
 
@@ -290,7 +294,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
         try:
             task, created = await deps.service.submit(new)
         except UnknownAgent as exc:
-            raise ApiError(404, "agent_not_found", str(exc), {"known": exc.known}) from None
+            raise _agent_not_found(exc) from None
         except UnknownSession as exc:
             raise ApiError(404, "session_not_found", str(exc)) from None
         except NotAccepting as exc:
@@ -377,12 +381,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
     async def get_agent(name: str) -> Response:
         agent = deps.agents.get(name)
         if agent is None:
-            raise ApiError(
-                404,
-                "agent_not_found",
-                f"unknown agent {name!r}; known agents: {', '.join(sorted(deps.agents))}",
-                {"known": sorted(deps.agents)},
-            )
+            raise _agent_not_found(UnknownAgent(name, sorted(deps.agents)))
         return _json(agent_json(agent))
 
     # --- websocket ------------------------------------------------------------------------

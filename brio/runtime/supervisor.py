@@ -284,7 +284,7 @@ class Supervisor:
                 )
                 return
             if done is not None:
-                self._publish_completed(done)
+                publish_completed(self._bus, done)
 
     async def _requeue(self, task: TaskRecord) -> None:
         with trio.CancelScope(shield=True), trio.fail_after(_FINAL_WRITE_TIMEOUT):
@@ -300,9 +300,6 @@ class Supervisor:
             task.session_id,
             {"status": task.status.value, "attempt": task.attempt, "node_id": task.node_id},
         )
-
-    def _publish_completed(self, task: TaskRecord) -> None:
-        publish_completed(self._bus, task)
 
 
 def publish_completed(bus: EventBus, task: TaskRecord) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +67,6 @@ async def running_node(config: BrioConfig, token: str | None = None) -> AsyncIte
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
             yield Node(handle, url, client, config)
         shutdown.set()
-
-
-NodeFactory = Callable[..., Any]
 
 
 @pytest.fixture
