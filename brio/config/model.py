@@ -111,6 +111,31 @@ class DiscoveryConfig(Section):
     k8s_namespace: str | None = None
     k8s_label_selector: str | None = None
     port: int = Field(default=50051, ge=1, le=65535)
+    # Where to ask: empty means the system resolver (dns) or the in-cluster defaults
+    # (kubernetes: $KUBERNETES_SERVICE_HOST/PORT and the pod's service-account files).
+    dns_servers: list[str] = Field(default_factory=list)
+    k8s_api_url: str | None = Field(default=None, pattern=r"^https?://")
+    k8s_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    k8s_ca_file: Path | None = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+                continue
+            except ValueError:
+                pass
+            host, _ = split_host_port(item)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r}: a DNS server is an IP address, optionally with a port "
+                    "('10.0.0.2', '127.0.0.1:5353', '[::1]:53')"
+                ) from None
+        return value
 
 
 class TLSConfig(Section):
@@ -139,6 +164,8 @@ class FailureDetectionConfig(Section):
     suspicion_threshold: int = Field(default=3, ge=1)
     auto_remove_failed: bool = True
     remove_delay: Annotated[float, Field(ge=0)] = 300.0
+    # A peer whose smoothed heartbeat round trip is above this is shown as degraded (slow).
+    degraded_latency: Seconds = 0.25
 
 
 class AccessControlConfig(Section):
@@ -150,7 +177,13 @@ class MeshConfig(Section):
     enabled: bool = False
     node_id: str = Field(default_factory=_default_node_id, min_length=1)
     listen_addr: str = "0.0.0.0:50051"
+    # The host:port other nodes dial to reach this one; default: listen_addr, with a
+    # wildcard host (0.0.0.0, ::) replaced by this machine's host name.
+    advertise_addr: str | None = None
     role: Literal["coordinator", "worker"] = "coordinator"
+    # Every mesh call has a deadline; a request or response above the size cap is refused.
+    call_timeout: Seconds = 30.0
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_agents: int = Field(default=32, ge=1)
     session_affinity: bool = False
     affinity_ttl: Seconds = 3600.0
@@ -165,6 +198,13 @@ class MeshConfig(Section):
     @classmethod
     def _host_port(cls, value: str) -> str:
         split_host_port(value, allow_port_zero=True)
+        return value
+
+    @field_validator("advertise_addr")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
 
 
