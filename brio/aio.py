@@ -7,6 +7,8 @@ stays plain trio and the bridging rules live in one spot:
 - ``open_loop()`` opens the loop and installs an exception handler that logs. The default
   handler re-raises into the surrounding nursery, so one misbehaving asyncio callback (a client
   that fails its TLS handshake, say) would otherwise crash the whole node.
+- ``run_trio()`` is the other direction: asyncio code (a grpclib request handler) awaits a trio
+  coroutine function, which runs as a trio task; cancelling the asyncio side cancels it.
 - ``call()`` runs one asyncio coroutine function from trio. Cancelling the trio scope cancels
   the asyncio task and surfaces as ``trio.Cancelled`` as usual. An asyncio-side cancellation
   that trio did not ask for becomes ``AsyncioCancelled``, an ordinary exception, so that it
@@ -24,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio_asyncio
 
-__all__ = ["AsyncioCancelled", "call", "loop_is_open", "open_loop"]
+__all__ = ["AsyncioCancelled", "call", "loop_is_open", "open_loop", "run_trio"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,4 +71,10 @@ async def call(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs)
         # trio-asyncio already turns a cancellation that trio asked for into trio.Cancelled;
         # what arrives here was cancelled by someone on the asyncio side.
         raise AsyncioCancelled(f"{getattr(fn, '__qualname__', fn)!s} was cancelled") from exc
+    return result
+
+
+async def run_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """From asyncio code inside ``open_loop()``, await the trio coroutine function ``fn``."""
+    result: T = await trio_asyncio.trio_as_aio(fn)(*args, **kwargs)
     return result

@@ -30,6 +30,7 @@ from brio.api.openapi import openapi_document
 from brio.config.model import BrioConfig
 from brio.core.tasks import TaskStatus
 from brio.runtime.events import EventBus, Subscription
+from brio.core.routing import BadTarget, NodeUnavailable, UnknownNode
 from brio.runtime.mesh_view import MeshView
 from brio.runtime.service import (
     IdempotencyConflict,
@@ -228,6 +229,24 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             )
         return None
 
+    coordinator_only = tuple(deps.config.mesh.access_control.coordinator_only_endpoints)
+
+    @app.before_request
+    async def _coordinator_only() -> Response | None:
+        if deps.config.mesh.role == "coordinator":
+            return None
+        for prefix in coordinator_only:
+            if request.path == prefix or request.path.startswith(prefix.rstrip("/") + "/"):
+                return _error(
+                    ApiError(
+                        403,
+                        "coordinator_only",
+                        f"{request.path} is served only by coordinators; this node is a worker "
+                        "([mesh.access_control] coordinator_only_endpoints)",
+                    )
+                )
+        return None
+
     @app.before_request
     async def _auth() -> Response | None:
         if request.path.startswith("/api") and not _token_ok(token, request.headers, {}):
@@ -299,6 +318,17 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             raise ApiError(404, "session_not_found", str(exc)) from None
         except NotAccepting as exc:
             raise ApiError(503, "shutting_down", str(exc)) from None
+        except UnknownNode as exc:
+            raise ApiError(404, "node_not_found", str(exc), {"known": list(exc.known)}) from None
+        except NodeUnavailable as exc:
+            raise ApiError(503, "node_unavailable", str(exc), {"state": exc.state}) from None
+        except BadTarget as exc:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"invalid task: agent: {exc}",
+                [{"field": "agent", "message": str(exc)}],
+            ) from None
         except IdempotencyConflict as exc:
             raise ApiError(
                 409,

@@ -15,6 +15,7 @@ from brio.config.errors import ConfigError
 from brio.config.load import load_config
 from brio.exc import leaves
 from brio.logs import setup_logging
+from brio.mesh.tls import TLSSetupError
 from brio.runtime.node import run_node
 from brio.store.base import StoreError
 
@@ -68,7 +69,7 @@ async def _serve(config_path: str | None) -> None:
         nursery.cancel_scope.cancel()
 
 
-_EXPECTED = (ConfigError, StoreError, OSError)
+_EXPECTED = (ConfigError, StoreError, OSError, TLSSetupError)
 
 
 def _describe(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ class Event:
     seq: int
     time: datetime
     data: dict[str, Any]
+    origin: str | None = None  # the node that published it, when it came over the mesh
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,9 +91,17 @@ class EventBus:
             send.close()
 
     def publish(
-        self, type_: str, task_id: str, session_id: str | None, data: dict[str, Any]
+        self,
+        type_: str,
+        task_id: str,
+        session_id: str | None,
+        data: dict[str, Any],
+        *,
+        origin: str | None = None,
     ) -> Event:
-        event = Event(type_, task_id, session_id, next(self._seq), datetime.now(UTC), data)
+        event = Event(
+            type_, task_id, session_id, next(self._seq), datetime.now(UTC), data, origin
+        )
         for sub in list(self._subscribers):
             if sub.overflowed or not sub.wants(event):
                 continue

@@ -2,16 +2,19 @@
 
 ```
 run_node
-└── asyncio bridge (brio.aio)   asyncpg (and later grpclib) live there
+└── asyncio bridge (brio.aio)   asyncpg and grpclib live there
     ├── store                   opened (migrations applied) before anything else
+    ├── mesh                    gRPC server, discovery, one heartbeat task per peer
+    │                           (when mesh.enabled; see brio.mesh.node)
     ├── supervisor              claims tasks, runs agents (capped by mesh.max_agents)
     └── http                    hypercorn + quart-trio (when server.enabled)
 ```
-The mesh server, peers, discovery, lease and metrics join this tree in later issues.
+The lease and metrics join this tree in later issues.
 
 Shutdown is ordered: stop taking tasks and close the HTTP listeners, let running agents
-finish within ``server.shutdown_grace``, cancel the rest and put them back to ``queued``,
-then close the store.
+finish within ``server.shutdown_grace`` (the mesh stays up meanwhile, so their events still
+reach the coordinators), cancel the rest and put them back to ``queued``, then close the
+mesh (GOAWAY to every connection) and the store.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from brio.agents.registry import RegisteredAgent, build_registry
 from brio.api.app import ApiDeps, create_app
 from brio.config.model import BrioConfig
 from brio.exc import leaves
+from brio.mesh.handlers import MeshHandlers
+from brio.mesh.node import MeshNode
+from brio.mesh.tls import check_files
 from brio.runtime.data_dir import locked_data_dir
 from brio.runtime.data_dir import node_id as remembered_node_id
 from brio.runtime.events import EventBus
@@ -48,6 +54,8 @@ class NodeHandle:
     node_id: str
     http_urls: list[str] = field(default_factory=list)
     store: Store | None = None
+    mesh_address: str | None = None  # the bound host:port of the mesh server
+    mesh: MeshNode | None = None
 
 
 def _hypercorn_config(config: BrioConfig) -> HypercornConfig:
@@ -66,13 +74,13 @@ def _hypercorn_config(config: BrioConfig) -> HypercornConfig:
 
 
 async def _record_node(
-    store: Store, config: BrioConfig, agents: list[tuple[str, str, str]]
+    store: Store, config: BrioConfig, agents: list[tuple[str, str, str]], address: str | None
 ) -> None:
     await store.upsert_node(
         NodeRecord(
             id=config.mesh.node_id,
             role=config.mesh.role,
-            address=config.mesh.listen_addr if config.mesh.enabled else None,
+            address=address,
             version=__version__,
             status="healthy",
             last_seen=datetime.now(UTC),
@@ -105,25 +113,31 @@ async def _run(
 ) -> None:
     node_id = config.mesh.node_id
     if config.mesh.enabled:
-        log.warning(
-            "[mesh] enabled = true, but this version has no mesh yet: "
-            "running as a single node (peers, discovery and TLS settings are not used)"
-        )
+        check_files(config.mesh.tls)  # a bad certificate fails the start, before anything runs
     async with aio.open_loop():
         store = await open_store(
             config.database_url, max_connections=config.database.max_connections
         )
         try:
-            await _record_node(
-                store, config, [(a.name, a.kind, a.description) for a in agents.values()]
-            )
             bus = EventBus()
             supervisor = Supervisor(store, agents, bus, node_id, config.mesh.max_agents)
-            service = TaskService(store, agents, bus, supervisor)
-            handle = NodeHandle(node_id=node_id, store=store)
+            mesh: MeshNode | None = None
+            if config.mesh.enabled:
+                mesh = MeshNode(config, store=store, supervisor=supervisor, bus=bus, agents=agents)
+            await _record_node(
+                store,
+                config,
+                [(a.name, a.kind, a.description) for a in agents.values()],
+                mesh.address if mesh is not None else None,
+            )
+            service = TaskService(store, agents, bus, supervisor, mesh=mesh)
+            handle = NodeHandle(node_id=node_id, store=store, mesh=mesh)
             http_stop = trio.Event()
             ws_stop = trio.Event()
+            mesh_scope = trio.CancelScope()
             async with trio.open_nursery() as nursery:
+                if mesh is not None:
+                    handle.mesh_address = await nursery.start(_run_mesh, mesh, mesh_scope)
                 if config.server.enabled:
                     app = create_app(
                         ApiDeps(
@@ -133,7 +147,7 @@ async def _run(
                             supervisor,
                             bus,
                             agents,
-                            SingleNode(config.mesh.role),
+                            mesh if mesh is not None else SingleNode(config.mesh.role),
                             stopping=ws_stop,
                         )
                     )
@@ -158,10 +172,12 @@ async def _run(
                 # port is taken, say) must not have run anything.
                 await nursery.start(supervisor.run)
                 log.info(
-                    "brio %s node %s up: http %s, store %s, agents %s",
+                    "brio %s node %s (%s) up: http %s, mesh %s, store %s, agents %s",
                     __version__,
                     node_id,
+                    config.mesh.role,
                     ", ".join(handle.http_urls) or "off",
+                    handle.mesh_address or "off",
                     store.backend,
                     ", ".join(sorted(agents)),
                 )
@@ -169,10 +185,27 @@ async def _run(
                 await shutdown.wait()
                 log.info("shutting down: no new tasks, %d running", supervisor.active)
                 service.accepting = False
+                if mesh is not None:
+                    mesh.draining = True
                 http_stop.set()
                 await supervisor.drain(config.server.shutdown_grace)
                 ws_stop.set()  # watchers have seen the last events; let them go
+                if mesh is not None:
+                    await mesh.flush_events(timeout=2.0)
+                mesh_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()
     log.info("node %s stopped", node_id)
+
+
+async def _run_mesh(
+    mesh: MeshNode, scope: trio.CancelScope, *, task_status: trio.TaskStatus[str]
+) -> None:
+    where = mesh.config.mesh.listen_addr
+    with scope:
+        try:
+            await mesh.run(MeshHandlers(mesh).services(), task_status=task_status)
+        except* OSError as group:
+            reasons = "; ".join(str(getattr(e, "strerror", None) or e) for e in leaves(group))
+            raise OSError(f"cannot serve the mesh on {where} ([mesh] listen_addr): {reasons}") from group

@@ -7,12 +7,13 @@ is then stopped and its late result is refused by the store's attempt check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import trio
 
 from brio.agents.registry import RegisteredAgent
+from brio.core.routing import Local, Route
 from brio.runtime.events import EventBus
 from brio.runtime.supervisor import Supervisor, publish_completed
 from brio.store.base import NewTask, Store, TaskRecord
@@ -69,6 +70,20 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
     }
 
 
+class MeshRouting(Protocol):
+    """What task submission needs of the mesh (``brio.mesh.node.MeshNode`` provides it)."""
+
+    node_id: str
+
+    def route(self, target: str) -> Route: ...
+
+    def remote_agents(self, node_id: str) -> tuple[str, ...] | None: ...
+
+    def dispatch(self, node_id: str, task: TaskRecord) -> None: ...
+
+    def cancel_remote(self, task: TaskRecord) -> None: ...
+
+
 @dataclass
 class TaskService:
     store: Store
@@ -76,13 +91,33 @@ class TaskService:
     bus: EventBus
     supervisor: Supervisor
     accepting: bool = True
+    mesh: MeshRouting | None = None
+
+    def resolve(self, target: str) -> tuple[str, str | None]:
+        """The agent name and the node a target runs on (None: any node, single-node mode).
+
+        Raises ``UnknownAgent``, or ``brio.core.routing.RouteError`` for a bad or unknown node.
+        """
+        if self.mesh is None:
+            if target not in self.agents:
+                raise UnknownAgent(target, sorted(self.agents))
+            return target, None
+        where = self.mesh.route(target)
+        if isinstance(where, Local):
+            if where.agent not in self.agents:
+                raise UnknownAgent(where.agent, sorted(self.agents))
+            return where.agent, self.mesh.node_id
+        known = self.mesh.remote_agents(where.node_id)
+        if known is not None and where.agent not in known:
+            raise UnknownAgent(target, [f"{where.node_id}/{a}" for a in sorted(known)])
+        return where.agent, where.node_id
 
     async def submit(self, new: NewTask) -> tuple[TaskRecord, bool]:
         """Commit a task; return it and whether it is new (False: idempotency key reused)."""
         if not self.accepting:
             raise NotAccepting("the node is shutting down")
-        if new.agent not in self.agents:
-            raise UnknownAgent(new.agent, sorted(self.agents))
+        agent, node_id = self.resolve(new.agent)
+        new = replace(new, agent=agent, node_id=node_id)
         if new.session_id is not None and await self.store.get_session(new.session_id) is None:
             raise UnknownSession(new.session_id)
         task, created = await self.store.create_task(new)
@@ -102,7 +137,10 @@ class TaskService:
                 raise IdempotencyConflict(task, differs)
         if created:
             self.bus.publish("task_created", task.id, task.session_id, task_json(task))
-            self.supervisor.wake()
+            if self.mesh is not None and node_id is not None and node_id != self.mesh.node_id:
+                self.mesh.dispatch(node_id, task)
+            else:
+                self.supervisor.wake()
         return task, created
 
     async def cancel(self, task_id: str) -> TaskRecord | None:
@@ -112,6 +150,7 @@ class TaskService:
         with trio.CancelScope(shield=True):
             task = await self.store.cancel_task(task_id)
             if task is not None:
-                self.supervisor.cancel_local(task_id)
+                if not self.supervisor.cancel_local(task_id) and self.mesh is not None:
+                    self.mesh.cancel_remote(task)
                 publish_completed(self.bus, task)
         return task

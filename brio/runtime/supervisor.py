@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -70,6 +71,10 @@ def _without_nul(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_without_nul(v) for v in value]
     return value
+
+
+class Busy(RuntimeError):
+    """No agent slot is free (or the node is draining) for work that must not wait."""
 
 
 class Supervisor:
@@ -149,6 +154,47 @@ class Supervisor:
                 self._idle = trio.Event()
                 self._publish_update(claimed)
                 nursery.start_soon(self._run_one, claimed, entry)
+
+    async def invoke(self, agent_name: str, prompt: str, input_: dict[str, Any]) -> Any:
+        """Run an agent once, outside the task queue (a mesh ``agent.invoke`` call).
+
+        Nothing is stored; it takes one of the ``max_agents`` slots like a task, and is refused
+        (``Busy``) rather than queued when none is free, so a caller cannot pile work up here.
+        """
+        agent = self._agents.get(agent_name)
+        if agent is None:
+            raise KeyError(agent_name)
+        if not self._accepting:
+            raise Busy("the node is draining")
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            raise Busy(f"all {self._max_agents} agent slots are in use") from None
+        try:
+            scope = trio.CancelScope()
+            if agent.settings.timeout is not None:
+                scope.deadline = trio.current_time() + agent.settings.timeout
+
+            async def discard(chunk: str) -> None:
+                pass
+
+            ctx = AgentContext(
+                task_id=f"invoke-{uuid.uuid4().hex[:12]}",
+                agent=agent_name,
+                prompt=prompt,
+                input=input_,
+                history=[],
+                session_id=None,
+                attempt=1,
+                cancel_scope=scope,
+                emit_fn=discard,
+                settings=agent.settings,
+            )
+            with scope:
+                return storable(await agent.run(ctx))
+            raise AgentError(f"timed out after {agent.settings.timeout:g}s")
+        finally:
+            self._slots.release()
 
     async def drain(self, grace: float) -> None:
         """Stop claiming; give running agents ``grace`` seconds, then cancel and requeue them."""

@@ -294,7 +294,10 @@ class NodeInfo(betterproto2.Message):
 
     agents: "list[AgentInfo]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    load: "Load | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    workload: "Load | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    not "load": betterproto2 messages have a load() method
+    """
 
     draining: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
 
@@ -342,7 +345,10 @@ class PeerStatus(betterproto2.Message):
 
     missed_heartbeats: "int" = betterproto2.field(7, betterproto2.TYPE_UINT32)
 
-    load: "Load | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    workload: "Load | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    not "load": betterproto2 messages have a load() method
+    """
 
     draining: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
 
@@ -398,7 +404,10 @@ class StatsResponse(betterproto2.Message):
 
     role: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    load: "Load | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    workload: "Load | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    not "load": betterproto2 messages have a load() method
+    """
 
     uptime_seconds: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
 
@@ -439,7 +448,10 @@ default_message_pool.register_message("brio.mesh.v1", "StatusRequest", StatusReq
 
 @dataclass(eq=False, repr=False)
 class StatusResponse(betterproto2.Message):
-    self: "NodeInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    node: "NodeInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    the answering node (or the one asked about)
+    """
 
     peers: "list[PeerStatus]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 

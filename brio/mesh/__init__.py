@@ -1,0 +1,1 @@
+"""The mesh: gRPC transport, peers, discovery and TLS between nodes."""

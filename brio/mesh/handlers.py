@@ -1,0 +1,400 @@
+"""What a node answers on its mesh port: ``Mesh`` (Call, Heartbeat) and ``MeshAdmin``.
+
+Handlers are trio functions ``(request, caller, timeout) -> response``; ``transport.Service``
+adapts them to grpclib. A bad request is answered with a typed ``MeshError`` (Call) or a gRPC
+status naming the field at fault (admin); nothing a caller sends can raise past here.
+
+``Call`` methods:
+
+| method         | payload (JSON)                    | answer (JSON)            |
+|----------------|-----------------------------------|--------------------------|
+| `agent.invoke` | `{"prompt": str, "input": {...}}` | `{"result": ...}`        |
+| `task.run`     | `{"task_id": str}`                | `{"accepted": true}`     |
+| `task.cancel`  | `{"task_id": str}`                | `{"stopped": bool}`      |
+| `task.events`  | `{"events": [...]}`               | `{"published": n}`       |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from brio.core.routing import Local, RouteError
+from brio.mesh import pb
+from brio.mesh.node import MeshNode
+from brio.mesh.transport import Caller, MeshCallError, Service
+from brio.runtime.supervisor import Busy
+
+log = logging.getLogger(__name__)
+
+Code = pb.MeshErrorCode
+HOPS_HEADER = "brio-hops"
+MAX_HOPS = 1
+
+
+def _error(node: MeshNode, code: pb.MeshErrorCode, message: str) -> pb.MeshResponse:
+    return pb.MeshResponse(error=pb.MeshError(code=code, message=message), node_id=node.node_id)
+
+
+def _ok(node: MeshNode, value: Any) -> pb.MeshResponse:
+    return pb.MeshResponse(json=json.dumps(value), node_id=node.node_id)
+
+
+def _payload(request: pb.MeshRequest) -> dict[str, Any]:
+    if not request.is_set("json"):
+        raise ValueError("payload: expected a JSON object in the 'json' field")
+    try:
+        value = json.loads(request.json)
+    except ValueError as exc:
+        raise ValueError(f"payload: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"payload: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _string(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"payload.{key}: expected a non-empty string")
+    return value
+
+
+def _budget(request: pb.MeshRequest, timeout: float | None) -> float:
+    """Seconds left: the tighter of the transport deadline and the request's own."""
+    left = timeout if timeout is not None else math.inf
+    if request.deadline_unix_ms:
+        left = min(left, request.deadline_unix_ms / 1000 - time.time())
+    return left
+
+
+class MeshHandlers:
+    def __init__(self, node: MeshNode) -> None:
+        self.node = node
+
+    def services(self) -> list[Service]:
+        max_bytes = self.node.config.mesh.max_message_bytes
+        stats = self.node.stats
+        mesh = Service(
+            {
+                "/brio.mesh.v1.Mesh/Call": (self.call, pb.MeshRequest, pb.MeshResponse),
+                "/brio.mesh.v1.Mesh/Heartbeat": (
+                    self.heartbeat,
+                    pb.HeartbeatRequest,
+                    pb.HeartbeatResponse,
+                ),
+            },
+            max_bytes,
+            stats,
+        )
+        admin = Service(
+            {
+                "/brio.mesh.v1.MeshAdmin/Status": (
+                    self.status,
+                    pb.StatusRequest,
+                    pb.StatusResponse,
+                ),
+                "/brio.mesh.v1.MeshAdmin/Ping": (self.ping, pb.PingRequest, pb.PingResponse),
+                "/brio.mesh.v1.MeshAdmin/Topology": (
+                    self.topology,
+                    pb.TopologyRequest,
+                    pb.TopologyResponse,
+                ),
+                "/brio.mesh.v1.MeshAdmin/Stats": (self.stats, pb.StatsRequest, pb.StatsResponse),
+                "/brio.mesh.v1.MeshAdmin/Drain": (
+                    self.drain,
+                    pb.NodeRequest,
+                    pb.ActionResponse,
+                ),
+                "/brio.mesh.v1.MeshAdmin/Leave": (
+                    self.leave,
+                    pb.NodeRequest,
+                    pb.ActionResponse,
+                ),
+                "/brio.mesh.v1.MeshAdmin/Remove": (
+                    self.remove,
+                    pb.NodeRequest,
+                    pb.ActionResponse,
+                ),
+            },
+            max_bytes,
+            stats,
+        )
+        return [mesh, admin]
+
+    # --- Mesh ----------------------------------------------------------------------------
+
+    async def heartbeat(
+        self, request: pb.HeartbeatRequest, caller: Caller, timeout: float | None
+    ) -> pb.HeartbeatResponse:
+        sender = request.sender
+        if sender is None or not sender.node_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "sender.node_id: required")
+        if sender.role not in ("coordinator", "worker"):
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"sender.role: expected 'coordinator' or 'worker', got {sender.role!r}",
+            )
+        if caller.cert_node_id is not None and caller.cert_node_id != sender.node_id:
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"the certificate is for {caller.cert_node_id!r} but the heartbeat says "
+                f"it is from {sender.node_id!r}",
+            )
+        if sender.node_id != self.node.node_id:
+            self.node.heartbeat_received(sender)
+        return pb.HeartbeatResponse(responder=self.node.node_info())
+
+    async def call(
+        self, request: pb.MeshRequest, caller: Caller, timeout: float | None
+    ) -> pb.MeshResponse:
+        node = self.node
+        budget = _budget(request, timeout)
+        if budget <= 0:
+            return _error(node, Code.DEADLINE_EXCEEDED, "the request's deadline has passed")
+        with trio.move_on_after(budget) as scope:
+            try:
+                return await self._call(request, caller, budget)
+            except ValueError as exc:
+                return _error(node, Code.BAD_REQUEST, str(exc))
+            except Busy as exc:
+                return _error(node, Code.UNAVAILABLE, str(exc))
+            except MeshCallError as exc:
+                return _error(node, Code.UNAVAILABLE, str(exc))
+            except Exception as exc:
+                log.exception("mesh call %s on %s failed", request.method, request.target)
+                return _error(node, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        assert scope.cancelled_caught
+        return _error(node, Code.DEADLINE_EXCEEDED, f"no answer within {budget:.3g}s")
+
+    async def _call(
+        self, request: pb.MeshRequest, caller: Caller, budget: float
+    ) -> pb.MeshResponse:
+        node = self.node
+        method = request.method
+        if method == "task.events":
+            origin = caller.node_id
+            if origin is None or node.peer_by_id(origin) is None:
+                return _error(
+                    node, Code.PERMISSION_DENIED, "task events are taken only from mesh peers"
+                )
+            events = _payload(request).get("events")
+            if not isinstance(events, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("type"), str) and e.get("task_id")
+                for e in events
+            ):
+                raise ValueError("payload.events: expected a list of {type, task_id, data}")
+            return _ok(node, {"published": node.publish_remote(origin, events)})
+        if method not in ("agent.invoke", "task.run", "task.cancel"):
+            raise ValueError(
+                f"method: unknown {method!r}; expected agent.invoke, task.run, task.cancel "
+                "or task.events"
+            )
+        try:
+            where = node.route(request.target)
+        except RouteError as exc:
+            return _error(node, Code.UNKNOWN_NODE, str(exc))
+        if not isinstance(where, Local):
+            hops = int(request.metadata.get(HOPS_HEADER, "0") or 0)
+            if method != "agent.invoke" or hops >= MAX_HOPS:
+                return _error(
+                    node,
+                    Code.UNKNOWN_NODE,
+                    f"target {request.target!r} is not on this node ({node.node_id})",
+                )
+            forwarded = await node.call_node(
+                where.node_id, method, where.agent, _payload(request), timeout=budget
+            )
+            return forwarded
+        agent = where.agent
+        if agent not in node.agents and method == "agent.invoke":
+            known = ", ".join(sorted(node.agents)) or "none"
+            return _error(
+                node,
+                Code.UNKNOWN_AGENT,
+                f"unknown agent {agent!r} on {node.node_id}; known agents: {known}",
+            )
+        payload = _payload(request)
+        if method == "agent.invoke":
+            prompt = payload.get("prompt", "")
+            input_ = payload.get("input") or {}
+            if not isinstance(prompt, str):
+                raise ValueError("payload.prompt: expected a string")
+            if not isinstance(input_, dict):
+                raise ValueError("payload.input: expected a JSON object")
+            try:
+                result = await node.supervisor.invoke(agent, prompt, input_)
+            except Busy:
+                raise
+            except Exception as exc:
+                return _error(node, Code.AGENT_FAILED, f"{type(exc).__name__}: {exc}")
+            return _ok(node, {"result": result})
+        task_id = _string(payload, "task_id")
+        if method == "task.run":
+            node.supervisor.wake()
+            return _ok(node, {"accepted": True, "task_id": task_id})
+        return _ok(node, {"stopped": node.supervisor.cancel_local(task_id), "task_id": task_id})
+
+    # --- MeshAdmin -----------------------------------------------------------------------
+
+    def _peer(self, node_id: str) -> Any:
+        peer = self.node.peer_by_id(node_id)
+        if peer is None:
+            known = sorted(
+                [self.node.node_id] + [p.node_id for p in self.node.membership.peers() if p.node_id]
+            )
+            raise GRPCError(
+                Status.NOT_FOUND, f"unknown node {node_id!r}; known nodes: {', '.join(known)}"
+            )
+        return peer
+
+    async def status(
+        self, request: pb.StatusRequest, caller: Caller, timeout: float | None
+    ) -> pb.StatusResponse:
+        node = self.node
+        if not request.node_id:
+            return pb.StatusResponse(
+                node=node.node_info(),
+                peers=[node.peer_status(p) for p in node.membership.peers()],
+            )
+        if request.node_id == node.node_id:
+            return pb.StatusResponse(node=node.node_info(), peers=[])
+        peer = self._peer(request.node_id)
+        row = node.peer_status(peer)
+        info = pb.NodeInfo(node_id=row.node_id, role=row.role, address=row.address)
+        try:
+            remote = await node.admin_call(
+                request.node_id, "Status", pb.StatusRequest(), pb.StatusResponse
+            )
+            if remote.node is not None:
+                info = remote.node
+        except (MeshCallError, LookupError) as exc:
+            log.info("status of %s: its own view is unavailable: %s", request.node_id, exc)
+        return pb.StatusResponse(node=info, peers=[row])
+
+    async def ping(
+        self, request: pb.PingRequest, caller: Caller, timeout: float | None
+    ) -> pb.PingResponse:
+        if not request.node_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "node_id: required")
+        self._peer(request.node_id)
+        count = request.count or 4
+        if count > 100:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"count: at most 100, got {count}")
+        address, rtts, lost = await self.node.ping(request.node_id, count)
+        return pb.PingResponse(node_id=request.node_id, address=address, rtt_ms=rtts, lost=lost)
+
+    async def topology(
+        self, request: pb.TopologyRequest, caller: Caller, timeout: float | None
+    ) -> pb.TopologyResponse:
+        node = self.node
+        nodes = [node.node_info()]
+        edges: list[pb.Edge] = []
+        unreachable: list[str] = []
+        for peer in node.membership.peers():
+            edges.append(
+                pb.Edge(
+                    from_node=node.node_id,
+                    to_node=peer.node_id or peer.address,
+                    status=str(peer.state),
+                    latency_ms=(peer.latency or 0) * 1000,
+                )
+            )
+
+        async def fetch(node_id: str) -> None:
+            try:
+                with trio.fail_after(min(5.0, node.config.mesh.call_timeout)):
+                    view = await node.admin_call(
+                        node_id, "Status", pb.StatusRequest(), pb.StatusResponse
+                    )
+            except (MeshCallError, LookupError, trio.TooSlowError):
+                unreachable.append(node_id)
+                return
+            if view.node is not None:
+                nodes.append(view.node)
+            for row in view.peers:
+                edges.append(
+                    pb.Edge(
+                        from_node=node_id,
+                        to_node=row.node_id or row.address,
+                        status=row.status,
+                        latency_ms=row.latency_ms,
+                    )
+                )
+
+        async with trio.open_nursery() as nursery:
+            for peer in node.membership.peers():
+                if peer.node_id is not None:
+                    nursery.start_soon(fetch, peer.node_id)
+        nodes.sort(key=lambda n: n.node_id)
+        edges.sort(key=lambda e: (e.from_node, e.to_node))
+        return pb.TopologyResponse(nodes=nodes, edges=edges, unreachable=sorted(unreachable))
+
+    async def stats(
+        self, request: pb.StatsRequest, caller: Caller, timeout: float | None
+    ) -> pb.StatsResponse:
+        node = self.node
+        if request.node_id and request.node_id != node.node_id:
+            self._peer(request.node_id)
+            try:
+                reply: pb.StatsResponse = await node.admin_call(
+                    request.node_id, "Stats", pb.StatsRequest(), pb.StatsResponse
+                )
+            except MeshCallError as exc:
+                raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+            return reply
+        counts = node.counters
+        info = node.node_info()
+        s = node.stats
+        return pb.StatsResponse(
+            node_id=node.node_id,
+            role=node.role,
+            workload=info.workload,
+            uptime_seconds=node.uptime(),
+            tasks_succeeded=counts.tasks_succeeded,
+            tasks_failed=counts.tasks_failed,
+            tasks_cancelled=counts.tasks_cancelled,
+            calls_received=s.calls_received,
+            calls_sent=s.calls_sent,
+            call_errors=s.call_errors,
+            heartbeats_received=node.counters.heartbeats_received,
+            bytes_received=s.bytes_received,
+            bytes_sent=s.bytes_sent,
+            agents=sorted(node.agents),
+        )
+
+    def _authorize_action(self, request: pb.NodeRequest, caller: Caller, action: str) -> str:
+        node = self.node
+        target = request.node_id or node.node_id
+        on_self = target == node.node_id and caller.node_id == node.node_id
+        if not on_self and not node.is_coordinator(caller.node_id):
+            who = caller.node_id or "an unidentified caller"
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"{action} of {target!r} is accepted only from coordinators; {who} is not one",
+            )
+        return target
+
+    async def drain(
+        self, request: pb.NodeRequest, caller: Caller, timeout: float | None
+    ) -> pb.ActionResponse:
+        self._authorize_action(request, caller, "drain")
+        raise GRPCError(Status.UNIMPLEMENTED, "drain comes with distributed scheduling")
+
+    async def leave(
+        self, request: pb.NodeRequest, caller: Caller, timeout: float | None
+    ) -> pb.ActionResponse:
+        self._authorize_action(request, caller, "leave")
+        raise GRPCError(Status.UNIMPLEMENTED, "leave comes with distributed scheduling")
+
+    async def remove(
+        self, request: pb.NodeRequest, caller: Caller, timeout: float | None
+    ) -> pb.ActionResponse:
+        self._authorize_action(request, caller, "remove")
+        raise GRPCError(Status.UNIMPLEMENTED, "remove comes with distributed scheduling")

@@ -1,0 +1,398 @@
+"""gRPC plumbing of the mesh: the one module that knows grpclib and its internals.
+
+grpclib lives on asyncio and the node on trio; everything here is entered through
+``brio.aio``. What this module adds to grpclib, and why:
+
+- Connections from outside ``[mesh.access_control] allowed_cidrs`` are closed as soon as
+  they are accepted, before a byte of HTTP/2 is read (logged and counted).
+- Requests are read with a size cap: the 5-byte gRPC frame header is checked before the
+  body is buffered, so a peer cannot make the node hold a 10 MB (or 4 GB) message.
+  Undecodable protobuf is ``INVALID_ARGUMENT``; nothing a client sends raises past a handler.
+- ``close()`` sends GOAWAY and closes every accepted connection: grpclib 0.4.9's own close
+  leaves them open, and handlers kept starting after it (STACK-NOTES).
+- Client calls always carry a deadline; every failure (refused, timed out, TLS, a gRPC
+  status, a broken stream) comes out as one exception type, ``MeshCallError``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import struct
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+import betterproto2
+import grpclib.const
+import grpclib.exceptions
+import grpclib.server
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
+
+from brio import aio
+from brio.config.model import split_host_port
+from brio.mesh.tls import node_id_from_cert
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req", bound=betterproto2.Message)
+Resp = TypeVar("Resp", bound=betterproto2.Message)
+
+#: Metadata key by which a caller names itself (authenticated only with mTLS; see Caller).
+NODE_ID_HEADER = "brio-node-id"
+
+
+@dataclass
+class TransportStats:
+    """Counters for ``mesh stats`` (and the metrics endpoint later)."""
+
+    calls_received: int = 0
+    calls_sent: int = 0
+    call_errors: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    refused_connections: int = 0
+    oversized_requests: int = 0
+    malformed_requests: int = 0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request. ``cert_node_id`` is proven by mTLS; ``claimed_node_id`` is not."""
+
+    address: tuple[str, int] | None
+    cert_node_id: str | None
+    claimed_node_id: str | None
+
+    @property
+    def node_id(self) -> str | None:
+        return self.cert_node_id or self.claimed_node_id
+
+
+class MeshCallError(Exception):
+    """A mesh call to ``address`` failed; ``kind`` says how, the message says why."""
+
+    def __init__(
+        self,
+        address: str,
+        method: str,
+        kind: Literal["unreachable", "timeout", "rejected", "protocol"],
+        detail: str,
+        status: str | None = None,
+    ) -> None:
+        super().__init__(f"{method} to {address}: {detail}")
+        self.address = address
+        self.method = method
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+
+
+# --- server -------------------------------------------------------------------------------
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def address_allowed(host: str, allowed: Networks) -> bool:
+    """True when ``allowed`` is empty (no list: everyone) or contains ``host``."""
+    if not allowed:
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in allowed)
+
+
+class _GuardedProtocol(H2Protocol):
+    """grpclib's HTTP/2 protocol, refusing addresses outside the allow-list at accept."""
+
+    refused = False
+
+    def __init__(self, server: MeshServer, *args: Any) -> None:
+        super().__init__(*args)
+        self._server = server
+
+    def connection_made(self, transport: Any) -> None:
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if peer else ""
+        if not address_allowed(host, self._server.allowed):
+            self.refused = True
+            self._server.stats.refused_connections += 1
+            log.warning(
+                "refused a mesh connection from %s: not in [mesh.access_control] allowed_cidrs",
+                host or "an unknown address",
+            )
+            transport.abort()
+            return
+        super().connection_made(transport)
+        self._server.protocols.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.refused:
+            super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.protocols.discard(self)
+        if not self.refused:
+            super().connection_lost(exc)
+
+    def goaway(self) -> None:
+        """Tell the client we are going (GOAWAY), then close the socket."""
+        connection = getattr(self, "connection", None)
+        if connection is None:
+            return
+        try:
+            connection._connection.close_connection()
+            connection.flush()
+        except Exception:  # a connection already half gone: closing it is all that is left
+            log.debug("GOAWAY failed", exc_info=True)
+        connection._transport.close()
+
+
+class MeshServer(grpclib.server.Server):
+    def __init__(
+        self, handlers: Iterable[Any], *, allowed: Networks, stats: TransportStats
+    ) -> None:
+        super().__init__(list(handlers))
+        self.allowed = allowed
+        self.stats = stats
+        self.protocols: set[_GuardedProtocol] = set()
+
+    def _protocol_factory(self) -> H2Protocol:
+        self.__gc_step__()
+        handler = grpclib.server.Handler(
+            self._mapping, self._codec, self._status_details_codec, self.__dispatch__
+        )
+        self._handlers.add(handler)
+        return _GuardedProtocol(self, handler, self._config, self._h2_config)
+
+    def close(self) -> None:
+        super().close()
+        for protocol in list(self.protocols):
+            protocol.goaway()
+
+
+async def _recv_capped(
+    stream: grpclib.server.Stream[Any, Any], message_type: type[Req], max_bytes: int
+) -> tuple[Req, int]:
+    """Read one request, refusing a declared size above ``max_bytes`` before reading it."""
+    h2_stream = stream._stream
+    header = await h2_stream.recv_data(5)
+    if len(header) < 5:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the request has no complete gRPC message")
+    compressed, length = struct.unpack(">?I", header)
+    if compressed:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+    if length > max_bytes:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"the request is {length} bytes; the limit is {max_bytes} ([mesh] max_message_bytes)",
+        )
+    body = await h2_stream.recv_data(length)
+    if len(body) < length:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated")
+    try:
+        message = message_type.parse(body)
+    except Exception as exc:
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"the request is not a valid {message_type.__name__}: {exc}"
+        ) from None
+    return message, 5 + length
+
+
+def _caller(stream: grpclib.server.Stream[Any, Any]) -> Caller:
+    peer = stream.peer
+    addr = peer.addr()
+    claimed = None
+    metadata = stream.metadata or {}
+    value = metadata.get(NODE_ID_HEADER)
+    if isinstance(value, str) and value:
+        claimed = value
+    return Caller(
+        address=(str(addr[0]), int(addr[1])) if addr else None,
+        cert_node_id=node_id_from_cert(peer.cert()),
+        claimed_node_id=claimed,
+    )
+
+
+class TrioHandler(Protocol[Req, Resp]):
+    def __call__(self, request: Req, caller: Caller, timeout: float | None) -> Awaitable[Resp]: ...
+
+
+@dataclass
+class Service:
+    """A grpclib servable made of trio handlers: ``{"/pkg.Service/Method": (handler, in, out)}``."""
+
+    methods: Mapping[str, tuple[TrioHandler[Any, Any], type[Any], type[Any]]]
+    max_bytes: int
+    stats: TransportStats
+    _mapping: dict[str, grpclib.const.Handler] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        for path, (handler, req_type, resp_type) in self.methods.items():
+            self._mapping[path] = grpclib.const.Handler(
+                self._wrap(path, handler, req_type),
+                grpclib.const.Cardinality.UNARY_UNARY,
+                req_type,
+                resp_type,
+            )
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return self._mapping
+
+    def _wrap(
+        self, path: str, handler: TrioHandler[Any, Any], req_type: type[Any]
+    ) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
+        async def serve(stream: grpclib.server.Stream[Any, Any]) -> None:
+            self.stats.calls_received += 1
+            try:
+                request, size = await _recv_capped(stream, req_type, self.max_bytes)
+            except GRPCError as exc:
+                if exc.status is Status.RESOURCE_EXHAUSTED:
+                    self.stats.oversized_requests += 1
+                else:
+                    self.stats.malformed_requests += 1
+                log.info("refused a mesh request to %s: %s", path, exc.message)
+                raise
+            self.stats.bytes_received += size
+            timeout = stream.deadline.time_remaining() if stream.deadline else None
+            response = await aio.run_trio(handler, request, _caller(stream), timeout)
+            self.stats.bytes_sent += len(bytes(response)) + 5
+            await stream.send_message(response)
+
+        return serve
+
+
+async def start_server(
+    services: Iterable[Service],
+    listen_addr: str,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    allowed: Networks,
+    stats: TransportStats,
+) -> tuple[MeshServer, str]:
+    """Start listening (inside ``aio.open_loop()``); return the server and its bound host:port."""
+    host, port = split_host_port(listen_addr, allow_port_zero=True)
+
+    async def start() -> tuple[MeshServer, str]:
+        server = MeshServer(services, allowed=allowed, stats=stats)
+        await server.start(host, port, ssl=ssl_context, reuse_address=True)
+        sockets = server._server.sockets if server._server is not None else []
+        bound_port = sockets[0].getsockname()[1] if sockets else port
+        bound_host = f"[{host}]" if ":" in host else host
+        return server, f"{bound_host}:{bound_port}"
+
+    return await aio.call(start)
+
+
+async def stop_server(server: MeshServer) -> None:
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    await aio.call(stop)
+
+
+# --- client -------------------------------------------------------------------------------
+
+
+class ChannelPool:
+    """One reused HTTP/2 channel per peer address, created inside the asyncio loop."""
+
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None, local_node_id: str, stats: TransportStats
+    ) -> None:
+        self._ssl = ssl_context
+        self._local = local_node_id
+        self._channels: dict[str, Channel] = {}
+        self.stats = stats
+
+    async def _channel(self, address: str) -> Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            host, port = split_host_port(address)
+
+            async def make() -> Channel:
+                return Channel(host, port, ssl=self._ssl)
+
+            channel = await aio.call(make)
+            self._channels[address] = channel
+        return channel
+
+    async def unary(
+        self,
+        address: str,
+        path: str,
+        request: betterproto2.Message,
+        response_type: type[Resp],
+        timeout: float,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Resp:
+        """Call ``path`` on ``address`` and return the answer, or raise ``MeshCallError``."""
+        channel = await self._channel(address)
+        headers = {NODE_ID_HEADER: self._local, **(metadata or {})}
+        payload = bytes(request)
+        self.stats.calls_sent += 1
+        self.stats.bytes_sent += len(payload) + 5
+
+        async def request_once() -> Resp:
+            async with channel.request(
+                path,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                type(request),
+                response_type,
+                timeout=timeout,
+                metadata=headers,
+            ) as stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+                if reply is None:
+                    raise GRPCError(Status.UNKNOWN, "the peer sent no answer")
+                return reply
+
+        try:
+            reply = await aio.call(request_once)
+        except GRPCError as exc:
+            self._failed()
+            raise MeshCallError(
+                address, path, "rejected", f"{exc.status.name}: {exc.message}", exc.status.name
+            ) from exc
+        except TimeoutError as exc:
+            self._failed()
+            raise MeshCallError(address, path, "timeout", f"no answer within {timeout:g}s") from exc
+        except ssl.SSLError as exc:
+            self._failed(address)
+            raise MeshCallError(address, path, "unreachable", f"TLS failed: {exc}") from exc
+        except (ConnectionError, OSError) as exc:
+            self._failed(address)
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise MeshCallError(address, path, "unreachable", reason) from exc
+        except (grpclib.exceptions.StreamTerminatedError, grpclib.exceptions.ProtocolError) as exc:
+            self._failed(address)
+            raise MeshCallError(address, path, "protocol", str(exc)) from exc
+        except aio.AsyncioCancelled as exc:
+            self._failed(address)
+            raise MeshCallError(address, path, "unreachable", "the connection was closed") from exc
+        self.stats.bytes_received += len(bytes(reply)) + 5
+        return reply
+
+    def _failed(self, address: str | None = None) -> None:
+        self.stats.call_errors += 1
+        if address is not None:
+            self.drop(address)  # a fresh connection next time
+
+    def drop(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        for address in list(self._channels):
+            self.drop(address)
