@@ -14,7 +14,7 @@ from brio import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    from brio.cli import tasks_cmd
+    from brio.cli import certs_cmd, mesh_cmd, tasks_cmd
 
     parser = argparse.ArgumentParser(prog="brio", description="Brio: a service mesh for AI agents.")
     parser.add_argument("--version", action="version", version=f"brio {__version__}")
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
 
     tasks_cmd.add_parser(sub)
+    mesh_cmd.add_parser(sub)
+    certs_cmd.add_parser(sub)
     return parser
 
 
@@ -52,5 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from brio.cli import tasks_cmd
 
         return tasks_cmd.run(args)
+    if args.command == "certs":
+        from brio.cli import certs_cmd
+
+        return certs_cmd.run(args)
+    if args.command == "mesh":
+        from brio.cli import mesh_cmd
+
+        return mesh_cmd.run(args)
     parser.print_help(sys.stderr)
     return 2

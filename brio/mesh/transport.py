@@ -29,6 +29,7 @@ import grpclib.const
 import grpclib.exceptions
 import grpclib.server
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
@@ -307,9 +308,15 @@ class ChannelPool:
     """One reused HTTP/2 channel per peer address, created inside the asyncio loop."""
 
     def __init__(
-        self, ssl_context: ssl.SSLContext | None, local_node_id: str, stats: TransportStats
+        self,
+        ssl_context: ssl.SSLContext | None,
+        local_node_id: str,
+        stats: TransportStats,
+        *,
+        tls_server_name: str | None = None,
     ) -> None:
         self._ssl = ssl_context
+        self._config = Configuration(ssl_target_name_override=tls_server_name)
         self._local = local_node_id
         self._channels: dict[str, Channel] = {}
         self.stats = stats
@@ -320,7 +327,7 @@ class ChannelPool:
             host, port = split_host_port(address)
 
             async def make() -> Channel:
-                return Channel(host, port, ssl=self._ssl)
+                return Channel(host, port, ssl=self._ssl, config=self._config)
 
             channel = await aio.call(make)
             self._channels[address] = channel

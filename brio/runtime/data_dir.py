@@ -19,6 +19,8 @@ from brio.config.model import BrioConfig
 
 LOCK_FILE = "brio.lock"
 NODE_ID_FILE = "node-id"
+#: Where a running node writes its bound mesh host:port, for ``brio mesh`` beside it.
+MESH_ADDRESS_FILE = "mesh-address"
 
 
 class DataDirBusy(OSError):

@@ -35,7 +35,7 @@ from brio.exc import leaves
 from brio.mesh.handlers import MeshHandlers
 from brio.mesh.node import MeshNode
 from brio.mesh.tls import check_files
-from brio.runtime.data_dir import locked_data_dir
+from brio.runtime.data_dir import MESH_ADDRESS_FILE, locked_data_dir
 from brio.runtime.data_dir import node_id as remembered_node_id
 from brio.runtime.events import EventBus
 from brio.runtime.mesh_view import SingleNode
@@ -138,6 +138,7 @@ async def _run(
             async with trio.open_nursery() as nursery:
                 if mesh is not None:
                     handle.mesh_address = await nursery.start(_run_mesh, mesh, mesh_scope)
+                    (config.data_dir / MESH_ADDRESS_FILE).write_text(handle.mesh_address + "\n")
                 if config.server.enabled:
                     app = create_app(
                         ApiDeps(
