@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import betterproto2
 import trio
 
 from brio import aio
@@ -306,7 +307,12 @@ def _run(args: argparse.Namespace) -> int:
             "(is `brio serve` running with [mesh] enabled = true? see --node and --config)"
         )
     if args.json:
-        print(json.dumps(reply.to_dict(), indent=2, sort_keys=True))
+        data = reply.to_dict(
+            output_format=betterproto2.OutputFormat.PYTHON,
+            casing=betterproto2.Casing.SNAKE,
+            include_default_values=True,
+        )
+        print(json.dumps(data, indent=2, sort_keys=True))
     else:
         show(reply)
     return 0

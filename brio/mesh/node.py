@@ -469,6 +469,7 @@ class MeshNode:
         outboxes: dict[str, trio.MemorySendChannel[Event]] = {}
         async with trio.open_nursery() as nursery:
             with self.bus.subscribe(buffer=FORWARD_BUFFER, max_bytes=256 << 20) as sub:
+                sub.everything = True
                 async for event in sub.receive:
                     sub.delivered(event)
                     self._count(event)
@@ -520,9 +521,11 @@ class MeshNode:
                 ]
             }
             try:
-                await self.call_node(
+                answer = await self.call_node(
                     node_id, "task.events", "", payload, timeout=self._call_timeout()
                 )
+                if answer.is_set("error"):
+                    log.warning("%s refused %d task events: %s", node_id, len(batch), answer.error)
             except (MeshCallError, LookupError) as exc:
                 log.info("could not forward %d task events to %s: %s", len(batch), node_id, exc)
             finally:
