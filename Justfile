@@ -30,5 +30,9 @@ fmt:
     {{venv}}/ruff format .
     {{venv}}/ruff check --fix .
 
+# regenerate the protobuf code in brio/_pb from proto/ (committed; CI checks it is current)
+proto:
+    {{venv}}/python proto/generate.py
+
 # what CI runs: lint, then every test
 ci: lint test

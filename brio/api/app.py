@@ -28,9 +28,9 @@ from brio.api import models
 from brio.api.errors import ApiError, validation_error
 from brio.api.openapi import openapi_document
 from brio.config.model import BrioConfig
+from brio.core.routing import BadTarget, NodeUnavailable, UnknownNode
 from brio.core.tasks import TaskStatus
 from brio.runtime.events import EventBus, Subscription
-from brio.core.routing import BadTarget, NodeUnavailable, UnknownNode
 from brio.runtime.mesh_view import MeshView
 from brio.runtime.service import (
     IdempotencyConflict,

@@ -37,12 +37,18 @@ def _report(err: ConfigError) -> int:
 def config_check(config_path: str | None) -> int:
     """Print ``OK: <source>`` and return 0, or print every problem to stderr and return 1."""
     from brio.agents.registry import build_registry
+    from brio.mesh.tls import TLSSetupError, check_files
 
     try:
         loaded = _load(config_path)
         build_registry(loaded.config)  # agents that cannot be built would stop `brio serve`
+        if loaded.config.mesh.enabled:
+            check_files(loaded.config.mesh.tls)  # so would a bad certificate
     except ConfigError as err:
         return _report(err)
+    except TLSSetupError as err:
+        print(f"brio: invalid configuration:\n  {err}", file=sys.stderr)
+        return 1
     print(f"OK: {loaded.source if loaded.source is not None else 'defaults'}")
     if loaded.env_overrides:
         print(f"environment overrides: {', '.join(loaded.env_overrides)}")

@@ -95,7 +95,7 @@ def _target(config: BrioConfig, override: str | None) -> tuple[str, str | None]:
     return config.mesh.listen_addr, None
 
 
-async def _ask(
+async def _ask(  # noqa: PLR0917 (trio.run passes arguments by position)
     config: BrioConfig,
     address: str,
     server_name: str | None,
@@ -142,7 +142,9 @@ def _ms(value: float) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -162,7 +164,10 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
             ("last_seen", _ago(row.last_seen_unix_ms) if row else "-"),
             ("latency", _ms(row.latency_ms) if row else "-"),
             ("version", node.version or (row.version if row else "")),
-            ("agents", ", ".join(a.name for a in node.agents) or ", ".join(row.agents if row else [])),
+            (
+                "agents",
+                ", ".join(a.name for a in node.agents) or ", ".join(row.agents if row else []),
+            ),
             ("active_agents", str(load.active)),
             ("queued", str(load.queued)),
             ("max_agents", str(load.max_agents)),
@@ -193,12 +198,11 @@ def _print_ping(reply: pb.PingResponse, count: int) -> None:
         print(f"reply from {reply.node_id} ({reply.address}): seq={i + 1} time={rtt:.2f} ms")
     sent = len(reply.rtt_ms) + reply.lost
     loss = 100.0 * reply.lost / sent if sent else 0.0
-    print(f"--- {reply.node_id} mesh ping: {sent} sent, {len(reply.rtt_ms)} answered, {loss:.0f}% lost")
+    answered = len(reply.rtt_ms)
+    print(f"--- {reply.node_id} mesh ping: {sent} sent, {answered} answered, {loss:.0f}% lost")
     if reply.rtt_ms:
         rtts = list(reply.rtt_ms)
-        print(
-            f"rtt min/avg/max = {min(rtts):.2f}/{sum(rtts) / len(rtts):.2f}/{max(rtts):.2f} ms"
-        )
+        print(f"rtt min/avg/max = {min(rtts):.2f}/{sum(rtts) / len(rtts):.2f}/{max(rtts):.2f} ms")
 
 
 def _print_topology(reply: pb.TopologyResponse) -> None:
@@ -272,6 +276,7 @@ def _run(args: argparse.Namespace) -> int:
     address, server_name = _target(config, args.node)
     command: str = args.mesh_command
     request: Any
+    response_type: type[Any]
     show: Callable[[Any], None]
     if command == "status":
         request = pb.StatusRequest(node_id=args.node_id or "")

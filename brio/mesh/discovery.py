@@ -280,7 +280,7 @@ async def resolve_dns(
     name: str,
     port: int,
     servers: list[str],
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
 ) -> frozenset[FoundPeer]:
     """The peers that ``name`` lists: SRV records for ``_service._proto`` names, else A/AAAA.
 
@@ -451,7 +451,7 @@ async def list_k8s_pods(  # noqa: PLR0917 (the positional API asked for)
     token: str,
     ca_file: Path | None,
     port: int,
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
 ) -> frozenset[FoundPeer]:
     """The running, ready pods that match ``label_selector`` in ``namespace``, as peers.
 

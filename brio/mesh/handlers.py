@@ -51,7 +51,7 @@ def _payload(request: pb.MeshRequest) -> dict[str, Any]:
     if not request.is_set("json"):
         raise ValueError("payload: expected a JSON object in the 'json' field")
     try:
-        value = json.loads(request.json)
+        value = json.loads(request.json or "")
     except ValueError as exc:
         raise ValueError(f"payload: not valid JSON ({exc})") from None
     if not isinstance(value, dict):

@@ -117,7 +117,7 @@ class MeshNode:
     ) -> None:
         self.config = config
         self.node_id = config.mesh.node_id
-        self.role = config.mesh.role
+        self.role: str = config.mesh.role
         self.store = store
         self.supervisor = supervisor
         self.bus = bus
@@ -131,10 +131,10 @@ class MeshNode:
             remove_delay=fd.remove_delay,
             degraded_latency=fd.degraded_latency,
         )
-        self.membership = Membership(self.node_id, self.settings)
         self.stats = TransportStats()
         self.counters = Counters()
         self.address = advertise_address(config)
+        self.membership = Membership(self.node_id, self.settings, local_address=self.address)
         self.bound_address: str | None = None
         self.draining = False
         self._pool = ChannelPool(client_context(config.mesh.tls), self.node_id, self.stats)
@@ -265,9 +265,7 @@ class MeshNode:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def run(
-        self, services: Sequence[Service], *, task_status: trio.TaskStatus[str]
-    ) -> None:
+    async def run(self, services: Sequence[Service], *, task_status: trio.TaskStatus[str]) -> None:
         """Serve and heartbeat until cancelled; ``task_status`` gets the bound mesh address."""
         server: MeshServer | None = None
         access = self.config.mesh.access_control
@@ -286,9 +284,11 @@ class MeshNode:
                 self._nursery = nursery
                 now = trio.current_time()
                 for peer in self.config.mesh.peers:
+                    # a role not written in the config is learned from the first heartbeat
+                    role = peer.role if "role" in peer.model_fields_set else None
                     self._apply(
                         self.membership.add(
-                            peer.address, now, node_id=peer.id, role=peer.role, static=True
+                            peer.address, now, node_id=peer.id, role=role, static=True
                         )
                     )
                 await nursery.start(self._discover)
@@ -516,7 +516,12 @@ class MeshNode:
                     break
             payload = {
                 "events": [
-                    {"type": e.type, "task_id": e.task_id, "session_id": e.session_id, "data": e.data}
+                    {
+                        "type": e.type,
+                        "task_id": e.task_id,
+                        "session_id": e.session_id,
+                        "data": e.data,
+                    }
                     for e in batch
                 ]
             }
@@ -534,7 +539,7 @@ class MeshNode:
     async def flush_events(self, timeout: float) -> None:
         """At shutdown: give the last task events up to ``timeout`` to reach the coordinators."""
         with trio.move_on_after(timeout):
-            while self._unsent_events > 0:
+            while self._unsent_events > 0:  # noqa: ASYNC110 (a counter, polled at shutdown only)
                 await trio.sleep(0.02)
 
     def publish_remote(self, origin: str, events: list[dict[str, Any]]) -> int:

@@ -20,9 +20,11 @@ import ipaddress
 import logging
 import ssl
 import struct
+import types
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import betterproto2
 import grpclib.const
@@ -185,7 +187,12 @@ async def _recv_capped(
 ) -> tuple[Req, int]:
     """Read one request, refusing a declared size above ``max_bytes`` before reading it."""
     h2_stream = stream._stream
-    header = await h2_stream.recv_data(5)
+    truncated = GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated")
+    try:
+        # grpclib asserts (rather than returning less) when the stream ends early
+        header = await h2_stream.recv_data(5)
+    except AssertionError:
+        raise truncated from None
     if len(header) < 5:
         raise GRPCError(Status.INVALID_ARGUMENT, "the request has no complete gRPC message")
     compressed, length = struct.unpack(">?I", header)
@@ -196,23 +203,68 @@ async def _recv_capped(
             Status.RESOURCE_EXHAUSTED,
             f"the request is {length} bytes; the limit is {max_bytes} ([mesh] max_message_bytes)",
         )
-    body = await h2_stream.recv_data(length)
+    try:
+        body = await h2_stream.recv_data(length) if length else b""
+    except AssertionError:
+        raise truncated from None
     if len(body) < length:
-        raise GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated")
+        raise truncated
     try:
         message = message_type.parse(body)
+        # betterproto2 does not check wire types on parse: a string field sent as a varint
+        # comes back as an int, a message field as an int...
+        wrong = _mistyped(message)
     except Exception as exc:
+        wrong = str(exc) or type(exc).__name__
+    if wrong is not None:
         raise GRPCError(
-            Status.INVALID_ARGUMENT, f"the request is not a valid {message_type.__name__}: {exc}"
-        ) from None
+            Status.INVALID_ARGUMENT, f"the request is not a valid {message_type.__name__}: {wrong}"
+        )
     return message, 5 + length
+
+
+def _mistyped(message: betterproto2.Message, path: str = "") -> str | None:
+    """The first field whose parsed value does not have its declared type, if any."""
+    for name, hint in type(message)._type_hints().items():
+        if name.startswith("_"):
+            continue
+        value = getattr(message, name)
+        if not _has_type(value, hint):
+            return f"field {path}{name}: wrong wire type"
+        nested = value if isinstance(value, list) else [value]
+        for item in nested:
+            if isinstance(item, betterproto2.Message):
+                inner = _mistyped(item, f"{path}{name}.")
+                if inner is not None:
+                    return inner
+    return None
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items()
+        )
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(hint, type) and isinstance(value, hint)
 
 
 def _caller(stream: grpclib.server.Stream[Any, Any]) -> Caller:
     peer = stream.peer
     addr = peer.addr()
     claimed = None
-    metadata = stream.metadata or {}
+    metadata: Mapping[str, Any] = stream.metadata or {}
     value = metadata.get(NODE_ID_HEADER)
     if isinstance(value, str) and value:
         claimed = value
@@ -223,15 +275,15 @@ def _caller(stream: grpclib.server.Stream[Any, Any]) -> Caller:
     )
 
 
-class TrioHandler(Protocol[Req, Resp]):
-    def __call__(self, request: Req, caller: Caller, timeout: float | None) -> Awaitable[Resp]: ...
+#: A handler: ``(request, caller, seconds left or None) -> response``, run as a trio task.
+TrioHandler = Callable[[Any, Caller, float | None], Awaitable[Any]]
 
 
 @dataclass
 class Service:
     """A grpclib servable made of trio handlers: ``{"/pkg.Service/Method": (handler, in, out)}``."""
 
-    methods: Mapping[str, tuple[TrioHandler[Any, Any], type[Any], type[Any]]]
+    methods: Mapping[str, tuple[TrioHandler, type[Any], type[Any]]]
     max_bytes: int
     stats: TransportStats
     _mapping: dict[str, grpclib.const.Handler] = field(default_factory=dict, init=False)
@@ -249,7 +301,7 @@ class Service:
         return self._mapping
 
     def _wrap(
-        self, path: str, handler: TrioHandler[Any, Any], req_type: type[Any]
+        self, path: str, handler: TrioHandler, req_type: type[Any]
     ) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
         async def serve(stream: grpclib.server.Stream[Any, Any]) -> None:
             self.stats.calls_received += 1
@@ -285,7 +337,7 @@ async def start_server(
     async def start() -> tuple[MeshServer, str]:
         server = MeshServer(services, allowed=allowed, stats=stats)
         await server.start(host, port, ssl=ssl_context, reuse_address=True)
-        sockets = server._server.sockets if server._server is not None else []
+        sockets = getattr(server._server, "sockets", None) or []
         bound_port = sockets[0].getsockname()[1] if sockets else port
         bound_host = f"[{host}]" if ":" in host else host
         return server, f"{bound_host}:{bound_port}"
@@ -333,7 +385,7 @@ class ChannelPool:
             self._channels[address] = channel
         return channel
 
-    async def unary(
+    async def unary(  # noqa: PLR0917
         self,
         address: str,
         path: str,

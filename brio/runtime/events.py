@@ -99,9 +99,7 @@ class EventBus:
         *,
         origin: str | None = None,
     ) -> Event:
-        event = Event(
-            type_, task_id, session_id, next(self._seq), datetime.now(UTC), data, origin
-        )
+        event = Event(type_, task_id, session_id, next(self._seq), datetime.now(UTC), data, origin)
         for sub in list(self._subscribers):
             if sub.overflowed or not sub.wants(event):
                 continue

@@ -209,4 +209,6 @@ async def _run_mesh(
             await mesh.run(MeshHandlers(mesh).services(), task_status=task_status)
         except* OSError as group:
             reasons = "; ".join(str(getattr(e, "strerror", None) or e) for e in leaves(group))
-            raise OSError(f"cannot serve the mesh on {where} ([mesh] listen_addr): {reasons}") from group
+            raise OSError(
+                f"cannot serve the mesh on {where} ([mesh] listen_addr): {reasons}"
+            ) from group

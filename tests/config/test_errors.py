@@ -39,7 +39,7 @@ def test_unknown_key_suggests_and_lists(problems_of: ProblemsOf) -> None:
     assert after_source(line) == (
         "[mesh.failure_detection] heartbeat_intervall: got 5; unknown key "
         "(did you mean 'heartbeat_interval'?); known keys are: heartbeat_interval, "
-        "heartbeat_timeout, suspicion_threshold, auto_remove_failed, remove_delay"
+        "heartbeat_timeout, suspicion_threshold, auto_remove_failed, remove_delay, degraded_latency"
     )
 
 

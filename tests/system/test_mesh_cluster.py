@@ -18,9 +18,9 @@ import ssl
 import subprocess
 import sys
 import time
-from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,7 @@ class MeshNode:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         if check and done.returncode != 0:
             raise AssertionError(f"brio mesh {' '.join(args)} failed: {done.stderr}")
@@ -155,7 +156,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("mesh-cluster")
     certs = make_cluster_certs(base / "certs", {n: [ip] for n, ip in IPS.items()})
     database = postgres_server.create_database("mesh_cluster")
@@ -235,7 +238,7 @@ def test_every_node_sees_the_others_healthy(cluster: Cluster) -> None:
         table = node.mesh("status").stdout
         assert "Node ID" in table and "Latency" in table
         for other in others:
-            line = next(l for l in table.splitlines() if l.startswith(other))
+            line = next(row for row in table.splitlines() if row.startswith(other))
             assert f"{IPS[other]}:" in line and "healthy" in line
         peers = node.status()
         for other in others:
@@ -290,7 +293,7 @@ async def test_task_for_worker_1_runs_there_and_streams_back(cluster: Cluster) -
 
     stats = cluster.coordinator.mesh("stats", "worker-1").stdout
     assert "node_id" in stats and "worker-1" in stats
-    succeeded = next(l for l in stats.splitlines() if l.startswith("tasks_succeeded"))
+    succeeded = next(r for r in stats.splitlines() if r.startswith("tasks_succeeded"))
     assert int(succeeded.split()[-1]) >= 1
 
 
@@ -333,24 +336,28 @@ def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
     host, port = cluster.coordinator.mesh_address.rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(cluster.certs.ca.cert))
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                # TLS 1.3: the server's refusal of the missing certificate arrives on read
-                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                if not tls.recv(1024):
-                    raise ConnectionError("closed")
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        pytest.raises((ssl.SSLError, ConnectionError)),
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        # TLS 1.3: the server's refusal of the missing certificate arrives on read
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        if not tls.recv(1024):
+            raise ConnectionError("closed")
     # ... and a certificate from another CA is refused too
     other = make_cluster_certs(cluster.certs.dir.parent / "other-ca", {"intruder": [host]})
     context = ssl.create_default_context(cafile=str(cluster.certs.ca.cert))
     context.load_cert_chain(other.node("intruder").cert, other.node("intruder").key)
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                if not tls.recv(1024):
-                    raise ConnectionError("closed")
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        pytest.raises((ssl.SSLError, ConnectionError)),
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        if not tls.recv(1024):
+            raise ConnectionError("closed")
     # the mesh keeps working
     assert all(p["status"] == "healthy" for p in cluster.coordinator.status().values())
     assert "Traceback" not in cluster.coordinator.log()
@@ -382,7 +389,9 @@ def test_kill_9_worker_2_is_suspected_then_failed_then_back(cluster: Cluster) ->
                 seen.setdefault(state, stamp - killed)
     assert "suspected" in seen and "failed" in seen, coordinator.log()[log_before:]
     assert seen["suspected"] <= seen["failed"] <= bound, seen
-    print(f"\nworker-2 suspected after {seen['suspected']:.2f}s, failed after {seen['failed']:.2f}s")
+    print(
+        f"\nworker-2 suspected after {seen['suspected']:.2f}s, failed after {seen['failed']:.2f}s"
+    )
 
     reply = httpx.post(
         str(coordinator.http_url) + "/api/tasks", json={"agent": "worker-2/echo", "prompt": "x"}

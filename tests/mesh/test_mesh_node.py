@@ -1,0 +1,249 @@
+"""Nodes with the mesh on, in one process, on loopback, sharing a real PostgreSQL.
+
+The process tests (tests/system/test_mesh_cluster.py) cover the cluster as an operator runs
+it; these cover the node's mesh behaviour in detail: DNS discovery end to end, cancelling a
+task that runs on another node, one-hop forwarding of ``agent.invoke``, who may publish task
+events, and the HTTP paths only coordinators serve.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import dnslib
+import httpx
+import pytest
+import trio
+
+from brio import aio
+from brio.config.model import BrioConfig
+from brio.mesh import pb
+from brio.mesh.transport import ChannelPool, TransportStats
+from brio.runtime.node import NodeHandle, run_node
+from tests.mesh.test_discovery import DnsServer, dns_server  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.postgres
+
+FAST = {
+    "heartbeat_interval": 0.1,
+    "heartbeat_timeout": 0.5,
+    "suspicion_threshold": 2,
+    "degraded_latency": 2.0,
+}
+
+
+def mesh_config(
+    tmp_path: Path, node_id: str, role: str, ip: str, db: str, **mesh: Any
+) -> BrioConfig:
+    server = mesh.pop("server", {"host": ip, "port": 0})
+    return BrioConfig.model_validate(
+        {
+            "data_dir": str(tmp_path / node_id),
+            "server": {"shutdown_grace": 1, **server},
+            "mesh": {
+                "enabled": True,
+                "node_id": node_id,
+                "role": role,
+                "listen_addr": f"{ip}:0",
+                "failure_detection": FAST,
+                **mesh,
+            },
+            "database": {"url": db},
+            "logging": {"level": "debug"},
+        }
+    )
+
+
+@asynccontextmanager
+async def started(*configs: BrioConfig) -> AsyncIterator[list[NodeHandle]]:
+    """Start nodes in order (each may name the ones before as peers); stop them all after."""
+    stops = [trio.Event() for _ in configs]
+    async with trio.open_nursery() as nursery:
+        handles = [await nursery.start(run_node, c, s) for c, s in zip(configs, stops, strict=True)]
+        try:
+            yield handles
+        finally:
+            for stop in reversed(stops):
+                stop.set()
+
+
+async def wait_healthy(handle: NodeHandle, *node_ids: str, timeout: float = 10) -> None:
+    assert handle.mesh is not None
+    with trio.fail_after(timeout):
+        while True:
+            states = handle.mesh.membership.known_nodes()
+            if all(str(states.get(n)) in ("healthy", "degraded") for n in node_ids):
+                return
+            await trio.sleep(0.05)
+
+
+async def call(
+    handle: NodeHandle, address: str, target: str, method: str, payload: Any, as_node: str
+) -> pb.MeshResponse:
+    async with aio.open_loop():
+        pool = ChannelPool(None, as_node, TransportStats())
+        try:
+            return await pool.unary(
+                address,
+                "/brio.mesh.v1.Mesh/Call",
+                pb.MeshRequest(target=target, method=method, json=json.dumps(payload)),
+                pb.MeshResponse,
+                10,
+            )
+        finally:
+            pool.close()
+
+
+async def test_dns_discovery_finds_and_drops_peers(
+    tmp_path: Path,
+    postgres_url: str,
+    dns_server: DnsServer,  # noqa: F811
+) -> None:
+    coord_cfg = mesh_config(
+        tmp_path,
+        "c1",
+        "coordinator",
+        "127.0.0.2",
+        postgres_url,
+        discovery={
+            "method": "dns",
+            "dns_name": "_mesh._tcp.brio.test",
+            "dns_servers": [dns_server.address],
+            "refresh_interval": 0.1,
+        },
+    )
+    worker_cfg = mesh_config(
+        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
+    )
+    async with started(coord_cfg) as (coord,):
+        assert coord.mesh is not None
+        async with started(worker_cfg) as (worker,):
+            assert worker.mesh_address is not None
+            port = int(worker.mesh_address.rsplit(":", 1)[1])
+            dns_server.zone.set(
+                {
+                    "_mesh._tcp.brio.test": [dnslib.SRV(target="w1.brio.test", port=port)],
+                    "w1.brio.test": [dnslib.A("127.0.0.3")],
+                }
+            )
+            await wait_healthy(coord, "w1")
+            peer = coord.mesh.membership.by_node_id("w1")
+            assert peer is not None and peer.address == f"127.0.0.3:{port}"
+            assert peer.role == "worker"  # learned from its heartbeat
+            assert not peer.static
+        # the worker is gone and so is its record: the row is dropped at the next refresh,
+        # not kept as "failed" for remove_delay (300 s by default)
+        dns_server.zone.set({"_mesh._tcp.brio.test": []})
+        with trio.fail_after(10):
+            while coord.mesh.membership.get(peer.address) is not None:
+                await trio.sleep(0.05)
+
+
+async def test_cancelling_a_task_stops_its_agent_on_the_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    worker_cfg = mesh_config(
+        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
+    )
+    async with started(worker_cfg) as (worker,):
+        coord_cfg = mesh_config(
+            tmp_path,
+            "c1",
+            "coordinator",
+            "127.0.0.2",
+            postgres_url,
+            peers=[{"address": worker.mesh_address}],
+        )
+        async with started(coord_cfg) as (coord,):
+            await wait_healthy(coord, "w1")
+            assert worker.mesh is not None
+            async with httpx.AsyncClient(base_url=coord.http_urls[0], timeout=10) as client:
+                reply = await client.post(
+                    "/api/tasks",
+                    json={"agent": "w1/sleep", "prompt": "", "input": {"ms": 30000}},
+                )
+                assert reply.status_code == 202, reply.text
+                task_id = reply.json()["id"]
+                with trio.fail_after(10):
+                    while worker.mesh.supervisor.active == 0:
+                        await trio.sleep(0.02)
+                reply = await client.post(f"/api/tasks/{task_id}/cancel")
+                assert reply.status_code == 200, reply.text
+                with trio.fail_after(10):
+                    while worker.mesh.supervisor.active:
+                        await trio.sleep(0.02)
+                task = (await client.get(f"/api/tasks/{task_id}")).json()
+            assert task["status"] == "cancelled"
+            assert task["node_id"] == "w1"
+
+
+async def test_agent_invoke_is_forwarded_one_hop(tmp_path: Path, postgres_url: str) -> None:
+    worker_cfg = mesh_config(
+        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
+    )
+    async with started(worker_cfg) as (worker,):
+        coord_cfg = mesh_config(
+            tmp_path,
+            "c1",
+            "coordinator",
+            "127.0.0.2",
+            postgres_url,
+            peers=[{"address": worker.mesh_address}],
+        )
+        async with started(coord_cfg) as (coord,):
+            await wait_healthy(coord, "w1")
+            assert coord.mesh_address is not None
+            answer = await call(
+                coord, coord.mesh_address, "w1/echo", "agent.invoke", {"prompt": "hop"}, "tester"
+            )
+            assert answer.node_id == "w1"
+            assert json.loads(answer.json or "") == {"result": "hop"}
+            # a target on this node runs here
+            answer = await call(
+                coord, coord.mesh_address, "c1/echo", "agent.invoke", {"prompt": "x"}, "tester"
+            )
+            assert answer.node_id == "c1" and json.loads(answer.json or "") == {"result": "x"}
+            # task events are taken only from mesh peers
+            events = {"events": [{"type": "task_update", "task_id": "t", "data": {}}]}
+            answer = await call(coord, coord.mesh_address, "", "task.events", events, "stranger")
+            assert answer.error is not None
+            assert answer.error.code == pb.MeshErrorCode.PERMISSION_DENIED
+            answer = await call(coord, coord.mesh_address, "", "task.events", events, "w1")
+            assert answer.error is None and json.loads(answer.json or "") == {"published": 1}
+            # a bad payload is a typed error naming the field
+            answer = await call(
+                coord, coord.mesh_address, "echo", "agent.invoke", {"prompt": 5}, "tester"
+            )
+            assert answer.error is not None
+            assert answer.error.code == pb.MeshErrorCode.BAD_REQUEST
+            assert "payload.prompt" in answer.error.message
+
+
+async def test_coordinator_only_endpoints_are_refused_on_workers(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    access = {"coordinator_only_endpoints": ["/api/tasks"]}
+    worker_cfg = mesh_config(
+        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, access_control=access
+    )
+    coord_cfg = mesh_config(
+        tmp_path, "c1", "coordinator", "127.0.0.2", postgres_url, access_control=access
+    )
+    async with (
+        started(worker_cfg, coord_cfg) as (worker, coord),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        refused = await client.get(worker.http_urls[0] + "/api/tasks")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "coordinator_only"
+        assert "/api/tasks" in refused.json()["error"]["message"]
+        sub = await client.get(worker.http_urls[0] + "/api/tasks/some-id")
+        assert sub.status_code == 403
+        other = await client.get(worker.http_urls[0] + "/api/agents")
+        assert other.status_code == 200
+        served = await client.get(coord.http_urls[0] + "/api/tasks")
+        assert served.status_code == 200
