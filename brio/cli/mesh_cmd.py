@@ -250,6 +250,9 @@ def _print_stats(reply: pb.StatsResponse) -> None:
         ("heartbeats_received", str(reply.heartbeats_received)),
         ("bytes_received", str(reply.bytes_received)),
         ("bytes_sent", str(reply.bytes_sent)),
+        ("refused_connections", str(reply.refused_connections)),
+        ("oversized_requests", str(reply.oversized_requests)),
+        ("malformed_requests", str(reply.malformed_requests)),
         ("agents", ", ".join(reply.agents)),
     ]
     width = max(len(k) for k, _ in fields)

@@ -367,6 +367,9 @@ class MeshHandlers:
             bytes_received=s.bytes_received,
             bytes_sent=s.bytes_sent,
             agents=sorted(node.agents),
+            refused_connections=s.refused_connections,
+            oversized_requests=s.oversized_requests,
+            malformed_requests=s.malformed_requests,
         )
 
     def _authorize_action(self, request: pb.NodeRequest, caller: Caller, action: str) -> str:

@@ -9,6 +9,7 @@ events, and the HTTP paths only coordinators serve.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -247,3 +248,40 @@ async def test_coordinator_only_endpoints_are_refused_on_workers(
         assert other.status_code == 200
         served = await client.get(coord.http_urls[0] + "/api/tasks")
         assert served.status_code == 200
+
+
+async def test_shutdown_is_clean_while_peers_are_talking(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping a node mid-conversation: GOAWAY to its peers, no asyncio errors, no leftovers."""
+    worker_cfg = mesh_config(
+        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
+    )
+    async with started(worker_cfg) as (worker,):
+        coord_cfg = mesh_config(
+            tmp_path,
+            "c1",
+            "coordinator",
+            "127.0.0.2",
+            postgres_url,
+            peers=[{"address": worker.mesh_address}],
+        )
+        async with started(coord_cfg) as (coord,):
+            await wait_healthy(coord, "w1")
+            assert worker.mesh is not None
+            await wait_healthy(worker, "c1")
+            # heartbeats are flowing both ways; invocations are in flight when it stops
+            assert coord.mesh_address is not None
+            for _ in range(3):
+                answer = await call(
+                    coord, coord.mesh_address, "w1/echo", "agent.invoke", {"prompt": "x"}, "t"
+                )
+                assert answer.error is None
+        # the coordinator is gone: the worker notices at its next heartbeat
+        with trio.fail_after(5):
+            while str(worker.mesh.membership.known_nodes()["c1"]) not in ("suspected", "failed"):
+                await trio.sleep(0.02)
+        assert worker.mesh.connected_peers() == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert not any("Traceback" in r.getMessage() for r in caplog.records)

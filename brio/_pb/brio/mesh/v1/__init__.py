@@ -431,6 +431,21 @@ class StatsResponse(betterproto2.Message):
 
     agents: "list[str]" = betterproto2.field(14, betterproto2.TYPE_STRING, repeated=True)
 
+    refused_connections: "int" = betterproto2.field(15, betterproto2.TYPE_UINT64)
+    """
+    from outside [mesh.access_control] allowed_cidrs
+    """
+
+    oversized_requests: "int" = betterproto2.field(16, betterproto2.TYPE_UINT64)
+    """
+    above [mesh] max_message_bytes
+    """
+
+    malformed_requests: "int" = betterproto2.field(17, betterproto2.TYPE_UINT64)
+    """
+    truncated or not valid protobuf
+    """
+
 
 default_message_pool.register_message("brio.mesh.v1", "StatsResponse", StatsResponse)
 
