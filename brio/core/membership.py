@@ -195,13 +195,15 @@ class Membership:
         reason = "added from the configured peer list" if static else "found by discovery"
         return [StateChanged(address, node_id, None, UNKNOWN, reason)]
 
-    def drop(self, address: str, now: float) -> list[StateChanged]:
-        """Discovery no longer lists this address; configured peers stay regardless."""
+    def drop(
+        self, address: str, now: float, reason: str = "no longer listed by discovery"
+    ) -> list[StateChanged]:
+        """Forget this address (discovery no longer lists it); configured peers stay."""
         self._advance(now)
         row = self._rows.get(address)
         if row is None or row.static:
             return []
-        return [self._forget(row, "no longer listed by discovery")]
+        return [self._forget(row, reason)]
 
     def heartbeat_answered(
         self, address: str, now: float, rtt: float, facts: NodeFacts

@@ -364,6 +364,17 @@ class MeshNode:
                     change.reason,
                 )
         self._changed.set()
+        for change in changes:
+            # A removed peer that no config names is forgotten: nobody dials it any more, and
+            # it comes back by itself, as any new node does, with its next heartbeat to us.
+            # A configured one stays in the table and keeps being probed.
+            if change.new is PeerState.REMOVED:
+                listed = {p.address for p in self._discovered}
+                peer = self.membership.get(change.address)
+                if peer is not None and not peer.static and change.address not in listed:
+                    why = "removed, and neither configured nor discovered"
+                    self._apply(self.membership.drop(change.address, trio.current_time(), why))
+                    return
         if self._nursery is None:
             return
         rows = {p.address for p in self.membership.peers()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -285,3 +286,66 @@ async def test_shutdown_is_clean_while_peers_are_talking(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
     assert not any("Traceback" in r.getMessage() for r in caplog.records)
+
+
+async def test_failed_peers_are_removed_after_remove_delay(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A node that only dialled us is forgotten once removed; a configured one stays listed
+    as removed (and probed: it rejoins on its own when it answers again)."""
+    detection = {**FAST, "remove_delay": 0.3, "auto_remove_failed": True}
+    coord_cfg = mesh_config(
+        tmp_path, "c1", "coordinator", "127.0.0.2", postgres_url, failure_detection=detection
+    )
+    async with started(coord_cfg) as (coord,):
+        assert coord.mesh is not None
+        w1_cfg = mesh_config(
+            tmp_path,
+            "w1",
+            "worker",
+            "127.0.0.3",
+            postgres_url,
+            server={"enabled": False},
+            peers=[{"address": coord.mesh_address}],
+        )
+        async with started(w1_cfg) as (w1,):
+            await wait_healthy(coord, "w1")  # learned from w1's heartbeats only
+            w1_address = w1.mesh_address
+        with trio.fail_after(10):
+            while coord.mesh.membership.get(str(w1_address)) is not None:
+                await trio.sleep(0.02)
+        assert "w1" not in coord.mesh.membership.known_nodes()
+
+    # a configured peer: removed, still listed, and back when it answers again
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.4", 0))
+        w2_address = f"127.0.0.4:{probe.getsockname()[1]}"
+    w2_cfg = mesh_config(
+        tmp_path,
+        "w2",
+        "worker",
+        "127.0.0.4",
+        postgres_url,
+        server={"enabled": False},
+        listen_addr=w2_address,
+    )
+    coord_cfg = mesh_config(
+        tmp_path,
+        "c1",
+        "coordinator",
+        "127.0.0.2",
+        postgres_url,
+        failure_detection=detection,
+        peers=[{"address": w2_address, "id": "w2"}],
+    )
+    async with started(coord_cfg) as (coord,):
+        assert coord.mesh is not None
+        async with started(w2_cfg):
+            await wait_healthy(coord, "w2")
+        with trio.fail_after(10):
+            while str(coord.mesh.membership.known_nodes()["w2"]) != "removed":
+                await trio.sleep(0.02)
+        peer = coord.mesh.membership.get(w2_address)
+        assert peer is not None and peer.static
+        async with started(w2_cfg):
+            await wait_healthy(coord, "w2")
