@@ -412,6 +412,8 @@ class MeshNode:
                 await trio.sleep_until(started + self.settings.heartbeat_interval)
         if self._probes.get(address) is scope:
             del self._probes[address]
+        if self.membership.get(address) is None and address not in self._probes:
+            self._pool.drop(address)  # the connection of a forgotten peer is closed too
 
     # --- inbound ----------------------------------------------------------------------------
 

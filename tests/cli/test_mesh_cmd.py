@@ -1,0 +1,152 @@
+"""`brio mesh`: one-line errors for everything an operator can get wrong, and real answers.
+
+The cluster test (tests/system/test_mesh_cluster.py) covers the tables against three nodes;
+here a single mesh node runs as a real process and the CLI runs in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brio.cli.main import main
+from tests.system.nodeproc import NodeProcess, free_port, start_node_on_free_port
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["mesh", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No config file or BRIO_* variable of the developer's leaks into the CLI."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in list(os.environ):
+        if name.startswith("BRIO_"):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, str]]:
+    cwd = tmp_path_factory.mktemp("solo")
+    mesh_port = free_port()
+    node = start_node_on_free_port(
+        cwd,
+        {
+            "BRIO_NODE_ID": "solo",
+            "BRIO_MESH_ENABLED": "true",
+            "BRIO_MESH_LISTEN": f"127.0.0.1:{mesh_port}",
+        },
+    )
+    try:
+        yield node, f"127.0.0.1:{mesh_port}"
+    finally:
+        assert node.terminate() == 0
+
+
+def test_status_and_stats_of_a_single_node(
+    solo: tuple[NodeProcess, str], isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, address = solo
+    code, out, err = run(capsys, "status", "--node", address)
+    assert code == 0, err
+    assert out.startswith("solo (coordinator) at ")
+    assert "0 peer(s)" in out
+    code, out, err = run(capsys, "stats", "--node", address, "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["node_id"] == "solo"
+    assert stats["workload"]["max_agents"] == 32
+    assert "echo" in stats["agents"]
+    code, out, err = run(capsys, "status", "solo", "--node", address)
+    assert code == 0, err
+    assert "node_id" in out and "solo" in out and "active_agents" in out
+
+
+def test_unknown_node_is_named_with_the_known_ones(
+    solo: tuple[NodeProcess, str], isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, address = solo
+    code, _, err = run(capsys, "ping", "ghost", "--node", address)
+    assert code == 1
+    assert err == "brio: unknown node 'ghost'; known nodes: solo\n"
+
+
+def test_drain_of_itself_says_it_is_not_there_yet(
+    solo: tuple[NodeProcess, str],
+    isolated: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, address = solo
+    # a CLI with another identity (no config: the host name) acts on another node...
+    code, _, err = run(capsys, "drain", "--node", address)
+    assert code == 1
+    assert "drain of 'solo' is accepted only from coordinators" in err
+    # ...while the node's own identity may drain itself (the scheduling issue fills it in)
+    monkeypatch.setenv("BRIO_NODE_ID", "solo")
+    code, _, err = run(capsys, "drain", "--node", address)
+    assert code == 1
+    assert "drain comes with distributed scheduling" in err
+
+
+def test_unreachable_node(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: refused
+        code, out, err = run(capsys, "status", "--node", f"127.0.0.1:{port}", "--timeout", "2")
+    assert code == 1 and out == ""
+    assert err.startswith(f"brio: cannot reach the node's mesh port at 127.0.0.1:{port}: ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "--node", "nohost"], "brio: --node 'nohost': the ':port' is missing"),
+        (["status", "--timeout", "0"], "brio: --timeout: expected a positive number"),
+        (["ping", "x", "--count", "0"], "brio: --count: expected 1 to 100, got 0"),
+    ],
+)
+def test_bad_arguments(
+    isolated: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, *args)
+    assert code == 1
+    assert err.startswith(message), err
+
+
+def test_port_zero_without_a_running_node(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (isolated / "brio.toml").write_text('[mesh]\nlisten_addr = "127.0.0.1:0"\n')
+    code, _, err = run(capsys, "status")
+    assert code == 1
+    assert "port 0" in err and "--node" in err
+
+
+def test_bad_tls_files_are_named(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (isolated / "brio.toml").write_text(
+        "[mesh]\nlisten_addr = '127.0.0.1:50999'\n[mesh.tls]\nenabled = true\n"
+        "cert_file = 'missing.crt'\nkey_file = 'missing.key'\n"
+    )
+    code, _, err = run(capsys, "status")
+    assert code == 1
+    assert "[mesh.tls] cert_file" in err and "missing.crt" in err
+    assert "Traceback" not in err
+
+
+def test_invalid_config_is_reported(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (isolated / "brio.toml").write_text("[mesh]\nlisten_addr = 'nope'\n")
+    code, _, err = run(capsys, "status")
+    assert code == 1
+    assert "invalid configuration" in err and "listen_addr" in err
