@@ -162,3 +162,26 @@ def test_show_errors(as_json: bool, tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr()
     assert out.out == ""
     assert f"{path}, line 1, column 8: invalid TOML: " in out.err
+
+
+def test_check_reads_the_mesh_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'OK' means serve will start: a missing or mismatched certificate is caught here too."""
+    from tests.certs import make_cluster_certs, tls_config
+
+    certs = make_cluster_certs(tmp_path / "certs", {"n1": ["127.0.0.1"], "n2": []})
+    good = tls_config(certs, "n1")
+    section = "\n".join(f"{k} = {json.dumps(v)}" for k, v in good.items())
+    path = tmp_path / "brio.toml"
+    path.write_text(f"[mesh]\nenabled = true\n[mesh.tls]\n{section}\n")
+    assert config_check(str(path)) == 0
+    capsys.readouterr()
+
+    wrong_key = {**good, "key_file": str(certs.node("n2").key)}
+    section = "\n".join(f"{k} = {json.dumps(v)}" for k, v in wrong_key.items())
+    path.write_text(f"[mesh]\nenabled = true\n[mesh.tls]\n{section}\n")
+    assert config_check(str(path)) == 1
+    err = capsys.readouterr().err
+    assert "[mesh.tls] key_file" in err and "does not match" in err
+    assert "Traceback" not in err
