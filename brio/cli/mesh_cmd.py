@@ -23,6 +23,7 @@ import betterproto2
 import trio
 
 from brio import aio
+from brio.cli.errors import CliError
 from brio.config.errors import ConfigError
 from brio.config.load import load_config
 from brio.config.model import BrioConfig, split_host_port
@@ -32,10 +33,6 @@ from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
 from brio.runtime.data_dir import MESH_ADDRESS_FILE
 
 ADMIN = "/brio.mesh.v1.MeshAdmin/"
-
-
-class CliError(Exception):
-    """Printed as ``brio: <message>`` with exit code 1."""
 
 
 def add_parser(sub: Any) -> None:

@@ -17,12 +17,9 @@ from urllib.parse import quote
 import httpx
 import trio
 
+from brio.cli.errors import CliError
 from brio.config.errors import ConfigError
 from brio.config.load import load_config
-
-
-class CliError(Exception):
-    """Printed as ``brio: <message>`` with exit code 1."""
 
 
 def add_parser(sub: Any) -> None:

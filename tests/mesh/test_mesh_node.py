@@ -73,6 +73,21 @@ async def started(*configs: BrioConfig) -> AsyncIterator[list[NodeHandle]]:
                 stop.set()
 
 
+@asynccontextmanager
+async def coordinator_and_worker(
+    tmp_path: Path, db: str
+) -> AsyncIterator[tuple[NodeHandle, NodeHandle]]:
+    """Coordinator c1 (127.0.0.2, HTTP on) with worker w1 (127.0.0.3) as a static peer."""
+    worker_cfg = mesh_config(tmp_path, "w1", "worker", "127.0.0.3", db, server={"enabled": False})
+    async with started(worker_cfg) as (worker,):
+        coord_cfg = mesh_config(
+            tmp_path, "c1", "coordinator", "127.0.0.2", db, peers=[{"address": worker.mesh_address}]
+        )
+        async with started(coord_cfg) as (coord,):
+            await wait_healthy(coord, "w1")
+            yield coord, worker
+
+
 async def wait_healthy(handle: NodeHandle, *node_ids: str, timeout: float = 10) -> None:
     assert handle.mesh is not None
     with trio.fail_after(timeout):
@@ -148,81 +163,55 @@ async def test_dns_discovery_finds_and_drops_peers(
 async def test_cancelling_a_task_stops_its_agent_on_the_worker(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    worker_cfg = mesh_config(
-        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
-    )
-    async with started(worker_cfg) as (worker,):
-        coord_cfg = mesh_config(
-            tmp_path,
-            "c1",
-            "coordinator",
-            "127.0.0.2",
-            postgres_url,
-            peers=[{"address": worker.mesh_address}],
-        )
-        async with started(coord_cfg) as (coord,):
-            await wait_healthy(coord, "w1")
-            assert worker.mesh is not None
-            async with httpx.AsyncClient(base_url=coord.http_urls[0], timeout=10) as client:
-                reply = await client.post(
-                    "/api/tasks",
-                    json={"agent": "w1/sleep", "prompt": "", "input": {"ms": 30000}},
-                )
-                assert reply.status_code == 202, reply.text
-                task_id = reply.json()["id"]
-                with trio.fail_after(10):
-                    while worker.mesh.supervisor.active == 0:
-                        await trio.sleep(0.02)
-                reply = await client.post(f"/api/tasks/{task_id}/cancel")
-                assert reply.status_code == 200, reply.text
-                with trio.fail_after(10):
-                    while worker.mesh.supervisor.active:
-                        await trio.sleep(0.02)
-                task = (await client.get(f"/api/tasks/{task_id}")).json()
-            assert task["status"] == "cancelled"
-            assert task["node_id"] == "w1"
+    async with coordinator_and_worker(tmp_path, postgres_url) as (coord, worker):
+        assert worker.mesh is not None
+        async with httpx.AsyncClient(base_url=coord.http_urls[0], timeout=10) as client:
+            reply = await client.post(
+                "/api/tasks",
+                json={"agent": "w1/sleep", "prompt": "", "input": {"ms": 30000}},
+            )
+            assert reply.status_code == 202, reply.text
+            task_id = reply.json()["id"]
+            with trio.fail_after(10):
+                while worker.mesh.supervisor.active == 0:
+                    await trio.sleep(0.02)
+            reply = await client.post(f"/api/tasks/{task_id}/cancel")
+            assert reply.status_code == 200, reply.text
+            with trio.fail_after(10):
+                while worker.mesh.supervisor.active:
+                    await trio.sleep(0.02)
+            task = (await client.get(f"/api/tasks/{task_id}")).json()
+        assert task["status"] == "cancelled"
+        assert task["node_id"] == "w1"
 
 
 async def test_agent_invoke_is_forwarded_one_hop(tmp_path: Path, postgres_url: str) -> None:
-    worker_cfg = mesh_config(
-        tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
-    )
-    async with started(worker_cfg) as (worker,):
-        coord_cfg = mesh_config(
-            tmp_path,
-            "c1",
-            "coordinator",
-            "127.0.0.2",
-            postgres_url,
-            peers=[{"address": worker.mesh_address}],
+    async with coordinator_and_worker(tmp_path, postgres_url) as (coord, _worker):
+        assert coord.mesh_address is not None
+        answer = await call(
+            coord, coord.mesh_address, "w1/echo", "agent.invoke", {"prompt": "hop"}, "tester"
         )
-        async with started(coord_cfg) as (coord,):
-            await wait_healthy(coord, "w1")
-            assert coord.mesh_address is not None
-            answer = await call(
-                coord, coord.mesh_address, "w1/echo", "agent.invoke", {"prompt": "hop"}, "tester"
-            )
-            assert answer.node_id == "w1"
-            assert json.loads(answer.json or "") == {"result": "hop"}
-            # a target on this node runs here
-            answer = await call(
-                coord, coord.mesh_address, "c1/echo", "agent.invoke", {"prompt": "x"}, "tester"
-            )
-            assert answer.node_id == "c1" and json.loads(answer.json or "") == {"result": "x"}
-            # task events are taken only from mesh peers
-            events = {"events": [{"type": "task_update", "task_id": "t", "data": {}}]}
-            answer = await call(coord, coord.mesh_address, "", "task.events", events, "stranger")
-            assert answer.error is not None
-            assert answer.error.code == pb.MeshErrorCode.PERMISSION_DENIED
-            answer = await call(coord, coord.mesh_address, "", "task.events", events, "w1")
-            assert answer.error is None and json.loads(answer.json or "") == {"published": 1}
-            # a bad payload is a typed error naming the field
-            answer = await call(
-                coord, coord.mesh_address, "echo", "agent.invoke", {"prompt": 5}, "tester"
-            )
-            assert answer.error is not None
-            assert answer.error.code == pb.MeshErrorCode.BAD_REQUEST
-            assert "payload.prompt" in answer.error.message
+        assert answer.node_id == "w1"
+        assert json.loads(answer.json or "") == {"result": "hop"}
+        # a target on this node runs here
+        answer = await call(
+            coord, coord.mesh_address, "c1/echo", "agent.invoke", {"prompt": "x"}, "tester"
+        )
+        assert answer.node_id == "c1" and json.loads(answer.json or "") == {"result": "x"}
+        # task events are taken only from mesh peers
+        events = {"events": [{"type": "task_update", "task_id": "t", "data": {}}]}
+        answer = await call(coord, coord.mesh_address, "", "task.events", events, "stranger")
+        assert answer.error is not None
+        assert answer.error.code == pb.MeshErrorCode.PERMISSION_DENIED
+        answer = await call(coord, coord.mesh_address, "", "task.events", events, "w1")
+        assert answer.error is None and json.loads(answer.json or "") == {"published": 1}
+        # a bad payload is a typed error naming the field
+        answer = await call(
+            coord, coord.mesh_address, "echo", "agent.invoke", {"prompt": 5}, "tester"
+        )
+        assert answer.error is not None
+        assert answer.error.code == pb.MeshErrorCode.BAD_REQUEST
+        assert "payload.prompt" in answer.error.message
 
 
 async def test_coordinator_only_endpoints_are_refused_on_workers(
@@ -259,6 +248,7 @@ async def test_shutdown_is_clean_while_peers_are_talking(
         tmp_path, "w1", "worker", "127.0.0.3", postgres_url, server={"enabled": False}
     )
     async with started(worker_cfg) as (worker,):
+        assert worker.mesh is not None
         coord_cfg = mesh_config(
             tmp_path,
             "c1",
@@ -269,9 +259,8 @@ async def test_shutdown_is_clean_while_peers_are_talking(
         )
         async with started(coord_cfg) as (coord,):
             await wait_healthy(coord, "w1")
-            assert worker.mesh is not None
             await wait_healthy(worker, "c1")
-            # heartbeats are flowing both ways; invocations are in flight when it stops
+            # heartbeats flow both ways, and calls go through when it stops
             assert coord.mesh_address is not None
             for _ in range(3):
                 answer = await call(

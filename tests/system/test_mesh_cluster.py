@@ -332,32 +332,31 @@ def test_worker_cannot_ask_for_actions_on_other_nodes(cluster: Cluster) -> None:
     assert "only from coordinators" in done.stderr
 
 
+def _assert_refused(address: str, ca: Path, client_cert: tuple[Path, Path] | None) -> None:
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca))
+    if client_cert is not None:
+        context.load_cert_chain(*client_cert)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        pytest.raises((ssl.SSLError, ConnectionError)),
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        # TLS 1.3: the server's refusal of the client's certificate arrives on read
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        if not tls.recv(1024):
+            raise ConnectionError("closed")
+
+
 def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
-    host, port = cluster.coordinator.mesh_address.rsplit(":", 1)
-    context = ssl.create_default_context(cafile=str(cluster.certs.ca.cert))
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=5) as raw,
-        pytest.raises((ssl.SSLError, ConnectionError)),
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        # TLS 1.3: the server's refusal of the missing certificate arrives on read
-        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        if not tls.recv(1024):
-            raise ConnectionError("closed")
+    address = cluster.coordinator.mesh_address
+    _assert_refused(address, cluster.certs.ca.cert, None)
     # ... and a certificate from another CA is refused too
+    host = address.rsplit(":", 1)[0]
     other = make_cluster_certs(cluster.certs.dir.parent / "other-ca", {"intruder": [host]})
-    context = ssl.create_default_context(cafile=str(cluster.certs.ca.cert))
-    context.load_cert_chain(other.node("intruder").cert, other.node("intruder").key)
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=5) as raw,
-        pytest.raises((ssl.SSLError, ConnectionError)),
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        if not tls.recv(1024):
-            raise ConnectionError("closed")
+    intruder = other.node("intruder")
+    _assert_refused(address, cluster.certs.ca.cert, (intruder.cert, intruder.key))
     # the mesh keeps working
     assert all(p["status"] == "healthy" for p in cluster.coordinator.status().values())
     assert "Traceback" not in cluster.coordinator.log()
