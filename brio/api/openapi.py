@@ -94,10 +94,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "200": _json_response(
                         "The task already made with this idempotency key", models.TaskOut
                     ),
-                    "404": _error("Unknown agent or session"),
+                    "403": _error("Served by coordinators only (coordinator_only_endpoints)"),
+                    "404": _error("Unknown agent, session, or node in a node-id/agent target"),
                     "409": _error("Idempotency key reused with a different request"),
                     "413": _error("Body too large"),
-                    "422": _error("Invalid body"),
+                    "422": _error("Invalid body or target"),
+                    "503": _error("The target node is failed or removed, or the node stops"),
                     **_AUTH_ERRORS,
                 },
             },

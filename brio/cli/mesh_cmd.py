@@ -77,19 +77,20 @@ def _target(config: BrioConfig, override: str | None) -> tuple[str, str | None]:
             raise CliError(f"--node {override!r}: {exc}") from None
         return override, None
     written = config.data_dir / MESH_ADDRESS_FILE
-    if written.is_file():
-        address = written.read_text().strip()
-        if address:
-            return address, None
-    host, port = split_host_port(config.mesh.listen_addr, allow_port_zero=True)
+    address = written.read_text().strip() if written.is_file() else ""
+    if not address:
+        address = config.mesh.listen_addr
+    host, port = split_host_port(address, allow_port_zero=True)
     if port == 0:
         raise CliError(
             "[mesh] listen_addr has port 0 and no running node wrote its address to "
             f"{written}; pass --node HOST:PORT"
         )
-    if host in ("0.0.0.0", "::", ""):
+    if host in ("0.0.0.0", ""):
         return f"127.0.0.1:{port}", config.mesh.node_id
-    return config.mesh.listen_addr, None
+    if host == "::":
+        return f"[::1]:{port}", config.mesh.node_id
+    return address, None
 
 
 async def _ask(  # noqa: PLR0917 (trio.run passes arguments by position)
@@ -263,6 +264,9 @@ def run(args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"brio: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `brio mesh status --json | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _run(args: argparse.Namespace) -> int:

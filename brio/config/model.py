@@ -181,7 +181,7 @@ class MeshConfig(Section):
     # wildcard host (0.0.0.0, ::) replaced by this machine's host name.
     advertise_addr: str | None = None
     role: Literal["coordinator", "worker"] = "coordinator"
-    # Every mesh call has a deadline; a request or response above the size cap is refused.
+    # Every mesh call has a deadline; a request above the size cap is refused unread.
     call_timeout: Seconds = 30.0
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_agents: int = Field(default=32, ge=1)

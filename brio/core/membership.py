@@ -341,7 +341,7 @@ class Membership:
         ]
 
     def tick(self, now: float) -> list[StateChanged]:
-        """Remove peers that stayed failed for ``remove_delay``; they are still probed slowly."""
+        """Remove peers that stayed failed for ``remove_delay`` (the driver decides the rest)."""
         now = self._advance(now)
         if not self._settings.auto_remove_failed:
             return []

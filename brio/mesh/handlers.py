@@ -35,8 +35,6 @@ from brio.runtime.supervisor import Busy
 log = logging.getLogger(__name__)
 
 Code = pb.MeshErrorCode
-HOPS_HEADER = "brio-hops"
-MAX_HOPS = 1
 
 
 def _error(node: MeshNode, code: pb.MeshErrorCode, message: str) -> pb.MeshResponse:
@@ -201,8 +199,9 @@ class MeshHandlers:
         except RouteError as exc:
             return _error(node, Code.UNKNOWN_NODE, str(exc))
         if not isinstance(where, Local):
-            hops = int(request.metadata.get(HOPS_HEADER, "0") or 0)
-            if method != "agent.invoke" or hops >= MAX_HOPS:
+            # One hop at most: the forwarded request names the agent alone, so the next
+            # node runs it or refuses it.
+            if method != "agent.invoke":
                 return _error(
                     node,
                     Code.UNKNOWN_NODE,

@@ -146,6 +146,9 @@ class MeshNode:
         self._discovered: frozenset[FoundPeer] = frozenset()
         self._changed = trio.Event()
         self._queued = 0
+        self._configured_roles = {
+            p.id: p.role for p in config.mesh.peers if p.id and "role" in p.model_fields_set
+        }
         self._unsent_events = 0
 
     # --- what the rest of the node asks (MeshView and routing) ----------------------------
@@ -327,12 +330,16 @@ class MeshNode:
         await run_discovery(self.config.mesh, found, task_status=task_status)
 
     async def _tick(self) -> None:
+        """Run the table's timers (failed -> removed) when they are due or the table changed."""
         while True:
-            self._apply(self.membership.tick(trio.current_time()))
+            self._changed = trio.Event()
+            changes = self.membership.tick(trio.current_time())
+            if changes:
+                self._apply(changes)
+                continue
             deadline = self.membership.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 await self._changed.wait()
-            self._changed = trio.Event()
 
     async def _count_queued(self) -> None:
         """Keep the queue length heartbeats report fresh without a query per heartbeat."""
@@ -364,17 +371,23 @@ class MeshNode:
                     change.reason,
                 )
         self._changed.set()
-        for change in changes:
-            # A removed peer that no config names is forgotten: nobody dials it any more, and
-            # it comes back by itself, as any new node does, with its next heartbeat to us.
-            # A configured one stays in the table and keeps being probed.
-            if change.new is PeerState.REMOVED:
-                listed = {p.address for p in self._discovered}
-                peer = self.membership.get(change.address)
-                if peer is not None and not peer.static and change.address not in listed:
-                    why = "removed, and neither configured nor discovered"
-                    self._apply(self.membership.drop(change.address, trio.current_time(), why))
-                    return
+        # A removed peer that neither the config nor discovery names is forgotten: nobody
+        # dials it any more, and it comes back by itself, as any new node does, with its
+        # next heartbeat to us. A configured or discovered one stays and keeps being probed.
+        listed = {p.address for p in self._discovered}
+        forget = [
+            c.address
+            for c in changes
+            if c.new is PeerState.REMOVED
+            and c.address not in listed
+            and (peer := self.membership.get(c.address)) is not None
+            and not peer.static
+        ]
+        if forget:
+            now = trio.current_time()
+            why = "removed, and neither configured nor discovered"
+            self._apply([c for a in forget for c in self.membership.drop(a, now, why)])
+            return
         if self._nursery is None:
             return
         rows = {p.address for p in self.membership.peers()}
@@ -423,11 +436,18 @@ class MeshNode:
         self._apply(self.membership.heartbeat_received(facts_from(info), trio.current_time()))
 
     def is_coordinator(self, node_id: str | None) -> bool:
-        """Whether ``node_id`` is this node as a coordinator, or a peer known as one."""
+        """Whether ``node_id`` is this node as a coordinator, or a peer known as one.
+
+        A role written in ``[[mesh.peers]]`` (with the peer's id) is the operator's word and
+        wins over what the peer's heartbeats claim: mTLS proves who a node is, not its role.
+        """
         if node_id is None:
             return False
         if node_id == self.node_id:
             return self.role == "coordinator"
+        configured = self._configured_roles.get(node_id)
+        if configured is not None:
+            return configured == "coordinator"
         peer = self.membership.by_node_id(node_id)
         return peer is not None and peer.role == "coordinator"
 

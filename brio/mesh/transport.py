@@ -3,8 +3,9 @@
 grpclib lives on asyncio and the node on trio; everything here is entered through
 ``brio.aio``. What this module adds to grpclib, and why:
 
-- Connections from outside ``[mesh.access_control] allowed_cidrs`` are closed as soon as
-  they are accepted, before a byte of HTTP/2 is read (logged and counted).
+- Connections from outside ``[mesh.access_control] allowed_cidrs`` are closed before a
+  byte of HTTP/2 is read (logged and counted). With TLS on, asyncio completes the TLS
+  handshake before our protocol sees the connection, so the refusal comes right after it.
 - Requests are read with a size cap: the 5-byte gRPC frame header is checked before the
   body is buffered, so a peer cannot make the node hold a 10 MB (or 4 GB) message.
   Undecodable protobuf is ``INVALID_ARGUMENT``; nothing a client sends raises past a handler.

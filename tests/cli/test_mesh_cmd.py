@@ -150,3 +150,21 @@ def test_invalid_config_is_reported(isolated: Path, capsys: pytest.CaptureFixtur
     code, _, err = run(capsys, "status")
     assert code == 1
     assert "invalid configuration" in err and "listen_addr" in err
+
+
+def test_a_wildcard_address_is_dialled_on_loopback_with_the_node_id_for_tls(
+    isolated: Path,
+) -> None:
+    from brio.cli.mesh_cmd import _target
+    from brio.config.model import BrioConfig
+
+    config = BrioConfig.model_validate(
+        {"data_dir": str(isolated / "data"), "mesh": {"node_id": "n1"}}
+    )
+    assert _target(config, None) == ("127.0.0.1:50051", "n1")
+    (isolated / "data").mkdir()
+    (isolated / "data" / "mesh-address").write_text("[::]:6000\n")
+    assert _target(config, None) == ("[::1]:6000", "n1")
+    (isolated / "data" / "mesh-address").write_text("10.0.0.5:6000\n")
+    assert _target(config, None) == ("10.0.0.5:6000", None)
+    assert _target(config, "10.0.0.9:1") == ("10.0.0.9:1", None)

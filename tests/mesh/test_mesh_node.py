@@ -24,7 +24,7 @@ import trio
 from brio import aio
 from brio.config.model import BrioConfig
 from brio.mesh import pb
-from brio.mesh.transport import ChannelPool, TransportStats
+from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
 from brio.runtime.node import NodeHandle, run_node
 from tests.mesh.test_discovery import DnsServer, dns_server  # noqa: F401 (fixture)
 
@@ -338,3 +338,49 @@ async def test_failed_peers_are_removed_after_remove_delay(
         assert peer is not None and peer.static
         async with started(w2_cfg):
             await wait_healthy(coord, "w2")
+
+
+async def test_a_configured_role_wins_over_what_heartbeats_claim(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A node configured as a worker cannot get coordinator rights by claiming the role."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.3", 0))
+        liar_address = f"127.0.0.3:{probe.getsockname()[1]}"
+    liar_cfg = mesh_config(
+        tmp_path,
+        "w1",
+        "coordinator",  # what its heartbeats say
+        "127.0.0.3",
+        postgres_url,
+        server={"enabled": False},
+        listen_addr=liar_address,
+    )
+    coord_cfg = mesh_config(
+        tmp_path,
+        "c1",
+        "coordinator",
+        "127.0.0.2",
+        postgres_url,
+        peers=[{"id": "w1", "address": liar_address, "role": "worker"}],  # the operator's word
+    )
+    async with started(liar_cfg, coord_cfg) as (_liar, coord):
+        await wait_healthy(coord, "w1")
+        assert coord.mesh is not None
+        assert not coord.mesh.is_coordinator("w1")
+        assert coord.mesh.is_coordinator("c1")
+        async with aio.open_loop():
+            pool = ChannelPool(None, "w1", TransportStats())  # claims to be w1 (no mTLS here)
+            try:
+                with pytest.raises(MeshCallError) as refused:
+                    await pool.unary(
+                        str(coord.mesh_address),
+                        "/brio.mesh.v1.MeshAdmin/Drain",
+                        pb.NodeRequest(node_id="c1"),
+                        pb.ActionResponse,
+                        5,
+                    )
+            finally:
+                pool.close()
+        assert refused.value.status == "PERMISSION_DENIED"
+        assert "accepted only from coordinators" in refused.value.detail
