@@ -224,9 +224,17 @@ async def _recv_capped(
     return message, 5 + length
 
 
+#: Field type hints per message class (computing them is slow and they never change).
+_HINTS: dict[type[betterproto2.Message], dict[str, Any]] = {}
+
+
 def _mistyped(message: betterproto2.Message, path: str = "") -> str | None:
     """The first field whose parsed value does not have its declared type, if any."""
-    for name, hint in type(message)._type_hints().items():
+    cls = type(message)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = cls._type_hints()
+    for name, hint in hints.items():
         if name.startswith("_"):
             continue
         value = getattr(message, name)
@@ -382,8 +390,11 @@ class ChannelPool:
             async def make() -> Channel:
                 return Channel(host, port, ssl=self._ssl, config=self._config)
 
-            channel = await aio.call(make)
-            self._channels[address] = channel
+            made = await aio.call(make)
+            # another caller may have made one for this address meanwhile: keep only one
+            channel = self._channels.setdefault(address, made)
+            if channel is not made:
+                made.close()
         return channel
 
     async def unary(  # noqa: PLR0917

@@ -384,3 +384,29 @@ async def test_a_configured_role_wins_over_what_heartbeats_claim(
                 pool.close()
         assert refused.value.status == "PERMISSION_DENIED"
         assert "accepted only from coordinators" in refused.value.detail
+
+
+async def test_concurrent_first_calls_share_one_channel(tmp_path: Path, postgres_url: str) -> None:
+    config = mesh_config(tmp_path, "solo", "coordinator", "127.0.0.2", postgres_url)
+    async with started(config) as (node,), aio.open_loop():
+        pool = ChannelPool(None, "tester", TransportStats())
+        try:
+            request = pb.HeartbeatRequest(
+                sender=pb.NodeInfo(node_id="tester", role="worker", address="127.0.0.9:1")
+            )
+
+            async def beat() -> None:
+                await pool.unary(
+                    str(node.mesh_address),
+                    "/brio.mesh.v1.Mesh/Heartbeat",
+                    request,
+                    pb.HeartbeatResponse,
+                    5,
+                )
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(beat)
+            assert len(pool._channels) == 1
+        finally:
+            pool.close()
