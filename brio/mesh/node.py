@@ -213,9 +213,7 @@ class MeshNode:
         timeout: float,
     ) -> pb.MeshResponse:
         """Send one ``Call`` to a peer by node id; raises LookupError if it is not known."""
-        peer = self.membership.by_node_id(node_id)
-        if peer is None:
-            raise LookupError(f"unknown node {node_id!r}")
+        address = self._address_of(node_id)
         deadline_ms = int((time.time() + timeout) * 1000)
         request = pb.MeshRequest(
             target=agent,
@@ -224,7 +222,22 @@ class MeshNode:
             metadata={"brio-node-id": self.node_id},
             deadline_unix_ms=deadline_ms,
         )
-        return await self._pool.unary(peer.address, CALL, request, pb.MeshResponse, timeout)
+        return await self._pool.unary(address, CALL, request, pb.MeshResponse, timeout)
+
+    def _address_of(self, node_id: str) -> str:
+        peer = self.membership.by_node_id(node_id)
+        if peer is None:
+            raise LookupError(f"unknown node {node_id!r}")
+        return peer.address
+
+    async def _heartbeat(self, address: str) -> pb.HeartbeatResponse:
+        return await self._pool.unary(
+            address,
+            HEARTBEAT,
+            pb.HeartbeatRequest(sender=self.node_info()),
+            pb.HeartbeatResponse,
+            self.settings.heartbeat_timeout,
+        )
 
     # --- identity and load ----------------------------------------------------------------
 
@@ -405,13 +418,7 @@ class MeshNode:
             while self.membership.get(address) is not None:
                 started = trio.current_time()
                 try:
-                    reply = await self._pool.unary(
-                        address,
-                        HEARTBEAT,
-                        pb.HeartbeatRequest(sender=self.node_info()),
-                        pb.HeartbeatResponse,
-                        self.settings.heartbeat_timeout,
-                    )
+                    reply = await self._heartbeat(address)
                 except MeshCallError as exc:
                     log.debug("heartbeat to %s failed: %s", address, exc)
                     self._apply(self.membership.heartbeat_missed(address, trio.current_time()))
@@ -457,17 +464,12 @@ class MeshNode:
     async def admin_call(
         self, node_id: str, method: str, request: Any, response_type: type[Any]
     ) -> Any:
-        peer = self.membership.by_node_id(node_id)
-        if peer is None:
-            raise LookupError(node_id)
         return await self._pool.unary(
-            peer.address, ADMIN + method, request, response_type, self._call_timeout()
+            self._address_of(node_id), ADMIN + method, request, response_type, self._call_timeout()
         )
 
     async def ping(self, node_id: str, count: int) -> tuple[str, list[float], int]:
-        peer = self.membership.by_node_id(node_id)
-        if peer is None:
-            raise LookupError(node_id)
+        address = self._address_of(node_id)
         rtts: list[float] = []
         lost = 0
         for i in range(count):
@@ -475,18 +477,12 @@ class MeshNode:
                 await trio.sleep(0.2)
             started = trio.current_time()
             try:
-                await self._pool.unary(
-                    peer.address,
-                    HEARTBEAT,
-                    pb.HeartbeatRequest(sender=self.node_info()),
-                    pb.HeartbeatResponse,
-                    self.settings.heartbeat_timeout,
-                )
+                await self._heartbeat(address)
             except MeshCallError:
                 lost += 1
             else:
                 rtts.append((trio.current_time() - started) * 1000)
-        return peer.address, rtts, lost
+        return address, rtts, lost
 
     def uptime(self) -> float:
         return time.monotonic() - self._started
