@@ -207,10 +207,10 @@ class MeshHandlers:
                     Code.UNKNOWN_NODE,
                     f"target {request.target!r} is not on this node ({node.node_id})",
                 )
-            forwarded = await node.call_node(
-                where.node_id, method, where.agent, _payload(request), timeout=budget
+            timeout = min(budget, node.config.mesh.call_timeout)  # every call has a deadline
+            return await node.call_node(
+                where.node_id, method, where.agent, _payload(request), timeout=timeout
             )
-            return forwarded
         agent = where.agent
         if agent not in node.agents and method == "agent.invoke":
             known = ", ".join(sorted(node.agents)) or "none"
