@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +123,24 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out other openers doing the same.
+
+    SQLite answers "database is locked" at once, without its busy handler, when another
+    connection is switching the journal mode at that moment (several nodes or tests
+    starting together): retry up to ``BUSY_TIMEOUT`` like any other lock.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +149,7 @@ def _connect(path: str) -> sqlite3.Connection:
     )
     try:
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except BaseException:
