@@ -32,7 +32,7 @@ pytestmark = pytest.mark.postgres
 
 FAST = {
     "heartbeat_interval": 0.1,
-    "heartbeat_timeout": 0.5,
+    "heartbeat_timeout": 2.0,
     "suspicion_threshold": 2,
     "degraded_latency": 2.0,
 }
