@@ -1,6 +1,6 @@
-"""What the rest of the node may ask of the mesh: a seam that the mesh issue fills in.
+"""What the HTTP API may ask of the mesh (``/health``): role, peers, last heartbeat.
 
-A single node has no peers; the gRPC mesh will provide its own implementation of this view.
+``brio.mesh.node.MeshNode`` answers it when ``[mesh] enabled``; ``SingleNode`` otherwise.
 """
 
 from __future__ import annotations
