@@ -34,6 +34,7 @@ import grpclib.server
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 
@@ -94,6 +95,23 @@ class MeshCallError(Exception):
         self.kind = kind
         self.detail = detail
         self.status = status
+
+
+class _CountingCodec(ProtoCodec):
+    """grpclib's protobuf codec, counting bytes as it encodes and decodes (each message is
+    serialised once, here, rather than again just to be measured). 5: the frame header."""
+
+    def __init__(self, stats: TransportStats) -> None:
+        self._stats = stats
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        data: bytes = super().encode(message, message_type)
+        self._stats.bytes_sent += len(data) + 5
+        return data
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        self._stats.bytes_received += len(data) + 5
+        return super().decode(data, message_type)
 
 
 # --- server -------------------------------------------------------------------------------
@@ -164,7 +182,7 @@ class MeshServer(grpclib.server.Server):
     def __init__(
         self, handlers: Iterable[Any], *, allowed: Networks, stats: TransportStats
     ) -> None:
-        super().__init__(list(handlers))
+        super().__init__(list(handlers), codec=_CountingCodec(stats))
         self.allowed = allowed
         self.stats = stats
         self.protocols: set[_GuardedProtocol] = set()
@@ -326,8 +344,7 @@ class Service:
             self.stats.bytes_received += size
             timeout = stream.deadline.time_remaining() if stream.deadline else None
             response = await aio.run_trio(handler, request, _caller(stream), timeout)
-            self.stats.bytes_sent += len(bytes(response)) + 5
-            await stream.send_message(response)
+            await stream.send_message(response)  # counted by the codec
 
         return serve
 
@@ -388,7 +405,9 @@ class ChannelPool:
             host, port = split_host_port(address)
 
             async def make() -> Channel:
-                return Channel(host, port, ssl=self._ssl, config=self._config)
+                return Channel(
+                    host, port, ssl=self._ssl, config=self._config, codec=_CountingCodec(self.stats)
+                )
 
             made = await aio.call(make)
             # another caller may have made one for this address meanwhile: keep only one
@@ -409,9 +428,7 @@ class ChannelPool:
         """Call ``path`` on ``address`` and return the answer, or raise ``MeshCallError``."""
         channel = await self._channel(address)
         headers = {NODE_ID_HEADER: self._local, **(metadata or {})}
-        payload = bytes(request)
         self.stats.calls_sent += 1
-        self.stats.bytes_sent += len(payload) + 5
 
         async def request_once() -> Resp:
             async with channel.request(
@@ -451,7 +468,6 @@ class ChannelPool:
         except aio.AsyncioCancelled as exc:
             self._failed(address)
             raise MeshCallError(address, path, "unreachable", "the connection was closed") from exc
-        self.stats.bytes_received += len(bytes(reply)) + 5
         return reply
 
     def _failed(self, address: str | None = None) -> None:

@@ -408,5 +408,12 @@ async def test_concurrent_first_calls_share_one_channel(tmp_path: Path, postgres
                 for _ in range(10):
                     nursery.start_soon(beat)
             assert len(pool._channels) == 1
+            # bytes are counted once, as the codec encodes and decodes, on both ends
+            size = len(bytes(request)) + 5
+            assert pool.stats.bytes_sent == 10 * size
+            assert pool.stats.bytes_received > 10 * 5
+            assert node.mesh is not None
+            assert node.mesh.stats.bytes_received >= 10 * size
+            assert node.mesh.stats.bytes_sent >= pool.stats.bytes_received
         finally:
             pool.close()
