@@ -278,14 +278,19 @@ def create_app(deps: ApiDeps) -> QuartTrio:
         except Exception:
             status = "unhealthy"
         beat = deps.mesh.last_heartbeat()
+        lease = deps.mesh.lease_view()
+        remaining = lease.lease_remaining
         body = models.Health(
             status=status,
             node_id=deps.config.mesh.node_id,
             version=__version__,
-            role=deps.mesh.role,
+            role=lease.role,
+            epoch=lease.epoch,
             mesh=models.MeshHealth(
                 connected_peers=deps.mesh.connected_peers(),
                 last_heartbeat=beat.isoformat().replace("+00:00", "Z") if beat else None,
+                primary=lease.primary,
+                lease_remaining=round(remaining, 3) if remaining is not None else None,
             ),
             agents=models.AgentsHealth(
                 active=deps.supervisor.active, queued=queued, max=deps.supervisor.max_agents

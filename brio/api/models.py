@@ -111,6 +111,8 @@ class AgentList(BaseModel):
 class MeshHealth(BaseModel):
     connected_peers: int
     last_heartbeat: str | None
+    primary: str | None  # the primary coordinator this node knows of
+    lease_remaining: float | None  # seconds of lease (primary) or of promise (voter) left
 
 
 class AgentsHealth(BaseModel):
@@ -123,7 +125,8 @@ class Health(BaseModel):
     status: Literal["healthy", "unhealthy"]
     node_id: str
     version: str
-    role: str
+    role: str  # "primary", "standby", "worker", or "standalone" (a single node)
+    epoch: int | None  # the lease term (fencing epoch); None for a single node
     mesh: MeshHealth
     agents: AgentsHealth
 

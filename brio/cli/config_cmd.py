@@ -52,6 +52,12 @@ def config_check(config_path: str | None) -> int:
     print(f"OK: {loaded.source if loaded.source is not None else 'defaults'}")
     if loaded.env_overrides:
         print(f"environment overrides: {', '.join(loaded.env_overrides)}")
+    mesh = loaded.config.mesh
+    if mesh.enabled:
+        print(f"lease voters: {', '.join(sorted(mesh.lease_voters()))}")
+        warning = mesh.lease_voters_warning()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

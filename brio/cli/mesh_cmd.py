@@ -171,6 +171,13 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
             ("max_agents", str(load.max_agents)),
             ("draining", "yes" if node.draining else "no"),
         ]
+        if reply.lease is not None:
+            fields += [
+                ("lease_role", reply.lease.role),
+                ("epoch", str(reply.lease.epoch)),
+                ("primary", reply.lease.primary or "unknown"),
+                ("lease_left", _left(reply.lease.lease_remaining)),
+            ]
         width = max(len(k) for k, _ in fields)
         for key, value in fields:
             print(f"{key.ljust(width)}  {value}")
@@ -187,8 +194,23 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
     ]
     me = reply.node or pb.NodeInfo()
     print(f"{me.node_id} ({me.role}) at {me.address}: {len(reply.peers)} peer(s)")
+    if reply.lease is not None:
+        print(_lease_line(reply.lease))
     if rows:
         print(_table(["Node ID", "Address", "Status", "Last Seen", "Latency"], rows))
+
+
+def _left(seconds: float) -> str:
+    return "-" if seconds < 0 else f"{seconds:.1f} s"
+
+
+def _lease_line(lease: pb.LeaseStatus) -> str:
+    """One line about the coordinator lease, e.g. "lease: primary, epoch 4, 3.2 s left"."""
+    voter = "" if lease.voter else ", not a voter"
+    if lease.role == "primary":
+        return f"lease: primary, epoch {lease.epoch}, {_left(lease.lease_remaining)} left{voter}"
+    primary = lease.primary or "unknown"
+    return f"lease: {lease.role}, epoch {lease.epoch}, primary {primary}{voter}"
 
 
 def _print_ping(reply: pb.PingResponse, count: int) -> None:

@@ -168,7 +168,7 @@ def _generic(var: str, raw: str) -> tuple[Override | None, str]:
     path = tuple(part.lower() for part in parts)
     for length in range(1, len(path)):
         parent = annotation_at(path[:length])
-        if get_origin(parent) is list:
+        if get_origin(parent) in (list, tuple):
             return None, (
                 f"{toml_key(path[:length])} is a list and cannot be set item by item; "
                 f"set all of it as JSON in {PREFIX}{SEPARATOR.join(parts[:length])}"
@@ -180,9 +180,10 @@ def _generic(var: str, raw: str) -> tuple[Override | None, str]:
 
 
 def _parse_value(raw: str, annotation: Any) -> tuple[Any, str]:
-    """Lists and tables come as JSON (a list of plain strings may also be comma-separated)."""
+    """Lists and tables come as JSON (a list of plain strings or numbers may also be
+    comma-separated); a fixed-length tuple (``[min, max]``) is a list in TOML, so here too."""
     origin = get_origin(annotation)
-    is_list = origin is list
+    is_list = origin in (list, tuple)
     is_table = origin is dict or is_model(annotation)
     if not (is_list or is_table):
         return raw, ""

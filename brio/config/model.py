@@ -9,8 +9,10 @@ key at fault.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
@@ -168,6 +170,79 @@ class FailureDetectionConfig(Section):
     degraded_latency: Seconds = 0.25
 
 
+#: Below this a lease expires on ordinary network delays: the primary renews every third of it.
+MIN_LEASE_DURATION = 0.3
+
+
+class LeaseConfig(Section):
+    """The coordinator lease (``brio.core.lease``): who may vote, and its timing."""
+
+    lease_duration: Seconds = 5.0
+    # A follower waits a random pick from [min, max] seconds after the primary's lease would
+    # have run out before it asks for votes; the spread keeps two candidates from tying.
+    election_timeout: tuple[float, float] = (1.0, 2.5)
+    # How much faster one node's clock may run than another's (0.05: 5 %); the primary
+    # shortens its own lease by this fraction.
+    max_clock_drift: float = Field(default=0.05, ge=0, lt=0.5)
+    # Node ids; None: this node plus every [[mesh.peers]] entry that names an id.
+    voters: list[str] | None = None
+
+    @field_validator("lease_duration")
+    @classmethod
+    def _long_enough(cls, value: float) -> float:
+        if value < MIN_LEASE_DURATION:
+            raise ValueError(
+                f"expected at least {MIN_LEASE_DURATION} seconds: the primary renews every "
+                "third of the lease, and a shorter one runs out on ordinary network delays"
+            )
+        return value
+
+    @field_validator("election_timeout", mode="before")
+    @classmethod
+    def _pair(cls, value: object) -> object:
+        # Checked before pydantic's own tuple parsing, whose messages speak of "a valid
+        # tuple" and "items after validation"; a TOML true would quietly become 1.0.
+        example = "expected [min, max] in seconds, e.g. [1.0, 2.5]"
+        if not isinstance(value, list | tuple):
+            raise ValueError(example)
+        if len(value) != 2:
+            raise ValueError(f"{example}: two numbers, not {len(value)}")
+        if any(isinstance(item, bool) for item in value):
+            raise ValueError(f"{example}: numbers, not true or false")
+        return value
+
+    @field_validator("election_timeout")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        wanted = "expected [min, max] in seconds with 0 < min <= max"
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{wanted}, both finite")
+        if low <= 0:
+            raise ValueError(f"min {low:g} is not above 0; {wanted}")
+        if low > high:
+            raise ValueError(f"min {low:g} is above max {high:g}; {wanted}")
+        return value
+
+    @field_validator("voters")
+    @classmethod
+    def _voter_ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError(
+                "expected at least one node id; leave voters out to use this node and "
+                "every [[mesh.peers]] id"
+            )
+        for position, item in enumerate(value, start=1):
+            if not item:
+                raise ValueError(f"voter {position} is empty; expected a node id")
+        doubled = sorted(item for item, count in Counter(value).items() if count > 1)
+        if doubled:
+            raise ValueError(f"each node id may be listed once; repeated: {', '.join(doubled)}")
+        return value
+
+
 class AccessControlConfig(Section):
     coordinator_only_endpoints: list[str] = Field(default_factory=list)
     allowed_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
@@ -192,6 +267,7 @@ class MeshConfig(Section):
     tls: TLSConfig = Field(default_factory=TLSConfig)
     load_balancing: LoadBalancingConfig = Field(default_factory=LoadBalancingConfig)
     failure_detection: FailureDetectionConfig = Field(default_factory=FailureDetectionConfig)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
     access_control: AccessControlConfig = Field(default_factory=AccessControlConfig)
 
     @field_validator("listen_addr")
@@ -206,6 +282,41 @@ class MeshConfig(Section):
         if value is not None:
             split_host_port(value)
         return value
+
+    def lease_voters(self) -> frozenset[str]:
+        """The nodes whose majority elects and renews the primary coordinator.
+
+        Taken from the file only, never from discovery: every node must compute the same set
+        (lease messages carry a digest of it), and a set that grew with whatever DNS answered
+        would let two majorities of different sets elect two primaries.
+        """
+        if self.lease.voters is not None:
+            return frozenset(self.lease.voters)
+        return frozenset([self.node_id, *(peer.id for peer in self.peers if peer.id)])
+
+    def lease_voters_warning(self) -> str | None:
+        """Why the default voter set may not be what the operator meant, or None."""
+        if self.lease.voters is not None:
+            return None
+        unnamed = [peer.address for peer in self.peers if not peer.id]
+        if unnamed:
+            return (
+                f"[mesh.lease] voters is not set, and peers {', '.join(unnamed)} have no id, so "
+                "they do not vote; give them an id in [[mesh.peers]] or set voters"
+            )
+        if self.discovery.method != "static":
+            return (
+                f"[mesh.lease] voters is not set: nodes found by {self.discovery.method} "
+                "discovery do not vote; with several coordinators, set voters on every node"
+            )
+        return None
+
+    def lease_candidates(self) -> frozenset[str]:
+        """The coordinators the file knows of: the nodes that may become primary."""
+        found = {peer.id for peer in self.peers if peer.id and peer.role == "coordinator"}
+        if self.role == "coordinator":
+            found.add(self.node_id)
+        return frozenset(found)
 
 
 class AgentConfig(Section):

@@ -26,8 +26,17 @@ import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from brio.core import lease as core_lease
 from brio.core.routing import Local, RouteError
 from brio.mesh import pb
+from brio.mesh.lease import (
+    RENEW,
+    VOTE,
+    renew_reply_pb,
+    renew_request_from,
+    vote_reply_pb,
+    vote_request_from,
+)
 from brio.mesh.node import MeshNode
 from brio.mesh.transport import Caller, MeshCallError, Service
 from brio.runtime.supervisor import Busy
@@ -87,6 +96,8 @@ class MeshHandlers:
                     pb.HeartbeatRequest,
                     pb.HeartbeatResponse,
                 ),
+                VOTE: (self.vote, pb.LeaseVoteRequest, pb.LeaseVoteReply),
+                RENEW: (self.renew, pb.LeaseRenewRequest, pb.LeaseRenewReply),
             },
             max_bytes,
             stats,
@@ -148,6 +159,45 @@ class MeshHandlers:
         if sender.node_id != self.node.node_id:
             self.node.heartbeat_received(sender)
         return pb.HeartbeatResponse(responder=self.node.node_info())
+
+    async def vote(
+        self, request: pb.LeaseVoteRequest, caller: Caller, timeout: float | None
+    ) -> pb.LeaseVoteReply:
+        message = vote_request_from(request)
+        reply = self._lease(message.candidate, "candidate", caller, message)
+        assert isinstance(reply, core_lease.VoteReply)
+        return vote_reply_pb(reply)
+
+    async def renew(
+        self, request: pb.LeaseRenewRequest, caller: Caller, timeout: float | None
+    ) -> pb.LeaseRenewReply:
+        message = renew_request_from(request)
+        reply = self._lease(message.leader, "leader", caller, message)
+        if reply is None:  # a standby that does not vote listens without answering
+            return pb.LeaseRenewReply(term=message.term, ok=False, reason="not a voter")
+        assert isinstance(reply, core_lease.RenewReply)
+        return renew_reply_pb(reply)
+
+    def _lease(
+        self, sender: str, field: str, caller: Caller, message: core_lease.Message
+    ) -> core_lease.Message | None:
+        if not sender:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"{field}: required")
+        if caller.cert_node_id is not None and caller.cert_node_id != sender:
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"the certificate is for {caller.cert_node_id!r} but the {field} is {sender!r}",
+            )
+        lease = self.node.lease
+        if lease is None:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{self.node.node_id} takes no part in the lease (not a voter or coordinator)",
+            )
+        reply = lease.handle(sender, message)
+        if reply is None and isinstance(message, core_lease.VoteRequest):
+            raise GRPCError(Status.UNAVAILABLE, "the lease is not running yet")
+        return reply
 
     async def call(
         self, request: pb.MeshRequest, caller: Caller, timeout: float | None
@@ -257,25 +307,29 @@ class MeshHandlers:
         self, request: pb.StatusRequest, caller: Caller, timeout: float | None
     ) -> pb.StatusResponse:
         node = self.node
+        lease = node.lease.status_pb() if node.lease is not None else None
         if not request.node_id:
             return pb.StatusResponse(
                 node=node.node_info(),
                 peers=[node.peer_status(p) for p in node.membership.peers()],
+                lease=lease,
             )
         if request.node_id == node.node_id:
-            return pb.StatusResponse(node=node.node_info(), peers=[])
+            return pb.StatusResponse(node=node.node_info(), peers=[], lease=lease)
         peer = self._peer(request.node_id)
         row = node.peer_status(peer)
         info = pb.NodeInfo(node_id=row.node_id, role=row.role, address=row.address)
+        remote_lease = None
         try:
             remote = await node.admin_call(
                 request.node_id, "Status", pb.StatusRequest(), pb.StatusResponse
             )
             if remote.node is not None:
                 info = remote.node
+            remote_lease = remote.lease
         except (MeshCallError, LookupError) as exc:
             log.info("status of %s: its own view is unavailable: %s", request.node_id, exc)
-        return pb.StatusResponse(node=info, peers=[row])
+        return pb.StatusResponse(node=info, peers=[row], lease=remote_lease)
 
     async def ping(
         self, request: pb.PingRequest, caller: Caller, timeout: float | None

@@ -6,6 +6,8 @@ MeshNode.run
 ├── discovery            static | dns | kubernetes -> Membership.add / drop
 ├── probe per peer       one heartbeat task per peer address -> Membership
 ├── ticker               Membership.tick (failed -> removed after remove_delay)
+├── lease                voters answer, coordinators campaign (brio.mesh.lease)
+│   └── primary          only while this node holds the lease (brio.mesh.primary)
 └── event forwarder      task events of work run here -> every coordinator peer
 ```
 
@@ -43,6 +45,8 @@ from brio.core.routing import Route, route
 from brio.core.tasks import TaskStatus
 from brio.mesh import pb
 from brio.mesh.discovery import FoundPeer, run_discovery
+from brio.mesh.lease import LeaseDriver, settings_from
+from brio.mesh.primary import Primary
 from brio.mesh.tls import client_context, server_context
 from brio.mesh.transport import (
     ChannelPool,
@@ -54,6 +58,7 @@ from brio.mesh.transport import (
     stop_server,
 )
 from brio.runtime.events import Event, EventBus
+from brio.runtime.mesh_view import LeaseView
 from brio.runtime.supervisor import Supervisor
 from brio.store.base import Store, TaskRecord
 
@@ -150,6 +155,27 @@ class MeshNode:
             p.id: p.role for p in config.mesh.peers if p.id and "role" in p.model_fields_set
         }
         self._unsent_events = 0
+        self.primary: Primary | None = None
+        self.lease: LeaseDriver | None = None
+        voters = config.mesh.lease_voters()
+        candidate = self.role == "coordinator"
+        if candidate or self.node_id in voters:
+            settings = settings_from(config.mesh.lease)
+            if candidate:
+                self.primary = Primary(
+                    self.node_id, store, self.cluster_view, settings.renew_interval
+                )
+            self.lease = LeaseDriver(
+                self.node_id,
+                config=config.mesh.lease,
+                voters=voters,
+                candidates=config.mesh.lease_candidates(),
+                candidate=candidate,
+                data_dir=config.data_dir,
+                transport=self,
+                primary=self.primary.run if self.primary else None,
+                warning=config.mesh.lease_voters_warning(),
+            )
 
     # --- what the rest of the node asks (MeshView and routing) ----------------------------
 
@@ -160,6 +186,22 @@ class MeshNode:
         if self._last_heartbeat is None:
             return None
         return datetime.fromtimestamp(self._last_heartbeat, UTC)
+
+    def lease_view(self) -> LeaseView:
+        if self.lease is not None:
+            return self.lease.view()
+        return LeaseView("worker", 0, None, None, voter=False)
+
+    def cluster_view(self) -> list[tuple[str, str]]:
+        """(node id, state) of this node and every peer it knows by id: the primary records it."""
+        rows = [(self.node_id, "draining" if self.draining else "healthy")]
+        rows += [(p.node_id, str(p.state)) for p in self.membership.peers() if p.node_id]
+        return sorted(set(rows))
+
+    async def lease_call(
+        self, node_id: str, path: str, request: Any, reply_type: type[Any], timeout: float
+    ) -> Any:
+        return await self._pool.unary(self._address_of(node_id), path, request, reply_type, timeout)
 
     def route(self, target: str) -> Route:
         """Where ``target`` runs; raises ``brio.core.routing.RouteError`` with the reason."""
@@ -311,6 +353,8 @@ class MeshNode:
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._forward_events)
                 nursery.start_soon(self._count_queued)
+                if self.lease is not None:
+                    await nursery.start(self.lease.run)
                 task_status.started(bound)
                 await trio.sleep_forever()
         finally:

@@ -1,16 +1,28 @@
-"""What the HTTP API may ask of the mesh (``/health``): role, peers, last heartbeat.
+"""What the HTTP API may ask of the mesh (``/health``): role, lease, peers, last heartbeat.
 
 ``brio.mesh.node.MeshNode`` answers it when ``[mesh] enabled``; ``SingleNode`` otherwise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class LeaseView:
+    """This node's place in the coordinator lease."""
+
+    role: str  # "primary", "standby" (a coordinator that is not primary), "worker", "standalone"
+    epoch: int | None  # the term this node is in; None without a lease (a single node)
+    primary: str | None  # who this node believes is primary
+    lease_remaining: float | None  # seconds: ours when primary, else the promise we hold
+    voter: bool
+
+
 class MeshView(Protocol):
-    role: str
+    def lease_view(self) -> LeaseView: ...
 
     def connected_peers(self) -> int: ...
 
@@ -18,10 +30,10 @@ class MeshView(Protocol):
 
 
 class SingleNode:
-    """The mesh view of a node running alone."""
+    """The mesh view of a node running alone: no lease, it does everything itself."""
 
-    def __init__(self, role: str = "coordinator") -> None:
-        self.role = role
+    def lease_view(self) -> LeaseView:
+        return LeaseView("standalone", None, None, None, voter=False)
 
     def connected_peers(self) -> int:
         return 0

@@ -148,7 +148,7 @@ async def _run(
                             supervisor,
                             bus,
                             agents,
-                            mesh if mesh is not None else SingleNode(config.mesh.role),
+                            mesh if mesh is not None else SingleNode(),
                             stopping=ws_stop,
                         )
                     )

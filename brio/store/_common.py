@@ -21,8 +21,10 @@ from brio.core.tasks import TaskStatus
 from brio.store.base import (
     JSON,
     AgentRecord,
+    FenceRecord,
     MessageRecord,
     NodeRecord,
+    NodeStateRecord,
     SessionRecord,
     TaskFilter,
     TaskRecord,
@@ -84,6 +86,18 @@ def check_messages(messages: list[tuple[str, str]]) -> None:
 def check_terminal(status: TaskStatus) -> None:
     if not status.terminal:
         raise ValueError(f"finish_task needs a terminal status, not {status.value!r}")
+
+
+def check_cluster_view(epoch: int, states: list[tuple[str, str]]) -> None:
+    if epoch < 1:
+        raise ValueError(f"a primary's epoch is at least 1 (0 is the unraised fence), not {epoch}")
+    seen: set[str] = set()
+    for node_id, _state in states:
+        if not node_id:
+            raise ValueError("cluster view: a node id must not be empty")
+        if node_id in seen:
+            raise ValueError(f"cluster view: node {node_id!r} is listed twice")
+        seen.add(node_id)
 
 
 def task_input(value: JSON) -> JSON:
@@ -180,6 +194,20 @@ class RowDecoder:
             version=row["version"],
             status=row["status"],
             last_seen=self.ts(row["last_seen"]),
+        )
+
+    def fence(self, row: Any) -> FenceRecord:
+        return FenceRecord(
+            epoch=int(row["epoch"]), holder=row["holder"], updated_at=self.ts(row["updated_at"])
+        )
+
+    def node_state(self, row: Any) -> NodeStateRecord:
+        return NodeStateRecord(
+            node_id=row["node_id"],
+            state=row["state"],
+            epoch=int(row["epoch"]),
+            holder=row["holder"],
+            updated_at=self.ts(row["updated_at"]),
         )
 
     def agent(self, row: Any) -> AgentRecord:

@@ -1,9 +1,10 @@
 """The store's typed interface, shared by the SQLite and PostgreSQL backends.
 
 Everything the node keeps durably goes through this protocol: tasks, sessions and their
-messages, nodes, agents, the fence (an epoch row that later issues use to stop a deposed
-primary from writing) and configuration. Methods are trio-native coroutines; the PostgreSQL
-backend reaches asyncpg through the single trio-asyncio adapter (``brio.aio``).
+messages, nodes, agents, the fence (the epoch of the latest primary coordinator, which stops a
+deposed primary from writing), the primary's cluster view, and configuration. Methods are
+trio-native coroutines; the PostgreSQL backend reaches asyncpg through the single trio-asyncio
+adapter (``brio.aio``).
 
 Updates that move a task are conditional (``WHERE status IN (...) AND attempt = ...``) and
 return ``None`` when the condition no longer holds, so racing writers cannot both win.
@@ -111,6 +112,24 @@ class AgentRecord:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    epoch: int  # 0 until a primary raised it
+    holder: str | None  # the node that raised it last
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStateRecord:
+    """One row of the cluster view: a node's state as the primary coordinator saw it."""
+
+    node_id: str
+    state: str
+    epoch: int  # the epoch of the primary that wrote the row
+    holder: str  # that primary's node id
+    updated_at: datetime
+
+
 class Store(Protocol):
     """What every backend provides. All times are UTC."""
 
@@ -194,11 +213,34 @@ class Store(Protocol):
 
     async def list_agents(self) -> list[AgentRecord]: ...
 
-    # the fence (used by the coordinator lease in a later issue)
+    # the fence and the cluster view: what the primary coordinator writes
     async def fence_epoch(self) -> int: ...
 
+    async def fence(self) -> FenceRecord: ...
+
     async def raise_fence(self, epoch: int, holder: str) -> bool:
-        """Set the fence to ``epoch`` if it is higher than the current one; True on success."""
+        """Set the fence to ``epoch`` if it is higher than the current one; True on success.
+
+        A new primary raises it to its epoch before it writes anything, which from then on
+        refuses the writes of every earlier primary (see ``record_cluster_view``).
+        """
+
+    async def record_cluster_view(
+        self, epoch: int, holder: str, states: list[tuple[str, str]]
+    ) -> bool:
+        """Upsert each (node_id, state) under ``epoch`` and ``holder``, in one transaction,
+        only if the fence is still at ``epoch``; False, with nothing written, if it is not.
+
+        Every write of a primary is conditional on the fence still holding its epoch: a
+        deposed primary that has not noticed yet (a long pause, a partition) is refused as
+        soon as its successor raised the fence, and a primary that never raised the fence to
+        its epoch cannot write at all. The check and the writes serialise with
+        ``raise_fence``, so no write lands after a raise that it did not see. ValueError for
+        an epoch below 1 (the fence's value before any primary) or a node listed twice.
+        """
+
+    async def cluster_view(self) -> list[NodeStateRecord]:
+        """Every row of the cluster view, by node id."""
 
     # configuration
     async def put_config(self, key: str, value: JSON) -> None: ...

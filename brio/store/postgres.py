@@ -10,6 +10,11 @@ Timestamps come from the database clock (``now()``), the one clock every node sh
 columns are ``jsonb`` with a json.dumps/json.loads codec installed on each pooled connection.
 ``claim_task`` locks its candidate row with ``FOR UPDATE SKIP LOCKED`` so that concurrent
 claimers on different nodes each take a different task without waiting on one another.
+
+The fence row is the other lock: ``raise_fence`` and every fenced write (``record_cluster_view``)
+take it with ``SELECT ... FOR UPDATE`` first, so they run one after the other, and their
+timestamps are ``clock_timestamp()`` read after the lock (``now()`` is when the transaction
+began, which may be before it waited), so that they order as the writes did.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from brio.store import schema
 from brio.store._common import (
     TASK_COLUMNS,
     RowDecoder,
+    check_cluster_view,
     check_limit,
     check_messages,
     check_page,
@@ -41,9 +47,11 @@ from brio.store._common import (
 from brio.store.base import (
     JSON,
     AgentRecord,
+    FenceRecord,
     MessageRecord,
     NewTask,
     NodeRecord,
+    NodeStateRecord,
     NotFound,
     SessionRecord,
     StoreError,
@@ -54,6 +62,8 @@ from brio.store.base import (
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type hints
+
+# Taken by raise_fence and by every fenced write before anything else; answers the epoch.
 
 # What asyncpg raises when the server or the network fails (and for a malformed URL).
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -394,13 +404,52 @@ class PostgresStore:
         sql = "SELECT epoch FROM fence WHERE id = 1"
         return int(await self._read(lambda conn: conn.fetchval(sql)))
 
+    async def fence(self) -> FenceRecord:
+        sql = "SELECT epoch, holder, updated_at FROM fence WHERE id = 1"
+        return _ROWS.fence(await self._read(lambda conn: conn.fetchrow(sql)))
+
+    # The fence statements are single statements, committed on their own: a transaction that
+    # spanned round trips would hold the fence row's lock while its process was paused
+    # (SIGSTOP, a GC pause), and the next primary's raise would wait for it to wake.
+
     async def raise_fence(self, epoch: int, holder: str) -> bool:
-        sql = (
-            "UPDATE fence SET epoch = $1, holder = $2, updated_at = now()"
-            " WHERE id = 1 AND epoch < $1 RETURNING epoch"
-        )
-        row = await self._transaction(lambda conn: conn.fetchrow(sql, epoch, holder))
-        return row is not None
+        # Lock first, then compute the row: a plain UPDATE would evaluate clock_timestamp()
+        # before waiting for a writer's FOR SHARE lock, and date the raise too early.
+        sql = """
+            WITH locked AS (SELECT id FROM fence WHERE id = 1 AND epoch < $1 FOR UPDATE)
+            UPDATE fence SET epoch = $1, holder = $2, updated_at = clock_timestamp()
+            FROM locked WHERE fence.id = locked.id RETURNING fence.epoch"""
+        return await self._read(lambda conn: conn.fetchrow(sql, epoch, holder)) is not None
+
+    async def record_cluster_view(
+        self, epoch: int, holder: str, states: list[tuple[str, str]]
+    ) -> bool:
+        check_cluster_view(epoch, states)
+        # FOR SHARE holds the fence row until this statement commits: a raise_fence that comes
+        # after waits for these writes, and one that committed before is seen (the locked row
+        # is re-read), so the condition fails and nothing is written.
+        sql = """
+            WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = $1 FOR SHARE),
+            written AS (
+                INSERT INTO cluster_view (node_id, state, epoch, holder, updated_at)
+                SELECT s.node_id, s.state, $1, $4, clock_timestamp()
+                FROM unnest($2::text[], $3::text[]) AS s (node_id, state) CROSS JOIN f
+                ON CONFLICT (node_id) DO UPDATE
+                SET state = excluded.state, epoch = excluded.epoch, holder = excluded.holder,
+                    updated_at = excluded.updated_at
+                RETURNING 1
+            )
+            SELECT count(*) FROM f"""
+        nodes = [node_id for node_id, _ in states]
+        values = [state for _, state in states]
+        held = await self._read(lambda conn: conn.fetchval(sql, epoch, nodes, values, holder))
+        return bool(held)
+
+    async def cluster_view(self) -> list[NodeStateRecord]:
+        # COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
+        sql = 'SELECT * FROM cluster_view ORDER BY node_id COLLATE "C"'
+        rows = await self._read(lambda conn: conn.fetch(sql))
+        return [_ROWS.node_state(row) for row in rows]
 
     # configuration
 

@@ -151,6 +151,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "cluster_view: the primary coordinator's view of every node's state",
+        (
+            # Written only by the primary, each write conditional on the fence; epoch and
+            # holder say which primary wrote the row.
+            """
+            CREATE TABLE cluster_view (
+                node_id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                epoch BIGINT NOT NULL,
+                holder TEXT NOT NULL,
+                updated_at {ts} NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -30,6 +30,7 @@ from brio.store import schema
 from brio.store._common import (
     TASK_COLUMNS,
     RowDecoder,
+    check_cluster_view,
     check_limit,
     check_messages,
     check_page,
@@ -43,9 +44,11 @@ from brio.store._common import (
 from brio.store.base import (
     JSON,
     AgentRecord,
+    FenceRecord,
     MessageRecord,
     NewTask,
     NodeRecord,
+    NodeStateRecord,
     NotFound,
     SessionRecord,
     StoreError,
@@ -452,10 +455,47 @@ class SQLiteStore:
         sql = "SELECT epoch FROM fence WHERE id = 1"
         return await self._run(lambda conn: int(conn.execute(sql).fetchone()[0]))
 
+    async def fence(self) -> FenceRecord:
+        sql = "SELECT epoch, holder, updated_at FROM fence WHERE id = 1"
+        return _ROWS.fence(await self._run(lambda conn: conn.execute(sql).fetchone()))
+
     async def raise_fence(self, epoch: int, holder: str) -> bool:
         sql = "UPDATE fence SET epoch = ?, holder = ?, updated_at = ? WHERE id = 1 AND epoch < ?"
-        args = (epoch, holder, _now(), epoch)
-        return await self._transaction(lambda conn: conn.execute(sql, args).rowcount == 1)
+
+        def raise_(conn: sqlite3.Connection) -> bool:
+            # The time is read under the write lock, so it orders with the fenced writes.
+            return conn.execute(sql, (epoch, holder, _now(), epoch)).rowcount == 1
+
+        return await self._transaction(raise_)
+
+    async def record_cluster_view(
+        self, epoch: int, holder: str, states: list[tuple[str, str]]
+    ) -> bool:
+        check_cluster_view(epoch, states)
+        sql = (
+            "INSERT INTO cluster_view (node_id, state, epoch, holder, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET state = excluded.state,"
+            " epoch = excluded.epoch, holder = excluded.holder, updated_at = excluded.updated_at"
+        )
+
+        def record(conn: sqlite3.Connection) -> bool:
+            # BEGIN IMMEDIATE holds the write lock from the start, so no raise_fence (from this
+            # store or another process) can land between this check and the writes.
+            current = conn.execute("SELECT epoch FROM fence WHERE id = 1").fetchone()[0]
+            if current != epoch:
+                return False
+            now = _now()
+            conn.executemany(
+                sql, [(node_id, state, epoch, holder, now) for node_id, state in states]
+            )
+            return True
+
+        return await self._transaction(record)
+
+    async def cluster_view(self) -> list[NodeStateRecord]:
+        sql = "SELECT * FROM cluster_view ORDER BY node_id"
+        rows = await self._run(lambda conn: conn.execute(sql).fetchall())
+        return [_ROWS.node_state(row) for row in rows]
 
     # configuration
 

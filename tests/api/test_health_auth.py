@@ -20,7 +20,13 @@ async def test_health_has_the_guide_shape(node: Node) -> None:
     assert body["status"] == "healthy"
     assert body["node_id"] == "test-node"
     assert body["version"] == __version__
-    assert body["mesh"] == {"connected_peers": 0, "last_heartbeat": None}
+    assert body["role"] == "standalone" and body["epoch"] is None  # no lease without a mesh
+    assert body["mesh"] == {
+        "connected_peers": 0,
+        "last_heartbeat": None,
+        "primary": None,
+        "lease_remaining": None,
+    }
     assert body["agents"]["active"] == 0 and body["agents"]["queued"] == 0
     assert (await node.client.get("/health/live")).json() == {"status": "alive"}
     assert (await node.client.get("/health/ready")).json() == {"status": "ready"}

@@ -11,12 +11,9 @@ brings it back.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +28,7 @@ import trio_websocket
 
 from tests.certs import ClusterCerts, make_cluster_certs, tls_config
 from tests.pg import PostgresServer
+from tests.system.cluster import MeshNode, free_port, toml, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -39,109 +37,6 @@ TIMEOUT = 1.0
 THRESHOLD = 3
 IPS = {"coordinator-1": "127.0.0.2", "worker-1": "127.0.0.3", "worker-2": "127.0.0.4"}
 ROLES = {"coordinator-1": "coordinator", "worker-1": "worker", "worker-2": "worker"}
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return str(value)
-
-
-def _toml(tables: dict[str, dict[str, Any]], peers: list[dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]" if name else "")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-        lines.append("")
-    for peer in peers:
-        lines.append("[[mesh.peers]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in peer.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
-@dataclass
-class MeshNode:
-    node_id: str
-    dir: Path
-    config: Path
-    mesh_address: str
-    http_url: str | None
-    proc: subprocess.Popen[bytes] | None = None
-
-    def log(self) -> str:
-        path = self.dir / "node.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"}
-        env.update(HOME=str(self.dir), BRIO_CONFIG=str(self.config))
-        address_file = self.dir / "data" / "mesh-address"
-        address_file.unlink(missing_ok=True)
-        with (self.dir / "node.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "brio", "serve"],
-                cwd=self.dir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.node_id} exited; log:\n{self.log()}")
-            if address_file.exists() and (
-                self.http_url is None or _ready(self.http_url + "/health/ready")
-            ):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{self.node_id} not ready after 30s; log:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def mesh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``brio mesh ARGS`` beside this node, with its config (and so its TLS identity)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_")}
-        done = subprocess.run(
-            [sys.executable, "-m", "brio", "mesh", *args, "--config", str(self.config)],
-            cwd=self.dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"brio mesh {' '.join(args)} failed: {done.stderr}")
-        return done
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        reply = json.loads(self.mesh("status", "--json").stdout)
-        return {p["node_id"] or p["address"]: p for p in reply["peers"]}
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -162,13 +57,13 @@ def cluster(
     base = tmp_path_factory.mktemp("mesh-cluster")
     certs = make_cluster_certs(base / "certs", {n: [ip] for n, ip in IPS.items()})
     database = postgres_server.create_database("mesh_cluster")
-    mesh_ports = {n: _free_port(ip) for n, ip in IPS.items()}
+    mesh_ports = {n: free_port(ip) for n, ip in IPS.items()}
     nodes: dict[str, MeshNode] = {}
     for node_id, ip in IPS.items():
         node_dir = base / node_id
         node_dir.mkdir()
         http = ROLES[node_id] == "coordinator"
-        http_port = _free_port(ip) if http else 0
+        http_port = free_port(ip) if http else 0
         tables: dict[str, dict[str, Any]] = {
             "": {"data_dir": str(node_dir / "data")},
             "server": {"enabled": http, "host": ip, "port": http_port, "shutdown_grace": 2},
@@ -186,6 +81,7 @@ def cluster(
                 "remove_delay": 120,
                 "degraded_latency": 2.0,
             },
+            "mesh.lease": {"lease_duration": 2.0, "election_timeout": [0.3, 0.8]},
             "mesh.access_control": {"coordinator_only_endpoints": ["/api/admin"]},
             "database": {"url": database},
             "logging": {"level": "info"},
@@ -196,7 +92,7 @@ def cluster(
             if other != node_id
         ]
         config = node_dir / "brio.toml"
-        config.write_text(_toml(tables, peers))
+        config.write_text(toml(tables, peers))
         nodes[node_id] = MeshNode(
             node_id,
             node_dir,
@@ -214,18 +110,6 @@ def cluster(
         postgres_server.drop_database("mesh_cluster")
 
 
-def _wait_for(what: str, check: Any, timeout: float, node: MeshNode | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    log = f"\nlog of {node.node_id}:\n{node.log()[-4000:]}" if node else ""
-    raise AssertionError(f"{what} not seen within {timeout}s (last: {last!r}){log}")
-
-
 def test_every_node_sees_the_others_healthy(cluster: Cluster) -> None:
     for node in cluster.nodes.values():
         others = set(IPS) - {node.node_id}
@@ -234,7 +118,7 @@ def test_every_node_sees_the_others_healthy(cluster: Cluster) -> None:
             peers = node.status()
             return set(peers) == others and all(p["status"] == "healthy" for p in peers.values())
 
-        _wait_for(f"{node.node_id}: peers healthy", all_healthy, 20, node)
+        wait_for(f"{node.node_id}: peers healthy", all_healthy, 20, node)
         table = node.mesh("status").stdout
         assert "Node ID" in table and "Latency" in table
         for other in others:
@@ -249,8 +133,16 @@ def test_every_node_sees_the_others_healthy(cluster: Cluster) -> None:
 def test_health_reports_connected_peers(cluster: Cluster) -> None:
     url = cluster.coordinator.http_url
     assert url is not None
-    health = httpx.get(url + "/health", timeout=5).json()
-    assert health["role"] == "coordinator"
+
+    def primary() -> dict[str, Any] | None:
+        health: dict[str, Any] = httpx.get(url + "/health", timeout=5).json()
+        return health if health["role"] == "primary" else None
+
+    # The only coordinator, with the two workers voting, holds the lease.
+    health = wait_for("coordinator-1 primary", primary, 20, cluster.coordinator)
+    assert health["epoch"] >= 1
+    assert health["mesh"]["primary"] == "coordinator-1"
+    assert 0 < health["mesh"]["lease_remaining"] <= 2.0
     assert health["mesh"]["connected_peers"] == 2
     assert health["mesh"]["last_heartbeat"] is not None
 
@@ -358,7 +250,7 @@ def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
     intruder = other.node("intruder")
     _assert_refused(address, cluster.certs.ca.cert, (intruder.cert, intruder.key))
     # the mesh keeps working
-    _wait_for(
+    wait_for(
         "every peer healthy",
         lambda: all(p["status"] == "healthy" for p in cluster.coordinator.status().values()),
         10,
@@ -378,7 +270,7 @@ def test_kill_9_worker_2_is_suspected_then_failed_then_back(cluster: Cluster) ->
     # Missing THRESHOLD heartbeats takes at most THRESHOLD * (interval + timeout); the
     # bound allows the same again for a loaded machine.
     bound = 2 * THRESHOLD * (INTERVAL + TIMEOUT) + 2.0
-    _wait_for(
+    wait_for(
         "worker-2 failed in mesh status",
         lambda: coordinator.status()["worker-2"]["status"] == "failed",
         bound + 10,
@@ -404,7 +296,7 @@ def test_kill_9_worker_2_is_suspected_then_failed_then_back(cluster: Cluster) ->
     assert reply.json()["error"]["code"] == "node_unavailable"
 
     worker.start()
-    back = _wait_for(
+    back = wait_for(
         "worker-2 healthy again",
         lambda: coordinator.status()["worker-2"]["status"] == "healthy",
         20,

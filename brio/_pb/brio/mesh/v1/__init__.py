@@ -9,6 +9,11 @@ __all__ = (
     "Edge",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "LeaseRenewReply",
+    "LeaseRenewRequest",
+    "LeaseStatus",
+    "LeaseVoteReply",
+    "LeaseVoteRequest",
     "Load",
     "MeshAdminBase",
     "MeshAdminStub",
@@ -169,6 +174,188 @@ class HeartbeatResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("brio.mesh.v1", "HeartbeatResponse", HeartbeatResponse)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseRenewReply(betterproto2.Message):
+    term: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    the voter's term
+    """
+
+    voter: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    the voter's node id
+    """
+
+    ok: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    true: the voter promises not to vote for another for a lease
+    """
+
+    round: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    echoes the request
+    """
+
+    voters_digest: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    digest of the voter's voter set
+    """
+
+    reason: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    why not ok, for logs; empty when ok
+    """
+
+
+default_message_pool.register_message("brio.mesh.v1", "LeaseRenewReply", LeaseRenewReply)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseRenewRequest(betterproto2.Message):
+    term: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    the primary's term: its epoch
+    """
+
+    leader: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    the primary's node id
+    """
+
+    round: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    the primary's round counter; the reply echoes it
+    """
+
+    voters_digest: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    digest of the primary's voter set
+    """
+
+
+default_message_pool.register_message("brio.mesh.v1", "LeaseRenewRequest", LeaseRenewRequest)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseStatus(betterproto2.Message):
+    """
+    The answering node's view of the coordinator lease.
+    """
+
+    role: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    "follower", "candidate" or "primary"
+    """
+
+    epoch: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    the node's current term
+    """
+
+    primary: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    the node id it believes is primary; empty: none known
+    """
+
+    lease_remaining: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds left of the primary's lease, or of the promise this node holds to the primary;
+    negative: neither.
+    """
+
+    voters: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    """
+    the voter set, sorted
+    """
+
+    voter: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    whether this node is one of them
+    """
+
+
+default_message_pool.register_message("brio.mesh.v1", "LeaseStatus", LeaseStatus)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseVoteReply(betterproto2.Message):
+    term: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    the voter's term (after a granted vote: the candidate's)
+    """
+
+    voter: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    the voter's node id
+    """
+
+    granted: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    true: this voter backs the candidate in that term
+    """
+
+    pre_vote: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    echoes the request
+    """
+
+    round: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    echoes the request
+    """
+
+    voters_digest: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    digest of the voter's voter set
+    """
+
+    reason: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    why not granted, for logs; empty when granted
+    """
+
+
+default_message_pool.register_message("brio.mesh.v1", "LeaseVoteReply", LeaseVoteReply)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseVoteRequest(betterproto2.Message):
+    """
+    --- the coordinator lease (brio.core.lease) --------------------------------
+
+    Every message carries the sender's voters_digest; a receiver whose own digest differs
+    refuses it (the two nodes disagree on who votes, so their majorities may not overlap).
+    """
+
+    term: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    the term asked for (pre-vote: the one it would ask for)
+    """
+
+    candidate: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    the candidate's node id
+    """
+
+    pre_vote: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    true: "would you vote for me?", nobody's term changes
+    """
+
+    round: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    the candidate's round counter; the reply echoes it
+    """
+
+    voters_digest: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    digest of the candidate's voter set
+    """
+
+
+default_message_pool.register_message("brio.mesh.v1", "LeaseVoteRequest", LeaseVoteRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -470,6 +657,11 @@ class StatusResponse(betterproto2.Message):
 
     peers: "list[PeerStatus]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
+    lease: "LeaseStatus | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    unset when the node runs no lease
+    """
+
 
 default_message_pool.register_message("brio.mesh.v1", "StatusResponse", StatusResponse)
 
@@ -535,6 +727,45 @@ class MeshStub(betterproto2_grpclib.ServiceStub):
             "/brio.mesh.v1.Mesh/Heartbeat",
             message,
             HeartbeatResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def vote(
+        self,
+        message: "LeaseVoteRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "LeaseVoteReply":
+        """
+        Coordinator lease (brio.core.lease): pre-vote and vote, and the primary's renewals.
+        """
+
+        return await self._unary_unary(
+            "/brio.mesh.v1.Mesh/Vote",
+            message,
+            LeaseVoteReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def renew(
+        self,
+        message: "LeaseRenewRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "LeaseRenewReply":
+
+        return await self._unary_unary(
+            "/brio.mesh.v1.Mesh/Renew",
+            message,
+            LeaseRenewReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -694,6 +925,17 @@ class MeshBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def vote(self, message: "LeaseVoteRequest") -> "LeaseVoteReply":
+        """
+        Coordinator lease (brio.core.lease): pre-vote and vote, and the primary's renewals.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def renew(self, message: "LeaseRenewRequest") -> "LeaseRenewReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_call(self, stream: "grpclib.server.Stream[MeshRequest, MeshResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -706,6 +948,22 @@ class MeshBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.heartbeat(request)
+        await stream.send_message(response)
+
+    async def __rpc_vote(
+        self, stream: "grpclib.server.Stream[LeaseVoteRequest, LeaseVoteReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.vote(request)
+        await stream.send_message(response)
+
+    async def __rpc_renew(
+        self, stream: "grpclib.server.Stream[LeaseRenewRequest, LeaseRenewReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.renew(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -721,6 +979,18 @@ class MeshBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 HeartbeatRequest,
                 HeartbeatResponse,
+            ),
+            "/brio.mesh.v1.Mesh/Vote": grpclib.const.Handler(
+                self.__rpc_vote,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LeaseVoteRequest,
+                LeaseVoteReply,
+            ),
+            "/brio.mesh.v1.Mesh/Renew": grpclib.const.Handler(
+                self.__rpc_renew,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LeaseRenewRequest,
+                LeaseRenewReply,
             ),
         }
 

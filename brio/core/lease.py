@@ -1,0 +1,566 @@
+"""The coordinator lease as a pure state machine: who is primary, under which epoch, until when.
+
+Raft's election without its log (Ongaro's thesis §6.4 leases, §9.6 pre-vote), and a lease
+instead of heartbeats alone:
+
+- **Terms only grow.** The term a primary was elected in is its *epoch*, the fencing token the
+  store checks (Kleppmann): a deposed primary's writes carry an old epoch and are refused.
+- **One vote per term, durable.** A granted vote is persisted (``Persist`` comes before the
+  ``Send`` of the reply in the returned actions) so that a restarted voter cannot vote twice.
+- **Promises.** A vote or a renewal acknowledged at local time ``t`` promises the primary that
+  this voter will not vote for anyone else before ``t + lease_duration`` by its own clock. A
+  restarted voter has forgotten its promises, so it waits one lease duration before voting.
+- **The primary's lease** runs to ``round_start + lease_duration * (1 - max_clock_drift)`` once
+  a majority acknowledged the round sent at ``round_start`` (its own clock). Every voter's promise
+  started later and lasts longer, as long as no clock runs faster than another by more than
+  ``max_clock_drift``. It renews every third of the lease.
+- **Pre-vote and check-quorum.** A candidate first asks whether it could win, without bumping any
+  term; a primary whose lease runs out (a majority did not answer in time) steps down.
+
+Voters are a fixed set of node ids (every message carries a digest of it: two majorities of
+different sets may share nobody); candidates are the coordinators. The driver feeds events in
+with the time as ``now`` (monotonic seconds of this node's clock) and carries out the actions in
+the order given. Randomness (the election timeout) comes from a ``random.Random`` passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import assert_never
+
+
+class Role(StrEnum):
+    FOLLOWER = "follower"  # a voter or a standby: follows whichever primary renews it
+    CANDIDATE = "candidate"  # asking for (pre-)votes
+    PRIMARY = "primary"
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    lease_duration: float
+    election_timeout: tuple[float, float]  # a fresh random pick from this range each time
+    max_clock_drift: float  # how much faster one clock may run than another, as a fraction
+
+    def __post_init__(self) -> None:
+        # The config layer explains these to operators; this guards the simulator and tests.
+        low, high = self.election_timeout
+        if not self.lease_duration > 0:
+            raise ValueError(f"lease_duration must be > 0, got {self.lease_duration}")
+        if not 0 < low <= high:
+            raise ValueError(f"election_timeout must be 0 < min <= max, got {low}, {high}")
+        if not 0 <= self.max_clock_drift < 0.5:
+            raise ValueError(f"max_clock_drift must be in [0, 0.5), got {self.max_clock_drift}")
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_duration / 3
+
+
+@dataclass(frozen=True)
+class SafetyKnobs:
+    """Test-only switches, each turning off one safety measure, so that the simulator can show
+    it finds the violation that measure prevents. Production code never passes anything but
+    the defaults."""
+
+    persist_votes: bool = True
+    drift_margin: bool = True
+    restart_wait: bool = True
+    fence_check: bool = True  # read by the simulated store (brio.core.fence)
+
+
+ALL_ON = SafetyKnobs()
+
+
+def voters_digest(voters: Iterable[str]) -> str:
+    """A short digest of a voter set that every node computes the same way."""
+    joined = "\n".join(sorted(set(voters)))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+# messages (the wire form lives in brio/mesh; these are what the core speaks)
+
+
+@dataclass(frozen=True)
+class VoteRequest:
+    term: int  # the term the candidate asks for (for a pre-vote: the one it would ask for)
+    candidate: str
+    pre_vote: bool
+    round: int  # the candidate's round counter; the reply echoes it
+    voters_digest: str
+
+
+@dataclass(frozen=True)
+class VoteReply:
+    term: int  # the voter's term (after granting: the candidate's)
+    voter: str
+    granted: bool
+    pre_vote: bool
+    round: int
+    voters_digest: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RenewRequest:
+    term: int
+    leader: str
+    round: int
+    voters_digest: str
+
+
+@dataclass(frozen=True)
+class RenewReply:
+    term: int
+    voter: str
+    ok: bool
+    round: int
+    voters_digest: str
+    reason: str = ""
+
+
+Message = VoteRequest | VoteReply | RenewRequest | RenewReply
+
+
+# actions (carry them out in order)
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write (term, voted_for) durably before carrying out any later action."""
+
+    term: int
+    voted_for: str | None
+
+
+@dataclass(frozen=True)
+class Send:
+    to: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class BecamePrimary:
+    epoch: int
+    until: float  # local clock
+
+
+@dataclass(frozen=True)
+class LeaseExtended:
+    epoch: int
+    until: float
+
+
+@dataclass(frozen=True)
+class SteppedDown:
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DigestMismatch:
+    """A peer runs with another voter set: refused, and worth a loud log line."""
+
+    peer: str
+    theirs: str
+    ours: str
+
+
+Action = Persist | Send | BecamePrimary | LeaseExtended | SteppedDown | DigestMismatch
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """What survives a restart."""
+
+    term: int
+    voted_for: str | None
+
+
+@dataclass(frozen=True)
+class Status:
+    role: Role
+    epoch: int  # our term
+    primary: str | None  # who we believe is primary (ourselves when PRIMARY)
+    lease_until: float | None  # PRIMARY: our lease; otherwise the promise we hold for primary
+    voter: bool
+
+
+@dataclass
+class _Round:
+    start: float
+    acks: set[str] = field(default_factory=set)
+
+
+class Lease:
+    """One node's side of the lease: voter, candidate (coordinators) or both."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        voters: Iterable[str],
+        peers: Iterable[str] = (),
+        candidate: bool,
+        settings: LeaseSettings,
+        now: float,
+        rng: random.Random,
+        persisted: Persisted | None = None,
+        knobs: SafetyKnobs = ALL_ON,
+    ) -> None:
+        self.node_id = node_id
+        self.voters = frozenset(voters)
+        if not self.voters:
+            raise ValueError("the voter set is empty")
+        # Everyone we talk to: the other voters, plus standby coordinators that are not voters
+        # (they hear renewals so that they know the primary, and they ask voters for votes).
+        self.peers = (self.voters | frozenset(peers)) - {node_id}
+        self.is_candidate = candidate
+        self.is_voter = node_id in self.voters
+        self.settings = settings
+        self.knobs = knobs
+        self.digest = voters_digest(self.voters)
+        self._rng = rng
+        self._now = now
+        self.term = persisted.term if persisted else 0
+        self.voted_for = persisted.voted_for if persisted else None
+        self.role = Role.FOLLOWER
+        self.primary: str | None = None
+        # The promise we hold: not to vote for anyone but promised_to before promise_until.
+        self._promised_to: str | None = None
+        self._promise_until = -math.inf
+        # Every start is treated as a restart: a wiped data dir loses promises too.
+        self._vote_after = now + settings.lease_duration if knobs.restart_wait else now
+        self._round = 0
+        self._rounds: dict[int, _Round] = {}
+        self._pre_votes: set[str] = set()
+        self._lease_until = -math.inf
+        self._next_renew = math.inf
+        self._election_at = self._vote_after + self._timeout()
+
+    # ---------------------------------------------------------------- queries
+
+    @property
+    def majority(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    @property
+    def lease_until(self) -> float | None:
+        return self._lease_until if self.role is Role.PRIMARY else None
+
+    def status(self) -> Status:
+        if self.role is Role.PRIMARY:
+            until: float | None = self._lease_until
+        elif self._promised_to is not None and self._promised_to == self.primary:
+            until = self._promise_until
+        else:
+            until = None
+        return Status(self.role, self.term, self.primary, until, self.is_voter)
+
+    def next_deadline(self) -> float:
+        """When to call ``tick`` next (local clock)."""
+        if self.role is Role.PRIMARY:
+            return min(self._next_renew, self._lease_until)
+        return self._election_at if self.is_candidate else math.inf
+
+    def persisted(self) -> Persisted:
+        return Persisted(self.term, self.voted_for)
+
+    # ---------------------------------------------------------------- events
+
+    def tick(self, now: float) -> list[Action]:
+        now = self._advance(now)
+        if self.role is Role.PRIMARY:
+            if now >= self._lease_until:
+                return self._step_down("lease expired: a majority did not answer in time")
+            if now >= self._next_renew:
+                return self._start_renew_round(now)
+            return []
+        if self.is_candidate and now >= self._election_at:
+            return self._start_pre_vote(now)
+        return []
+
+    def receive(self, now: float, sender: str, message: Message) -> list[Action]:
+        """Handle one message from ``sender`` (the transport's idea of who sent it)."""
+        now = self._advance(now)
+        if message.voters_digest != self.digest:
+            return self._mismatch(sender, message)
+        match message:
+            case VoteRequest():
+                return self._on_vote_request(now, message)
+            case VoteReply():
+                return self._on_vote_reply(now, message)
+            case RenewRequest():
+                return self._on_renew_request(now, message)
+            case RenewReply():
+                return self._on_renew_reply(now, message)
+        assert_never(message)
+
+    def lost_fence(self, now: float, fence_epoch: int) -> list[Action]:
+        """The store's fence is past our epoch: someone newer was primary; stop at once."""
+        self._advance(now)
+        if self.role is not Role.PRIMARY:
+            return []
+        actions = self._step_down(f"the fence is at epoch {fence_epoch}, past ours")
+        if fence_epoch > self.term:
+            actions[:0] = self._adopt_term(fence_epoch)
+        return actions
+
+    # ---------------------------------------------------------------- candidate
+
+    def _start_pre_vote(self, now: float) -> list[Action]:
+        self.role = Role.CANDIDATE
+        self._election_at = now + self._timeout()
+        self._round += 1
+        self._pre_votes = set()
+        proposed = self.term + 1
+        if self.is_voter and self._may_vote(now, self.node_id):
+            self._pre_votes.add(self.node_id)
+        if len(self._pre_votes) >= self.majority:
+            return self._start_election(now)
+        request = VoteRequest(proposed, self.node_id, True, self._round, self.digest)
+        return [Send(peer, request) for peer in sorted(self.voters - {self.node_id})]
+
+    def _start_election(self, now: float) -> list[Action]:
+        self.term += 1
+        self.voted_for = self.node_id if self.is_voter else None
+        self.primary = None
+        self._round += 1
+        self._rounds = {self._round: _Round(now)}
+        actions: list[Action] = self._persist()
+        if self.is_voter:
+            self._promise(self.node_id, now)
+            self._rounds[self._round].acks.add(self.node_id)
+        if len(self._rounds[self._round].acks) >= self.majority:
+            return actions + self._become_primary(now, self._round)
+        request = VoteRequest(self.term, self.node_id, False, self._round, self.digest)
+        actions += [Send(peer, request) for peer in sorted(self.voters - {self.node_id})]
+        return actions
+
+    def _on_vote_reply(self, now: float, reply: VoteReply) -> list[Action]:
+        if reply.voter not in self.voters:
+            return []
+        if reply.term > self.term and not reply.granted:
+            return self._adopt_term(reply.term) + self._follow(None)
+        if self.role is not Role.CANDIDATE or not reply.granted or reply.round != self._round:
+            return []
+        if reply.pre_vote:
+            self._pre_votes.add(reply.voter)
+            if len(self._pre_votes) >= self.majority:
+                return self._start_election(now)
+            return []
+        if reply.term != self.term:
+            return []
+        current = self._rounds.get(reply.round)
+        if current is None:
+            return []
+        current.acks.add(reply.voter)
+        if len(current.acks) >= self.majority:
+            return self._become_primary(now, reply.round)
+        return []
+
+    def _become_primary(self, now: float, round_id: int) -> list[Action]:
+        self.role = Role.PRIMARY
+        self.primary = self.node_id
+        self._lease_until = self._lease_end(self._rounds[round_id].start)
+        self._next_renew = self._rounds[round_id].start + self.settings.renew_interval
+        if now >= self._lease_until:  # acknowledged too late to be of use
+            return self._step_down("the votes came back after the lease they granted")
+        return [BecamePrimary(self.term, self._lease_until)]
+
+    # ---------------------------------------------------------------- primary
+
+    def _start_renew_round(self, now: float) -> list[Action]:
+        self._round += 1
+        self._rounds[self._round] = _Round(now)
+        # Rounds older than a lease can no longer extend it.
+        horizon = now - self.settings.lease_duration
+        self._rounds = {k: r for k, r in self._rounds.items() if r.start >= horizon}
+        self._next_renew = now + self.settings.renew_interval
+        actions: list[Action] = []
+        if self.is_voter:
+            self._promise(self.node_id, now)
+            actions += self._ack(now, self._round, self.node_id)
+        request = RenewRequest(self.term, self.node_id, self._round, self.digest)
+        return actions + [Send(peer, request) for peer in sorted(self.peers)]
+
+    def _on_renew_reply(self, now: float, reply: RenewReply) -> list[Action]:
+        if reply.voter not in self.voters:
+            return []
+        if reply.term > self.term:
+            return self._adopt_term(reply.term) + self._follow(None)
+        if self.role is not Role.PRIMARY or reply.term != self.term or not reply.ok:
+            return []
+        return self._ack(now, reply.round, reply.voter)
+
+    def _ack(self, now: float, round_id: int, voter: str) -> list[Action]:
+        current = self._rounds.get(round_id)
+        if current is None:
+            return []
+        current.acks.add(voter)
+        if len(current.acks) < self.majority:
+            return []
+        until = self._lease_end(current.start)
+        if until <= self._lease_until:
+            return []
+        self._lease_until = until
+        return [LeaseExtended(self.term, until)]
+
+    def _lease_end(self, round_start: float) -> float:
+        duration = self.settings.lease_duration
+        if self.knobs.drift_margin:
+            duration *= 1 - self.settings.max_clock_drift
+        return round_start + duration
+
+    def _step_down(self, reason: str) -> list[Action]:
+        epoch = self.term
+        was_primary = self.role is Role.PRIMARY
+        self.role = Role.FOLLOWER
+        if self.primary == self.node_id:
+            self.primary = None
+        self._lease_until = -math.inf
+        self._next_renew = math.inf
+        self._rounds = {}
+        self._election_at = max(self._now, self._promise_until) + self._timeout()
+        return [SteppedDown(epoch, reason)] if was_primary else []
+
+    # ---------------------------------------------------------------- voter
+
+    def _on_vote_request(self, now: float, request: VoteRequest) -> list[Action]:
+        def reply(granted: bool, reason: str = "") -> VoteReply:
+            return VoteReply(
+                self.term,
+                self.node_id,
+                granted,
+                request.pre_vote,
+                request.round,
+                self.digest,
+                reason,
+            )
+
+        candidate = request.candidate
+        if not self.is_voter:
+            return [Send(candidate, reply(False, "not a voter"))]
+        # Neither refusal below adopts the candidate's term: doing so would depose a primary
+        # that a majority still renews (leader stickiness).
+        if now < self._vote_after:
+            return [Send(candidate, reply(False, "restarted: waiting one lease before voting"))]
+        if not self._may_vote(now, candidate):
+            return [Send(candidate, reply(False, f"promised to {self._promised_to}"))]
+        if request.pre_vote:
+            granted = request.term > self.term
+            return [Send(candidate, reply(granted, "" if granted else "term is stale"))]
+        if request.term < self.term:
+            return [Send(candidate, reply(False, "term is stale"))]
+        actions: list[Action] = []
+        if request.term > self.term:
+            actions += self._adopt_term(request.term)
+            actions += self._follow(None)
+        if self.voted_for not in (None, candidate):
+            return [*actions, Send(candidate, reply(False, f"voted for {self.voted_for}"))]
+        if self.voted_for is None:
+            self.voted_for = candidate
+            actions += self._persist()
+        self._promise(candidate, now)
+        return [*actions, Send(candidate, reply(True))]
+
+    def _on_renew_request(self, now: float, request: RenewRequest) -> list[Action]:
+        def reply(ok: bool, reason: str = "") -> RenewReply:
+            return RenewReply(self.term, self.node_id, ok, request.round, self.digest, reason)
+
+        leader = request.leader
+        if request.term < self.term:
+            return [Send(leader, reply(False, "term is stale"))]
+        actions: list[Action] = []
+        if request.term > self.term:
+            actions += self._adopt_term(request.term)
+        if self.role is not Role.FOLLOWER or self.primary != leader:
+            actions += self._follow(leader)
+        if self.is_voter:
+            self._promise(leader, now)
+        # Standbys that do not vote wait as long as a voter's promise would last.
+        heard_until = now + self.settings.lease_duration
+        self._election_at = max(heard_until, self._vote_after) + self._timeout()
+        if not self.is_voter:
+            return actions  # standbys listen; only voters answer
+        return [*actions, Send(leader, reply(True))]
+
+    def _may_vote(self, now: float, candidate: str) -> bool:
+        if now < self._vote_after:
+            return False
+        return self._promised_to in (None, candidate) or now >= self._promise_until
+
+    def _promise(self, to: str, now: float) -> None:
+        until = now + self.settings.lease_duration
+        if self._promised_to != to or until > self._promise_until:
+            self._promised_to = to
+            self._promise_until = until
+
+    # ---------------------------------------------------------------- shared
+
+    def _adopt_term(self, term: int) -> list[Action]:
+        """Move to a newer term (no vote in it yet); a primary or candidate gives up."""
+        epoch = self.term
+        was_primary = self.role is Role.PRIMARY
+        self.term = term
+        self.voted_for = None
+        actions: list[Action] = []
+        if was_primary:
+            actions.append(SteppedDown(epoch, f"saw the newer term {term}"))
+        if self.role is not Role.FOLLOWER:
+            self.role = Role.FOLLOWER
+            self._lease_until = -math.inf
+            self._next_renew = math.inf
+            self._rounds = {}
+        return self._persist() + actions
+
+    def _follow(self, leader: str | None) -> list[Action]:
+        actions: list[Action] = []
+        if self.role is Role.PRIMARY:  # only reachable with a safety measure switched off
+            actions = self._step_down(f"{leader} renews as primary in our term {self.term}")
+        self.role = Role.FOLLOWER
+        self.primary = leader
+        self._election_at = max(self._now, self._promise_until, self._vote_after) + self._timeout()
+        return actions
+
+    def _persist(self) -> list[Action]:
+        if not self.knobs.persist_votes:
+            return []
+        return [Persist(self.term, self.voted_for)]
+
+    def _mismatch(self, sender: str, message: Message) -> list[Action]:
+        actions: list[Action] = [DigestMismatch(sender, message.voters_digest, self.digest)]
+        match message:
+            case VoteRequest():
+                reason = "voter sets differ"
+                refusal: Message = VoteReply(
+                    self.term,
+                    self.node_id,
+                    False,
+                    message.pre_vote,
+                    message.round,
+                    self.digest,
+                    reason,
+                )
+                actions.append(Send(message.candidate, refusal))
+            case RenewRequest():
+                refusal = RenewReply(
+                    self.term, self.node_id, False, message.round, self.digest, "voter sets differ"
+                )
+                actions.append(Send(message.leader, refusal))
+            case _:
+                pass
+        return actions
+
+    def _advance(self, now: float) -> float:
+        # Time never runs backwards inside the core.
+        self._now = max(self._now, now)
+        return self._now
+
+    def _timeout(self) -> float:
+        low, high = self.settings.election_timeout
+        return self._rng.uniform(low, high)

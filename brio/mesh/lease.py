@@ -1,0 +1,335 @@
+"""The lease driver: moves gRPC messages, time and disk writes in and out of ``brio.core.lease``.
+
+```
+LeaseDriver.run
+├── timer            sleeps until the core's next deadline, then ticks it
+├── one task per     Vote / Renew call to a peer; the reply is fed back to the core
+│   outgoing request
+└── primary          exists only while the core says PRIMARY (brio.mesh.primary), in a cancel
+                     scope whose deadline falls before the lease ends by this node's clock
+```
+
+Incoming ``Vote`` and ``Renew`` requests are handled synchronously (``handle``): the core's
+actions run in order, the vote is written to disk (fsync + rename) before the reply is returned,
+and no other event can slip in between. Time is ``trio.current_time()``, the same monotonic
+clock the cancel scopes use, so the primary's deadline and the core's lease agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from brio.config.model import LeaseConfig
+from brio.core import lease as core
+from brio.mesh import pb
+from brio.mesh.lease_state import load_lease_state, save_lease_state
+from brio.mesh.primary import FenceLost
+from brio.runtime.mesh_view import LeaseView
+
+log = logging.getLogger(__name__)
+
+VOTE = "/brio.mesh.v1.Mesh/Vote"
+RENEW = "/brio.mesh.v1.Mesh/Renew"
+
+#: Primary work stops this long before the lease ends (on top of the drift margin).
+PRIMARY_MARGIN = 0.05
+MISMATCH_LOG_EVERY = 60.0
+
+
+class LeaseTransport(Protocol):
+    async def lease_call(
+        self, node_id: str, path: str, request: Any, reply_type: type[Any], timeout: float
+    ) -> Any:
+        """Call a peer by node id; raise an exception if that is not possible."""
+
+
+def settings_from(config: LeaseConfig) -> core.LeaseSettings:
+    low, high = config.election_timeout
+    return core.LeaseSettings(config.lease_duration, (low, high), config.max_clock_drift)
+
+
+class LeaseDriver:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        config: LeaseConfig,
+        voters: frozenset[str],
+        candidates: frozenset[str],
+        candidate: bool,
+        data_dir: Path,
+        transport: LeaseTransport,
+        primary: Callable[[int], Awaitable[None]] | None,
+        warning: str | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.settings = settings_from(config)
+        self.voters = voters
+        self.candidates = candidates
+        self.is_candidate = candidate
+        self.data_dir = data_dir
+        self.transport = transport
+        self._primary_work = primary
+        self.warning = warning  # about the voter set, logged at start
+        self.core: core.Lease | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._primary_scope: trio.CancelScope | None = None
+        self._mismatch_logged: dict[str, float] = {}
+        self.elections_won = 0
+        self.step_downs = 0
+
+    # --- queries --------------------------------------------------------------------------
+
+    def view(self) -> LeaseView:
+        fallback = "standby" if self.is_candidate else "worker"
+        if self.core is None:
+            return LeaseView(fallback, 0, None, None, self.node_id in self.voters)
+        status = self.core.status()
+        role = "primary" if status.role is core.Role.PRIMARY else fallback
+        remaining = None
+        if status.lease_until is not None:
+            remaining = max(0.0, status.lease_until - trio.current_time())
+        return LeaseView(role, status.epoch, status.primary, remaining, status.voter)
+
+    def status_pb(self) -> pb.LeaseStatus:
+        v = self.view()
+        return pb.LeaseStatus(
+            role=v.role,
+            epoch=v.epoch or 0,
+            primary=v.primary or "",
+            lease_remaining=v.lease_remaining if v.lease_remaining is not None else -1.0,
+            voters=sorted(self.voters),
+            voter=v.voter,
+        )
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.warning:
+            log.warning("lease: %s", self.warning)
+        saved = load_lease_state(self.data_dir)  # a corrupt file stops the start, loudly
+        persisted = core.Persisted(*saved) if saved is not None else None
+        now = trio.current_time()
+        self.core = core.Lease(
+            self.node_id,
+            voters=self.voters,
+            peers=self.candidates,
+            candidate=self.is_candidate,
+            settings=self.settings,
+            now=now,
+            rng=random.Random(),
+            persisted=persisted,
+        )
+        log.info(
+            "lease: %s, voters %s, term %d; no vote for %.1f s after start",
+            "candidate" if self.is_candidate else "voter",
+            ",".join(sorted(self.voters)),
+            self.core.term,
+            self.settings.lease_duration,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    with trio.move_on_at(self.core.next_deadline()):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+                    self._execute(self.core.tick(trio.current_time()))
+        finally:
+            self._nursery = None
+
+    def handle(self, sender: str, message: core.Message) -> core.Message | None:
+        """Feed an incoming request to the core; the reply to return, if any."""
+        if self.core is None:
+            return None
+        return self._execute(self.core.receive(trio.current_time(), sender, message), sender)
+
+    # --- actions --------------------------------------------------------------------------
+
+    def _execute(
+        self, actions: list[core.Action], reply_to: str | None = None
+    ) -> core.Message | None:
+        reply: core.Message | None = None
+        for action in actions:
+            match action:
+                case core.Persist(term, voted_for):
+                    save_lease_state(self.data_dir, term, voted_for)
+                case core.Send(to, message) if to == reply_to and _is_reply(message):
+                    reply = message
+                case core.Send(to, message):
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._send, to, message)
+                case core.BecamePrimary(epoch, until):
+                    self.elections_won += 1
+                    log.warning("lease: primary for epoch %d", epoch)
+                    self._start_primary(epoch, until)
+                case core.LeaseExtended(epoch, until):
+                    self._extend_primary(epoch, until)
+                case core.SteppedDown(epoch, reason):
+                    self.step_downs += 1
+                    log.warning("lease: stepped down from epoch %d: %s", epoch, reason)
+                    if self._primary_scope is not None:
+                        self._primary_scope.cancel()
+                case core.DigestMismatch(peer, theirs, ours):
+                    self._log_mismatch(peer, theirs, ours)
+        self._wake.set()
+        return reply
+
+    def _deadline(self, until: float) -> float:
+        return until - min(PRIMARY_MARGIN * self.settings.lease_duration, 0.5)
+
+    def _start_primary(self, epoch: int, until: float) -> None:
+        if self._nursery is None or self._primary_work is None:
+            return
+        scope = trio.CancelScope(deadline=self._deadline(until))
+        self._primary_scope = scope
+        self._nursery.start_soon(self._run_primary, epoch, scope)
+
+    def _extend_primary(self, epoch: int, until: float) -> None:
+        scope = self._primary_scope
+        if scope is not None and not scope.cancel_called:
+            scope.deadline = self._deadline(until)
+        else:  # the work stopped at its deadline, but a late renewal kept the lease
+            self._start_primary(epoch, until)
+
+    async def _run_primary(self, epoch: int, scope: trio.CancelScope) -> None:
+        assert self._primary_work is not None
+        with scope:
+            try:
+                await self._primary_work(epoch)
+            except* FenceLost as group:
+                exc = group.exceptions[0]
+                assert isinstance(exc, FenceLost)
+                log.warning("lease: fenced out of epoch %d: %s", epoch, exc)
+                if self.core is not None:
+                    self._execute(self.core.lost_fence(trio.current_time(), exc.fence_epoch))
+            except* Exception:
+                # A store outage must not kill the node: stop primary work; the lease
+                # restarts it on the next renewal if we still hold it.
+                log.exception("lease: primary work for epoch %d failed", epoch)
+        if self._primary_scope is scope:
+            scope.cancel()  # marks it finished, so that an extension starts a fresh one
+
+    async def _send(self, to: str, message: core.Message) -> None:
+        path, request, reply_type = _to_pb(message)
+        timeout = self.settings.renew_interval
+        try:
+            answer = await self.transport.lease_call(to, path, request, reply_type, timeout)
+        except Exception as exc:  # unreachable, unknown, refused: the core sees silence
+            log.debug("lease: %s to %s: %s", type(message).__name__, to, exc)
+            return
+        reply = _from_pb(answer)
+        if reply is None or _sender(reply) != to or self.core is None:
+            return
+        self._execute(self.core.receive(trio.current_time(), to, reply))
+
+    def _log_mismatch(self, peer: str, theirs: str, ours: str) -> None:
+        now = trio.current_time()
+        if now - self._mismatch_logged.get(peer, -math.inf) < MISMATCH_LOG_EVERY:
+            return
+        self._mismatch_logged[peer] = now
+        log.error(
+            "lease: %s runs with another voter set (digest %s, ours %s: %s); its lease "
+            "messages are refused. Every node needs the same [mesh.lease] voters.",
+            peer,
+            theirs,
+            ours,
+            ",".join(sorted(self.voters)),
+        )
+
+
+# --- wire form ------------------------------------------------------------------------------
+
+
+def _is_reply(message: core.Message) -> bool:
+    return isinstance(message, core.VoteReply | core.RenewReply)
+
+
+def _sender(message: core.Message) -> str:
+    match message:
+        case core.VoteRequest():
+            return message.candidate
+        case core.RenewRequest():
+            return message.leader
+        case core.VoteReply() | core.RenewReply():
+            return message.voter
+
+
+def _to_pb(message: core.Message) -> tuple[str, Any, type[Any]]:
+    match message:
+        case core.VoteRequest():
+            request = pb.LeaseVoteRequest(
+                term=message.term,
+                candidate=message.candidate,
+                pre_vote=message.pre_vote,
+                round=message.round,
+                voters_digest=message.voters_digest,
+            )
+            return VOTE, request, pb.LeaseVoteReply
+        case core.RenewRequest():
+            renew = pb.LeaseRenewRequest(
+                term=message.term,
+                leader=message.leader,
+                round=message.round,
+                voters_digest=message.voters_digest,
+            )
+            return RENEW, renew, pb.LeaseRenewReply
+    raise TypeError(f"{type(message).__name__} is not a request")
+
+
+def vote_request_from(m: pb.LeaseVoteRequest) -> core.VoteRequest:
+    return core.VoteRequest(m.term, m.candidate, m.pre_vote, m.round, m.voters_digest)
+
+
+def renew_request_from(m: pb.LeaseRenewRequest) -> core.RenewRequest:
+    return core.RenewRequest(m.term, m.leader, m.round, m.voters_digest)
+
+
+def vote_reply_pb(m: core.VoteReply) -> pb.LeaseVoteReply:
+    return pb.LeaseVoteReply(
+        term=m.term,
+        voter=m.voter,
+        granted=m.granted,
+        pre_vote=m.pre_vote,
+        round=m.round,
+        voters_digest=m.voters_digest,
+        reason=m.reason,
+    )
+
+
+def renew_reply_pb(m: core.RenewReply) -> pb.LeaseRenewReply:
+    return pb.LeaseRenewReply(
+        term=m.term,
+        voter=m.voter,
+        ok=m.ok,
+        round=m.round,
+        voters_digest=m.voters_digest,
+        reason=m.reason,
+    )
+
+
+def _from_pb(answer: Any) -> core.Message | None:
+    if isinstance(answer, pb.LeaseVoteReply):
+        return core.VoteReply(
+            answer.term,
+            answer.voter,
+            answer.granted,
+            answer.pre_vote,
+            answer.round,
+            answer.voters_digest,
+            answer.reason,
+        )
+    if isinstance(answer, pb.LeaseRenewReply):
+        return core.RenewReply(
+            answer.term, answer.voter, answer.ok, answer.round, answer.voters_digest, answer.reason
+        )
+    return None

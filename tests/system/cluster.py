@@ -1,0 +1,131 @@
+"""Helpers for tests that run real ``python -m brio serve`` processes as a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def toml(tables: dict[str, dict[str, Any]], peers: list[dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]" if name else "")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    for peer in peers:
+        lines.append("[[mesh.peers]]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in peer.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class MeshNode:
+    node_id: str
+    dir: Path
+    config: Path
+    mesh_address: str
+    http_url: str | None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def log(self) -> str:
+        path = self.dir / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"}
+        env.update(HOME=str(self.dir), BRIO_CONFIG=str(self.config))
+        address_file = self.dir / "data" / "mesh-address"
+        address_file.unlink(missing_ok=True)
+        with (self.dir / "node.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "brio", "serve"],
+                cwd=self.dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.node_id} exited; log:\n{self.log()}")
+            if address_file.exists() and (
+                self.http_url is None or ready(self.http_url + "/health/ready")
+            ):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{self.node_id} not ready after 30s; log:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def mesh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``brio mesh ARGS`` beside this node, with its config (and so its TLS identity)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "brio", "mesh", *args, "--config", str(self.config)],
+            cwd=self.dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"brio mesh {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        reply = json.loads(self.mesh("status", "--json").stdout)
+        return {p["node_id"] or p["address"]: p for p in reply["peers"]}
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(what: str, check: Any, timeout: float, node: MeshNode | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    log = f"\nlog of {node.node_id}:\n{node.log()[-4000:]}" if node else ""
+    raise AssertionError(f"{what} not seen within {timeout}s (last: {last!r}){log}")
