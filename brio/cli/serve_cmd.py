@@ -15,6 +15,7 @@ from brio.config.errors import ConfigError
 from brio.config.load import load_config
 from brio.exc import leaves
 from brio.logs import setup_logging
+from brio.mesh.lease_state import LeaseStateError
 from brio.mesh.tls import TLSSetupError
 from brio.runtime.node import run_node
 from brio.store.base import StoreError
@@ -69,7 +70,7 @@ async def _serve(config_path: str | None) -> None:
         nursery.cancel_scope.cancel()
 
 
-_EXPECTED = (ConfigError, StoreError, OSError, TLSSetupError)
+_EXPECTED = (ConfigError, StoreError, OSError, TLSSetupError, LeaseStateError)
 
 
 def _describe(exc: BaseException) -> str:

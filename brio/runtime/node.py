@@ -34,6 +34,7 @@ from brio.config.model import BrioConfig
 from brio.exc import leaves
 from brio.mesh.handlers import MeshHandlers
 from brio.mesh.node import MeshNode
+from brio.mesh.lease_state import load_lease_state
 from brio.mesh.tls import check_files
 from brio.runtime.data_dir import MESH_ADDRESS_FILE, locked_data_dir
 from brio.runtime.data_dir import node_id as remembered_node_id
@@ -114,6 +115,7 @@ async def _run(
     node_id = config.mesh.node_id
     if config.mesh.enabled:
         check_files(config.mesh.tls)  # a bad certificate fails the start, before anything runs
+        load_lease_state(config.data_dir)  # and so does a corrupt lease-state file
     async with aio.open_loop():
         store = await open_store(
             config.database_url, max_connections=config.database.max_connections

@@ -83,3 +83,20 @@ def test_two_nodes_on_one_data_dir(tmp_path: Path) -> None:
     assert second.returncode == 1
     assert "is in use by another brio process" in second.stderr
     assert f"(pid {first.proc.pid})" in second.stderr
+
+
+def test_corrupt_lease_state_stops_a_mesh_node(tmp_path: Path) -> None:
+    # Starting over at term 0 could let the node vote twice in one term: refuse instead.
+    state = tmp_path / "data" / "lease-state.json"
+    state.parent.mkdir()
+    state.write_text('{"version": 1, "term": "seven"')
+    env = {
+        "BRIO_DATA_DIR": str(tmp_path / "data"),
+        "BRIO_SERVER__PORT": str(free_port()),
+        "BRIO_MESH__ENABLED": "true",
+        "BRIO_MESH__LISTEN_ADDR": "127.0.0.1:0",
+    }
+    done = serve(tmp_path, env)
+    assert done.returncode == 1
+    assert str(state) in done.stderr
+    assert "Traceback" not in done.stderr
