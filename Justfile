@@ -36,3 +36,7 @@ proto:
 
 # what CI runs: lint, then every test
 ci: lint test
+
+# the simulator's long run: 10,000 seeds of mixed faults, every safety measure on (docs/simulator.md)
+chaos *ARGS:
+    {{venv}}/python -m sim --seeds 10000 --progress {{ARGS}}

@@ -326,13 +326,16 @@ class Lease:
         return [Send(peer, request) for peer in sorted(self.voters - {self.node_id})]
 
     def _start_election(self, now: float) -> list[Action]:
+        # Our own vote only if no promise to another stands in the way: a vote we granted
+        # while campaigning binds us like anyone else's.
+        self_vote = self.is_voter and self._may_vote(now, self.node_id)
         self.term += 1
-        self.voted_for = self.node_id if self.is_voter else None
+        self.voted_for = self.node_id if self_vote else None
         self.primary = None
         self._round += 1
         self._rounds = {self._round: _Round(now)}
         actions: list[Action] = self._persist()
-        if self.is_voter:
+        if self_vote:
             self._promise(self.node_id, now)
             self._rounds[self._round].acks.add(self.node_id)
         if len(self._rounds[self._round].acks) >= self.majority:
@@ -466,6 +469,7 @@ class Lease:
             self.voted_for = candidate
             actions += self._persist()
         self._promise(candidate, now)
+        actions += self._follow(None)  # stop campaigning: we just promised someone else
         return [*actions, Send(candidate, reply(True))]
 
     def _on_renew_request(self, now: float, request: RenewRequest) -> list[Action]:

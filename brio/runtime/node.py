@@ -33,8 +33,8 @@ from brio.api.app import ApiDeps, create_app
 from brio.config.model import BrioConfig
 from brio.exc import leaves
 from brio.mesh.handlers import MeshHandlers
-from brio.mesh.node import MeshNode
 from brio.mesh.lease_state import load_lease_state
+from brio.mesh.node import MeshNode
 from brio.mesh.tls import check_files
 from brio.runtime.data_dir import MESH_ADDRESS_FILE, locked_data_dir
 from brio.runtime.data_dir import node_id as remembered_node_id

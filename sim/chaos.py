@@ -1,0 +1,252 @@
+"""Carrying out a fault schedule: each episode's start does the damage, its end undoes it.
+
+The choices an episode makes when it starts (whom to cut off, how lossy, which clock runs
+slow) come from the seed's fault stream. The current primary is the favourite target: faults
+that hit it are the ones that exercise failover and stale beliefs. At the heal, every fault
+ends at once and the undo of an episode still running does nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from sim.config import Fault
+from sim.faults import Episode
+from sim.network import Impairment, Link
+from sim.node import STORE, SimNode
+
+if TYPE_CHECKING:
+    from sim.world import World
+
+Undo = Callable[[], None]
+
+
+class Chaos:
+    def __init__(self, world: World, rng: random.Random) -> None:
+        self._world = world
+        self._rng = rng
+        self.counts: Counter[str] = Counter()
+        self._healed = False
+        self._drifts: list[dict[str, float]] = []  # active clock-rate overrides, newest last
+
+    def schedule(self, episodes: list[Episode]) -> None:
+        for episode in episodes:
+            self._world.loop.at(episode.start, partial(self._begin, episode))
+
+    def _begin(self, episode: Episode) -> None:
+        if self._healed:
+            return
+        self.counts[episode.kind] += 1
+        undo = self._start(episode)
+        self._world.loop.at(episode.end, partial(self._end, undo))
+
+    def _end(self, undo: Undo) -> None:
+        if not self._healed:
+            undo()
+
+    def heal(self) -> None:
+        """Every fault ends: full connectivity, clocks within the bound, everyone up."""
+        world = self._world
+        self._healed = True
+        world.note("chaos", "heal: every fault ends")
+        world.network.heal()
+        self._drifts.clear()
+        self._set_rates()
+        for node in world.nodes.values():
+            node.pause_armed = None
+            if node.paused:
+                world.wake(node)
+            if not node.up:
+                self._restart(node)
+
+    # ---------------------------------------------------------------- choices
+
+    def _names(self) -> list[str]:
+        return list(self._world.config.node_ids)
+
+    def _victim(self, prefer_primary: float = 1.0) -> SimNode:
+        """The current primary (with this probability, if there is one), else anyone up."""
+        world = self._world
+        primary = world.current_primary()
+        if primary is not None and self._rng.random() < prefer_primary:
+            return primary
+        up = [n for n in world.nodes.values() if n.up] or list(world.nodes.values())
+        return self._rng.choice(up)
+
+    def _split(self) -> tuple[list[str], list[str], list[str]]:
+        """Two sides and, half the time, bridges: nodes that still reach both sides (a partial
+        partition, where a node may hear a majority that the other side cannot)."""
+        names = self._names()
+        self._rng.shuffle(names)
+        n = len(names)
+        a = self._rng.randint(1, n - 1)
+        b = self._rng.randint(1, n - a) if self._rng.random() < 0.5 else n - a
+        return sorted(names[:a]), sorted(names[a : a + b]), sorted(names[a + b :])
+
+    @staticmethod
+    def _shown(a: list[str], b: list[str], bridges: list[str]) -> str:
+        return f"{a} | {b}" + (f", bridged by {bridges}" if bridges else "")
+
+    # ---------------------------------------------------------------- episodes
+
+    def _start(self, episode: Episode) -> Undo:
+        match episode.kind:
+            case Fault.LOSS | Fault.DUP | Fault.REORDER | Fault.DELAY:
+                return self._impair(episode.kind)
+            case Fault.PARTITION:
+                a, b, bridges = self._split()
+                shown = self._shown(a, b, bridges)
+                return self._cut(f"partition {shown}", _links(a, b) + _links(b, a))
+            case Fault.ONEWAY:
+                a, b, bridges = self._split()
+                return self._cut(f"one-way cut {self._shown(a, b, bridges)}", _links(a, b))
+            case Fault.ISOLATE:
+                victim = self._victim()
+                rest = [n for n in self._names() if n != victim.name]
+                links = _links([victim.name], rest) + _links(rest, [victim.name])
+                return self._cut(f"isolate {victim.name}", links)
+            case Fault.DRIFT | Fault.DRIFT_BEYOND:
+                return self._drift(episode.kind)
+            case Fault.CRASH:
+                return self._crash(self._victim(prefer_primary=0.5))
+            case Fault.PAUSE:
+                return self._pause(self._victim(prefer_primary=0.6), episode)
+
+    def _impair(self, kind: Fault) -> Undo:
+        rng, world = self._rng, self._world
+        names = self._names()
+        endpoints = set(rng.sample(names, rng.randint(1, len(names))))
+        if rng.random() < 0.3:
+            endpoints.add(STORE)
+        touched = frozenset(endpoints)
+        match kind:
+            case Fault.LOSS:
+                imp = Impairment(touched, loss=rng.uniform(0.05, 0.5))
+                what = f"loss {imp.loss:.0%}"
+            case Fault.DUP:
+                imp = Impairment(touched, dup=rng.uniform(0.05, 0.3))
+                what = f"duplication {imp.dup:.0%}"
+            case Fault.REORDER:
+                imp = Impairment(
+                    touched, reorder=rng.uniform(0.2, 0.6), reorder_max=rng.uniform(0.02, 0.3)
+                )
+                what = f"reordering {imp.reorder:.0%} up to {imp.reorder_max * 1000:.0f} ms"
+            case _:
+                imp = Impairment(
+                    touched,
+                    delay=rng.uniform(0.1, 0.5),
+                    delay_min=0.2,
+                    delay_max=rng.uniform(0.5, 3.0),
+                )
+                what = f"long delays {imp.delay:.0%} of {imp.delay_min}-{imp.delay_max:.2f} s"
+        world.note("chaos", f"{what} on links of {sorted(touched)}")
+        world.network.impair(imp)
+
+        def undo() -> None:
+            world.network.restore(imp)
+            world.note("chaos", f"{what} on links of {sorted(touched)} ends")
+
+        return undo
+
+    def _cut(self, what: str, links: list[Link]) -> Undo:
+        """Cut ``links``; a primary left without a majority both ways counts as lost."""
+        world = self._world
+        world.note("chaos", what)
+        world.network.cut(links)
+        primary = world.current_primary()
+        if primary is not None:
+            net, me = world.network, primary.name
+            both = [
+                n
+                for n in self._names()
+                if n == me or (net.connected(me, n) and net.connected(n, me))
+            ]
+            if len(both) < len(world.nodes) // 2 + 1:
+                world.lose_primary(primary)
+
+        def undo() -> None:
+            world.network.mend(links)
+            world.note("chaos", f"{what}: mended")
+
+        return undo
+
+    def _drift(self, kind: Fault) -> Undo:
+        world, rng = self._world, self._rng
+        eps = world.config.max_clock_drift
+        victim = self._victim().name
+        if kind is Fault.DRIFT:
+            spread = world.config.rate_spread  # at the very edge of the bound
+        else:
+            ratio = rng.uniform(1.25, 1.6) / (1 - eps)  # well past it
+            spread = (ratio - 1) / (ratio + 1)
+        if kind is Fault.DRIFT and rng.random() < 0.5:
+            rates = {n: rng.choice((1 - spread, 1 + spread)) for n in self._names()}
+        else:  # the worst case: the primary's clock slow, everyone else's fast
+            rates = {n: 1 + spread for n in self._names()}
+            rates[victim] = 1 - spread
+        shown = ", ".join(f"{n} {r:.4f}" for n, r in rates.items())
+        world.note("chaos", f"{kind}: clock rates {shown}")
+        self._drifts.append(rates)
+        self._set_rates()
+
+        def undo() -> None:
+            self._drifts.remove(rates)
+            self._set_rates()
+            world.note("chaos", f"{kind} ends")
+
+        return undo
+
+    def _set_rates(self) -> None:
+        world = self._world
+        rates = self._drifts[-1] if self._drifts else world.base_rates
+        for name, node in world.nodes.items():
+            if node.clock.rate != rates[name]:
+                node.clock.set_rate(world.loop.now, rates[name])
+                node.retime()
+
+    def _crash(self, victim: SimNode) -> Undo:
+        world = self._world
+        if not victim.up:
+            return _nothing
+        world.lose_primary(victim)
+        victim.crash()
+        world.note(victim.name, "crashes")
+
+        def undo() -> None:
+            if not victim.up:
+                self._restart(victim)
+
+        return undo
+
+    def _restart(self, node: SimNode) -> None:
+        kept = node.persisted
+        shown = f"term {kept.term}, vote {kept.voted_for}" if kept else "nothing"
+        self._world.note(node.name, f"restarts with {shown} persisted")
+        node.start()
+
+    def _pause(self, victim: SimNode, episode: Episode) -> Undo:
+        world = self._world
+        duration = episode.end - episode.start
+        if victim.fenced and self._rng.random() < 0.6:
+            # Freeze it right between deciding to write and sending the write.
+            victim.pause_armed = duration
+            world.note(victim.name, f"will freeze for {duration:.3f} s at its next write")
+
+            def disarm() -> None:
+                victim.pause_armed = None
+
+            return disarm
+        world.pause(victim, duration)
+        return _nothing
+
+
+def _links(sources: list[str], targets: list[str]) -> list[Link]:
+    return [(a, b) for a in sources for b in targets]
+
+
+def _nothing() -> None:
+    pass

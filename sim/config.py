@@ -1,0 +1,145 @@
+"""What one simulation run is made of: the cluster, the protocol settings and the faults.
+
+A ``SimConfig`` is everything that, together with a seed, decides a run: two runs with equal
+configs and seeds replay the same trace. The CLI builds it from flags and turns it back into
+flags for the replay command, so every field here has a flag.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from brio.core.lease import LeaseSettings, SafetyKnobs
+from brio.core.membership import DetectorSettings
+
+
+class Fault(StrEnum):
+    LOSS = "loss"  # messages dropped on some links
+    DUP = "dup"  # messages delivered twice (a retried call)
+    REORDER = "reorder"  # extra random delay, so later messages overtake earlier ones
+    DELAY = "delay"  # long delays, often past the caller's RPC timeout
+    PARTITION = "partition"  # the nodes split in two groups, both directions cut
+    ONEWAY = "oneway"  # links from one group to the other cut, the way back open
+    ISOLATE = "isolate"  # the current primary cut off from every other node
+    DRIFT = "drift"  # clock rates at the very edges of the max_clock_drift bound
+    DRIFT_BEYOND = "drift-beyond"  # clock rates further apart than the bound allows
+    CRASH = "crash"  # a node dies (memory lost, persisted vote kept) and restarts later
+    PAUSE = "pause"  # a node stops (GC, SIGSTOP) while time goes on, then acts on stale beliefs
+
+
+#: ``drift-beyond`` breaks the protocol's stated assumption, so it is only run when asked.
+DEFAULT_FAULTS: tuple[Fault, ...] = tuple(f for f in Fault if f is not Fault.DRIFT_BEYOND)
+
+
+class Unsafe(StrEnum):
+    """The test-only switches of ``brio.core.lease.SafetyKnobs``, as the CLI names them."""
+
+    NO_VOTE_PERSISTENCE = "no-vote-persistence"
+    NO_DRIFT_MARGIN = "no-drift-margin"
+    NO_RESTART_WAIT = "no-restart-wait"
+    NO_FENCE_CHECK = "no-fence-check"
+
+
+def knobs_for(unsafe: frozenset[Unsafe]) -> SafetyKnobs:
+    return SafetyKnobs(
+        persist_votes=Unsafe.NO_VOTE_PERSISTENCE not in unsafe,
+        drift_margin=Unsafe.NO_DRIFT_MARGIN not in unsafe,
+        restart_wait=Unsafe.NO_RESTART_WAIT not in unsafe,
+        fence_check=Unsafe.NO_FENCE_CHECK not in unsafe,
+    )
+
+
+# Production's failure detector runs every 30 s; the simulator runs it 30 times faster so that
+# a two-minute run sees peers fail and come back many times. The degraded threshold is a
+# network property, not a timing, so it stays as in production.
+DETECTOR = DetectorSettings(
+    heartbeat_interval=1.0,
+    heartbeat_timeout=0.4,
+    suspicion_threshold=3,
+    auto_remove_failed=True,
+    remove_delay=10.0,
+    degraded_latency=0.25,
+)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    nodes: int = 5
+    coordinators: int = 3
+    duration: float = 120.0  # simulated seconds, the fault-free heal window included
+    faults: tuple[Fault, ...] = DEFAULT_FAULTS
+    lease_duration: float = 5.0
+    election_timeout: tuple[float, float] = (1.0, 2.5)
+    max_clock_drift: float = 0.05
+    unsafe: frozenset[Unsafe] = field(default_factory=frozenset)
+
+    @property
+    def lease(self) -> LeaseSettings:
+        return LeaseSettings(self.lease_duration, self.election_timeout, self.max_clock_drift)
+
+    @property
+    def knobs(self) -> SafetyKnobs:
+        return knobs_for(self.unsafe)
+
+    @property
+    def detector(self) -> DetectorSettings:
+        return DETECTOR
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        """``c1..cK`` are the candidates (coordinators), ``w1..`` the other voters."""
+        coordinators = [f"c{i}" for i in range(1, self.coordinators + 1)]
+        workers = [f"w{i}" for i in range(1, self.nodes - self.coordinators + 1)]
+        return (*coordinators, *workers)
+
+    @property
+    def rpc_timeout(self) -> float:
+        """The lease driver's unary call timeout: a reply after it is dropped."""
+        return self.lease_duration / 3
+
+    @property
+    def write_interval(self) -> float:
+        """How often the primary's work writes to the store."""
+        return self.lease.renew_interval / 2
+
+    @property
+    def write_margin(self) -> float:
+        """The primary stops writing this long (local clock) before its lease ends, as the
+        driver's ``primary`` nursery has its cancel deadline before the lease runs out
+        (``brio.mesh.lease``: 5 % of the lease, at most half a second)."""
+        return min(0.05 * self.lease_duration, 0.5)
+
+    @property
+    def rate_spread(self) -> float:
+        """δ such that clock rates in [1-δ, 1+δ] keep max/min rate within 1/(1-ε)."""
+        eps = self.max_clock_drift
+        return eps / (2 - eps)
+
+    @property
+    def primary_bound(self) -> float:
+        """After the faults heal, a primary must have raised the fence within this long.
+
+        Stale promises and restarted voters' waits take up to one lease, a candidate's timer
+        can stand a lease plus a timeout further out, and split votes or an unlucky pre-vote
+        cost a few more timeouts; all by local clocks, which may run slow by δ.
+        """
+        high = self.election_timeout[1]
+        local = 2 * self.lease_duration + 3 * high
+        return local / (1 - self.rate_spread) + 1.0
+
+    @property
+    def membership_bound(self) -> float:
+        """After the faults heal, every node must see every other healthy within this long:
+        one probe round plus a few answers to pull a smoothed latency back under the limit."""
+        return 5 * DETECTOR.heartbeat_interval / (1 - self.rate_spread) + 1.0
+
+    @property
+    def heal_window(self) -> float:
+        """The fault-free, fully connected tail of every run, where liveness is checked."""
+        return math.ceil(max(self.primary_bound, self.membership_bound) + 2.0)
+
+    @property
+    def fault_end(self) -> float:
+        return self.duration - self.heal_window

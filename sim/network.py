@@ -1,0 +1,125 @@
+"""The simulated network: per-link latency, and the faults that are active right now.
+
+Every message goes through ``transit``, which answers how long each delivered copy takes (none
+when it is lost or the link is cut). Impairments (loss, duplication, reordering, long delays)
+apply to the links touching a chosen set of endpoints; cuts (partitions) only ever apply
+between nodes, never to the store, as the database is reached by another path.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+Link = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """One active network fault: what it does, and which endpoints' links it touches."""
+
+    endpoints: frozenset[str]
+    loss: float = 0.0  # probability a copy is dropped
+    dup: float = 0.0  # probability of a second copy
+    reorder: float = 0.0  # probability of an extra delay in [0, reorder_max]
+    reorder_max: float = 0.0
+    delay: float = 0.0  # probability of a long delay in [delay_min, delay_max]
+    delay_min: float = 0.0
+    delay_max: float = 0.0
+
+
+@dataclass
+class _LinkState:
+    base: float  # this link's usual one-way latency, seconds
+    loss: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    reorder_max: float = 0.0
+    delay: float = 0.0
+    delay_min: float = 0.0
+    delay_max: float = 0.0
+
+
+#: Usual one-way latency range of a link, and the mean of the jitter on top of it.
+BASE_LATENCY = (0.001, 0.020)
+JITTER = 0.001
+
+
+class Network:
+    def __init__(self, endpoints: list[str], rng: random.Random) -> None:
+        self._rng = rng
+        self._links = {
+            (a, b): _LinkState(rng.uniform(*BASE_LATENCY))
+            for a in endpoints
+            for b in endpoints
+            if a != b
+        }
+        self._cuts: Counter[Link] = Counter()  # a link is cut while any partition cuts it
+        self._impairments: list[Impairment] = []
+
+    def transit(self, src: str, dst: str) -> list[float]:
+        """The delay of each copy of one message from ``src`` to ``dst`` that arrives."""
+        if self._cuts[(src, dst)]:
+            return []
+        link = self._links[(src, dst)]
+        rng = self._rng
+        if link.loss and rng.random() < link.loss:
+            return []
+        delay = link.base + rng.expovariate(1 / JITTER)
+        if link.reorder and rng.random() < link.reorder:
+            delay += rng.uniform(0.0, link.reorder_max)
+        if link.delay and rng.random() < link.delay:
+            delay += rng.uniform(link.delay_min, link.delay_max)
+        if link.dup and rng.random() < link.dup:
+            return [delay, delay + rng.uniform(0.0, 0.05)]
+        return [delay]
+
+    # -- partitions -------------------------------------------------------------------------
+
+    def cut(self, links: list[Link]) -> None:
+        self._cuts.update(links)
+
+    def mend(self, links: list[Link]) -> None:
+        self._cuts.subtract(links)
+
+    def connected(self, src: str, dst: str) -> bool:
+        return not self._cuts[(src, dst)]
+
+    # -- impairments ------------------------------------------------------------------------
+
+    def impair(self, impairment: Impairment) -> None:
+        self._impairments.append(impairment)
+        self._recompute()
+
+    def restore(self, impairment: Impairment) -> None:
+        self._impairments.remove(impairment)
+        self._recompute()
+
+    def heal(self) -> None:
+        """Every fault over: no cuts, no impairments."""
+        self._cuts.clear()
+        self._impairments.clear()
+        self._recompute()
+
+    def _recompute(self) -> None:
+        # Overlapping faults combine: independent losses multiply, the worst delay wins.
+        for (src, dst), link in self._links.items():
+            keep = 1.0
+            single = 1.0
+            link.reorder = link.reorder_max = link.delay = link.delay_min = link.delay_max = 0.0
+            for imp in self._impairments:
+                if src not in imp.endpoints and dst not in imp.endpoints:
+                    continue
+                keep *= 1 - imp.loss
+                single *= 1 - imp.dup
+                if imp.reorder > link.reorder:
+                    link.reorder, link.reorder_max = imp.reorder, imp.reorder_max
+                if imp.delay > link.delay:
+                    link.delay, link.delay_min, link.delay_max = (
+                        imp.delay,
+                        imp.delay_min,
+                        imp.delay_max,
+                    )
+            link.loss = 1 - keep
+            link.dup = 1 - single

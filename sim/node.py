@@ -1,0 +1,417 @@
+"""One simulated node: the driver around the real ``Lease`` and ``Membership`` cores.
+
+It does what the production driver does, with the world standing in for gRPC, trio and the
+database: it feeds the cores its *local* time, carries out the lease's actions in the order
+given (``Persist`` before any later ``Send``), answers and sends heartbeats, and, while
+primary, raises the fence and then writes under its epoch. It also knows how to crash (all
+in-memory state gone, the last persisted vote kept) and how to be paused (events for it are
+held by the world while time goes on).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
+
+from brio.core.lease import (
+    Action,
+    BecamePrimary,
+    DigestMismatch,
+    Lease,
+    LeaseExtended,
+    Message,
+    Persist,
+    Persisted,
+    RenewReply,
+    Role,
+    Send,
+    SteppedDown,
+    VoteReply,
+)
+from brio.core.membership import Membership, NodeFacts, StateChanged
+from sim.clock import Clock
+from sim.config import SimConfig
+from sim.loop import EventLoop
+from sim.store import Answer
+from sim.wire import (
+    FencedWrite,
+    Heartbeat,
+    HeartbeatReply,
+    RaiseFence,
+    Reply,
+    Request,
+    describe,
+)
+
+STORE = "store"
+#: Time between a primary deciding to write and the write leaving: a pause may fall in it.
+WRITE_PREP = (0.0001, 0.002)
+
+
+def address(node: str) -> str:
+    return f"{node}:50051"
+
+
+class Host(Protocol):
+    """What a node needs from the world around it."""
+
+    loop: EventLoop
+    config: SimConfig
+
+    def note(self, who: str, text: str) -> None: ...
+
+    def call(
+        self,
+        src: SimNode,
+        dst: str,
+        request: Request,
+        *,
+        timeout: float,
+        on_reply: Callable[[Reply], None],
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None: ...
+
+    def lease_changed(self, node: SimNode) -> None: ...
+
+    def voted(self, voter: str, term: int, candidate: str) -> None: ...
+
+    def became_primary(self, node: SimNode, epoch: int) -> None: ...
+
+    def extended(self, node: SimNode, epoch: int, until: float) -> None: ...
+
+    def pause(self, node: SimNode, duration: float) -> None: ...
+
+
+class SimNode:
+    def __init__(
+        self, host: Host, name: str, *, coordinator: bool, clock: Clock, seed: int
+    ) -> None:
+        self.host = host
+        self.name = name
+        self.coordinator = coordinator
+        self.clock = clock
+        self._seed = seed
+        self.facts = NodeFacts(
+            node_id=name,
+            role="coordinator" if coordinator else "worker",
+            address=address(name),
+            version="sim",
+            agents=(),
+            active=0,
+            queued=0,
+            max_agents=4,
+            draining=False,
+        )
+        # What survives a crash.
+        self.persisted: Persisted | None = None
+        self.incarnation = 0
+        self._token = 0
+        # What a crash wipes (set by start).
+        self.up = False
+        self.paused = False
+        self.pause_token = 0  # tells a pause's own wake-up from an older one's
+        self.held: list[Callable[[], None]] = []
+        self.pause_armed: float | None = None  # pause for this long at the next write decision
+        self.timers: dict[str, tuple[float, int, Callable[[], None]]] = {}
+        self.open_calls: set[int] = set()
+        self.lease: Lease | None = None
+        self.membership: Membership | None = None
+        self.work_epoch: int | None = None  # the epoch of the primary work running, if any
+        self.fenced = False  # that work raised the fence
+        self._writes = 0
+        self._vote_seen: tuple[int, str | None] = (0, None)
+        self._rng = random.Random()
+
+    # ---------------------------------------------------------------- time and timers
+
+    def local(self) -> float:
+        return self.clock.local(self.host.loop.now)
+
+    def set_timer(self, key: str, deadline: float, fire: Callable[[], None]) -> None:
+        """Call ``fire`` once this node's clock reads ``deadline``; replaces ``key``'s timer."""
+        self._token += 1
+        self.timers[key] = (deadline, self._token, fire)
+        when = self.clock.true_at(deadline)
+        self.host.loop.at(when, partial(self._fire, key, self._token), self.name)
+
+    def cancel_timer(self, key: str) -> None:
+        self.timers.pop(key, None)
+
+    def retime(self) -> None:
+        """The clock's rate changed: every timer is due at another true time."""
+        for key, (deadline, _, fire) in list(self.timers.items()):
+            self.set_timer(key, deadline, fire)
+
+    def _fire(self, key: str, token: int) -> None:
+        entry = self.timers.get(key)
+        if entry is None or entry[1] != token:
+            return  # cancelled, replaced, or from before a crash
+        del self.timers[key]
+        entry[2]()
+
+    # ---------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        """Boot (again): fresh cores, the persisted vote handed back to the lease."""
+        config = self.host.config
+        now = self.local()
+        self.up = True
+        tag = f"{self._seed}/{self.name}/{self.incarnation}"
+        self._rng = random.Random(f"{tag}/driver")
+        self.lease = Lease(
+            self.name,
+            voters=config.node_ids,
+            candidate=self.coordinator,
+            settings=config.lease,
+            now=now,
+            rng=random.Random(f"{tag}/lease"),
+            persisted=self.persisted,
+            knobs=config.knobs,
+        )
+        self._vote_seen = (self.lease.term, self.lease.voted_for)
+        self.membership = Membership(self.name, config.detector, local_address=address(self.name))
+        for peer in config.node_ids:
+            if peer != self.name:
+                role = "coordinator" if peer.startswith("c") else "worker"
+                self.membership.add(address(peer), now, node_id=peer, role=role, static=True)
+                phase = self._rng.uniform(0.0, config.detector.heartbeat_interval)
+                self.set_timer(f"probe {peer}", now + phase, partial(self._probe, peer))
+        self._arm_lease()
+        self.host.lease_changed(self)
+
+    def crash(self) -> None:
+        """Everything in memory is gone; only ``persisted`` (and the clock) remain."""
+        self.up = False
+        self.paused = False
+        self.pause_armed = None
+        self.incarnation += 1
+        self.held.clear()
+        self.timers.clear()
+        self.open_calls.clear()
+        self.lease = None
+        self.membership = None
+        self.work_epoch = None
+        self.fenced = False
+        self.host.lease_changed(self)
+
+    # ---------------------------------------------------------------- inbound calls
+
+    def handle(self, sender: str, request: Request) -> Reply | None:
+        """Answer one call; the world delivers the reply back on the same call."""
+        match request:
+            case Heartbeat():
+                assert self.membership is not None
+                self._members(self.membership.heartbeat_received(request.facts, self.local()))
+                return HeartbeatReply(self.facts)
+            case RaiseFence() | FencedWrite():
+                raise AssertionError("store requests go to the store")
+            case _:
+                assert self.lease is not None
+                self.host.note(self.name, f"<- {sender} {describe(request)}")
+                actions = self.lease.receive(self.local(), sender, request)
+                return self._carry_out(actions, reply_to=sender)
+
+    # ---------------------------------------------------------------- the lease
+
+    def _lease_tick(self) -> None:
+        assert self.lease is not None
+        self._carry_out(self.lease.tick(self.local()), reply_to=None)
+
+    def _on_lease_reply(self, sender: str, reply: Reply) -> None:
+        assert self.lease is not None
+        assert isinstance(reply, VoteReply | RenewReply)
+        self.host.note(self.name, f"<- {sender} {describe(reply)}")
+        self._carry_out(self.lease.receive(self.local(), sender, reply), reply_to=None)
+
+    def _carry_out(self, actions: list[Action], reply_to: str | None) -> Message | None:
+        """Do the lease's actions in order; a reply to the caller is returned, not sent."""
+        assert self.lease is not None
+        reply: Message | None = None
+        for action in actions:
+            match action:
+                case Persist():
+                    self.persisted = Persisted(action.term, action.voted_for)
+                    self.host.note(self.name, f"persist term {action.term} vote {action.voted_for}")
+                case Send(to=to, message=VoteReply() | RenewReply() as message) if to == reply_to:
+                    reply = message
+                    if isinstance(message, VoteReply) and message.granted and not message.pre_vote:
+                        self.host.voted(self.name, message.term, to)
+                case Send(to=to, message=message):
+                    on_reply = partial(self._on_lease_reply, to)
+                    timeout = self.host.config.rpc_timeout
+                    self.host.call(self, to, message, timeout=timeout, on_reply=on_reply)
+                case BecamePrimary():
+                    self.host.note(
+                        self.name,
+                        f"became primary: epoch {action.epoch}, lease to {action.until:.6f} "
+                        f"local (true {self.clock.true_at(action.until):.6f})",
+                    )
+                    self.host.became_primary(self, action.epoch)
+                    self._start_work(action.epoch)
+                case LeaseExtended():
+                    self.host.extended(self, action.epoch, action.until)
+                case SteppedDown():
+                    self.host.note(
+                        self.name, f"stepped down from epoch {action.epoch}: {action.reason}"
+                    )
+                    self._stop_work()
+                case DigestMismatch():
+                    self.host.note(self.name, f"voter set digest mismatch with {action.peer}")
+        seen = (self.lease.term, self.lease.voted_for)
+        if seen != self._vote_seen:
+            self._vote_seen = seen
+            if seen[1] is not None:  # its own vote as a candidate included
+                self.host.voted(self.name, seen[0], seen[1])
+        self._arm_lease()
+        self.host.lease_changed(self)
+        return reply
+
+    def _arm_lease(self) -> None:
+        # Lazily: a timer that fires early only ticks for nothing and is armed again.
+        assert self.lease is not None
+        deadline = self.lease.next_deadline()
+        if not math.isfinite(deadline):
+            return
+        current = self.timers.get("lease")
+        if current is None or deadline < current[0]:
+            self.set_timer("lease", deadline, self._lease_tick)
+
+    # ---------------------------------------------------------------- heartbeats
+
+    def _probe(self, peer: str) -> None:
+        """One heartbeat, and the next one an interval after this one started."""
+        interval = self.host.config.detector.heartbeat_interval
+        started = self.local()
+        self.set_timer(f"probe {peer}", started + interval, partial(self._probe, peer))
+        self.host.call(
+            self,
+            peer,
+            Heartbeat(self.facts),
+            timeout=self.host.config.detector.heartbeat_timeout,
+            on_reply=partial(self._answered, peer, started),
+            on_timeout=partial(self._missed, peer),
+        )
+
+    def _answered(self, peer: str, started: float, reply: Reply) -> None:
+        assert self.membership is not None and isinstance(reply, HeartbeatReply)
+        now = self.local()
+        self._members(
+            self.membership.heartbeat_answered(address(peer), now, now - started, reply.facts)
+        )
+
+    def _missed(self, peer: str) -> None:
+        assert self.membership is not None
+        self._members(self.membership.heartbeat_missed(address(peer), self.local()))
+
+    def _members_tick(self) -> None:
+        assert self.membership is not None
+        self._members(self.membership.tick(self.local()))
+
+    def _members(self, changes: list[StateChanged]) -> None:
+        assert self.membership is not None
+        for change in changes:
+            if change.old is not None and change.new is not None:
+                self.host.note(
+                    self.name,
+                    f"sees {change.node_id} {change.old} -> {change.new} ({change.reason})",
+                )
+        deadline = self.membership.next_deadline()
+        current = self.timers.get("members")
+        if deadline is not None and (current is None or deadline < current[0]):
+            self.set_timer("members", deadline, self._members_tick)
+
+    # ---------------------------------------------------------------- the primary's work
+
+    def working(self, epoch: int) -> bool:
+        """Is the work of ``epoch`` still running (the driver's ``primary`` nursery)?"""
+        lease = self.lease
+        return (
+            lease is not None
+            and lease.role is Role.PRIMARY
+            and lease.term == epoch
+            and self.work_epoch == epoch
+        )
+
+    def _start_work(self, epoch: int) -> None:
+        self.work_epoch = epoch
+        self.fenced = False
+        self.cancel_timer("write")
+        self._raise(epoch)
+
+    def _stop_work(self) -> None:
+        self.work_epoch = None
+        self.fenced = False
+        self.cancel_timer("write")
+
+    def _raise(self, epoch: int) -> None:
+        self.host.call(
+            self,
+            STORE,
+            RaiseFence(epoch),
+            timeout=self.host.config.rpc_timeout,
+            on_reply=partial(self._raised, epoch),
+            on_timeout=partial(self._raise_timed_out, epoch),
+        )
+
+    def _raise_timed_out(self, epoch: int) -> None:
+        if self.working(epoch):
+            self.host.note(self.name, f"fence raise to {epoch} timed out; again")
+            self._raise(epoch)
+
+    def _raised(self, epoch: int, reply: Reply) -> None:
+        assert isinstance(reply, Answer)
+        if not self.working(epoch):
+            return
+        if not reply.ok:
+            self._lost_fence(reply.fence_epoch)
+            return
+        self.fenced = True
+        self.host.note(self.name, f"fence raised to {epoch}; writing")
+        self._write_tick(epoch)
+
+    def _write_tick(self, epoch: int) -> None:
+        """Decide whether to write now; the write itself leaves a moment later."""
+        if not self.working(epoch):
+            return
+        assert self.lease is not None
+        now = self.local()
+        self.set_timer(
+            "write", now + self.host.config.write_interval, partial(self._write_tick, epoch)
+        )
+        until = self.lease.lease_until
+        if until is None or now >= until - self.host.config.write_margin:
+            return  # past the primary nursery's deadline: no work until the lease is extended
+        self._writes += 1
+        seq = self._writes
+        if self.pause_armed is not None:
+            # Stopped between deciding and sending: it will send on stale beliefs.
+            duration, self.pause_armed = self.pause_armed, None
+            self.host.note(self.name, f"decided write #{seq} (epoch {epoch}) and froze")
+            self.host.pause(self, duration)
+        delay = self._rng.uniform(*WRITE_PREP)
+        send = partial(self._send_write, epoch, seq, self.incarnation)
+        self.host.loop.after(delay, send, self.name)
+
+    def _send_write(self, epoch: int, seq: int, incarnation: int) -> None:
+        if incarnation != self.incarnation:
+            return  # the process that decided it is gone
+        self.host.call(
+            self,
+            STORE,
+            FencedWrite(epoch, seq),
+            timeout=self.host.config.rpc_timeout,
+            on_reply=partial(self._written, epoch),
+        )
+
+    def _written(self, epoch: int, reply: Reply) -> None:
+        assert isinstance(reply, Answer)
+        if not reply.ok and self.working(epoch):
+            self._lost_fence(reply.fence_epoch)
+
+    def _lost_fence(self, fence_epoch: int) -> None:
+        assert self.lease is not None
+        self.host.note(self.name, f"the store refused: fence at {fence_epoch}")
+        self._carry_out(self.lease.lost_fence(self.local(), fence_epoch), reply_to=None)

@@ -1,0 +1,109 @@
+"""Unary calls over the simulated network, as the real driver makes them over gRPC.
+
+A request may be lost, delayed or duplicated on its way; the callee answers each copy that
+arrives; the reply travels back on the same call and is dropped if the caller restarted since,
+already has its answer, or reads its clock past the call's deadline. A caller that asked to
+hear of timeouts gets a timer on its own clock, which also ends the call in order with its
+other events (a paused caller learns of both only when it wakes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from sim.loop import EventLoop
+from sim.network import Network
+from sim.node import STORE, SimNode
+from sim.wire import Reply, Request, describe, is_lease
+
+#: Answers a request that reached ``dst`` from ``sender``: the reply, or None (no reply, or
+#: nobody there to answer).
+Serve = Callable[[str, str, Request], Reply | None]
+Note = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Call:
+    id: int
+    src: SimNode
+    incarnation: int  # the caller's, when it called: a restarted caller has no such call
+    dst: str
+    request: Request
+    deadline: float  # the caller's clock
+    on_reply: Callable[[Reply], None]
+    on_timeout: Callable[[], None] | None
+
+    @property
+    def timer(self) -> str:
+        return f"call {self.id}"
+
+
+class Calls:
+    def __init__(self, loop: EventLoop, network: Network, serve: Serve, note: Note) -> None:
+        self._loop = loop
+        self._network = network
+        self._serve = serve
+        self._note = note
+        self._last_id = 0
+
+    def call(
+        self,
+        src: SimNode,
+        dst: str,
+        request: Request,
+        *,
+        timeout: float,
+        on_reply: Callable[[Reply], None],
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        self._last_id += 1
+        call = Call(
+            self._last_id,
+            src,
+            src.incarnation,
+            dst,
+            request,
+            src.local() + timeout,
+            on_reply,
+            on_timeout,
+        )
+        src.open_calls.add(call.id)
+        copies = self._network.transit(src.name, dst)
+        if not copies and is_lease(request):
+            self._note(src.name, f"-> {dst} {describe(request)}: lost")
+        for delay in copies:
+            self._loop.after(delay, partial(self._arrive, call), None if dst == STORE else dst)
+        if on_timeout is not None:
+            src.set_timer(call.timer, call.deadline, partial(self._expire, call))
+
+    def _arrive(self, call: Call) -> None:
+        reply = self._serve(call.src.name, call.dst, call.request)
+        if reply is None:
+            return
+        copies = self._network.transit(call.dst, call.src.name)
+        if not copies and is_lease(reply):
+            self._note(call.dst, f"-> {call.src.name} {describe(reply)}: lost")
+        for delay in copies:
+            self._loop.after(delay, partial(self._answer, call, reply), call.src.name)
+
+    def _answer(self, call: Call, reply: Reply) -> None:
+        src = call.src
+        if src.incarnation != call.incarnation or call.id not in src.open_calls:
+            return  # the caller restarted, or this call already ended
+        if src.local() > call.deadline:
+            if call.on_timeout is None:  # else its timer ends the call, in order
+                src.open_calls.discard(call.id)
+            if is_lease(reply):
+                self._note(src.name, f"<- {call.dst} {describe(reply)}: after the call's timeout")
+            return
+        src.open_calls.discard(call.id)
+        src.cancel_timer(call.timer)
+        call.on_reply(reply)
+
+    def _expire(self, call: Call) -> None:
+        if call.id in call.src.open_calls:
+            call.src.open_calls.discard(call.id)
+            assert call.on_timeout is not None
+            call.on_timeout()

@@ -1,0 +1,24 @@
+"""The readable event trace: one line per thing that happened, in true-time order.
+
+Lines are plain text built only from simulated values (fixed precision, sorted collections),
+so a seed's trace is the same bytes in every process. Without ``--trace`` only the last lines
+are kept, enough to show how a violation came about.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+#: How many lines a violation shows when the whole trace was not asked for.
+TAIL = 200
+
+
+class Trace:
+    def __init__(self, keep_all: bool) -> None:
+        self._lines: deque[str] = deque(maxlen=None if keep_all else TAIL)
+
+    def add(self, time: float, who: str, text: str) -> None:
+        self._lines.append(f"{time:11.6f}  {who:<5}  {text}")
+
+    def lines(self) -> list[str]:
+        return list(self._lines)
