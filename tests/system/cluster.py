@@ -112,6 +112,53 @@ class MeshNode:
         return {p["node_id"] or p["address"]: p for p in reply["peers"]}
 
 
+def write_cluster(
+    base: Path,
+    ips: dict[str, str],
+    roles: dict[str, str],
+    database: str,
+    tls: dict[str, dict[str, Any]],
+    tables: dict[str, dict[str, Any]],
+) -> dict[str, MeshNode]:
+    """Write one ``brio.toml`` per node: every node names every other as a peer (with id and
+    role), coordinators serve HTTP; ``tables`` are added to each file as they are."""
+    mesh_ports = {n: free_port(ip) for n, ip in ips.items()}
+    nodes: dict[str, MeshNode] = {}
+    for node_id, ip in ips.items():
+        node_dir = base / node_id
+        node_dir.mkdir()
+        http = roles[node_id] == "coordinator"
+        http_port = free_port(ip) if http else 0
+        own: dict[str, dict[str, Any]] = {
+            "": {"data_dir": str(node_dir / "data")},
+            "server": {"enabled": http, "host": ip, "port": http_port, "shutdown_grace": 2},
+            "mesh": {
+                "enabled": True,
+                "node_id": node_id,
+                "role": roles[node_id],
+                "listen_addr": f"{ip}:{mesh_ports[node_id]}",
+            },
+            "mesh.tls": tls[node_id],
+            "database": {"url": database},
+            "logging": {"level": "info"},
+        }
+        peers = [
+            {"id": other, "address": f"{ips[other]}:{mesh_ports[other]}", "role": roles[other]}
+            for other in ips
+            if other != node_id
+        ]
+        config = node_dir / "brio.toml"
+        config.write_text(toml({**own, **tables}, peers))
+        nodes[node_id] = MeshNode(
+            node_id,
+            node_dir,
+            config,
+            f"{ip}:{mesh_ports[node_id]}",
+            f"http://{ip}:{http_port}" if http else None,
+        )
+    return nodes
+
+
 def ready(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200

@@ -25,7 +25,7 @@ import pytest
 
 from tests.certs import make_cluster_certs, tls_config
 from tests.pg import PostgresServer
-from tests.system.cluster import MeshNode, free_port, toml, wait_for
+from tests.system.cluster import MeshNode, wait_for, write_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -69,47 +69,17 @@ def cluster(
     base = tmp_path_factory.mktemp("lease-cluster")
     certs = make_cluster_certs(base / "certs", {n: [ip] for n, ip in IPS.items()})
     database = postgres_server.create_database("lease_cluster")
-    mesh_ports = {n: free_port(ip) for n, ip in IPS.items()}
-    nodes: dict[str, MeshNode] = {}
-    for node_id, ip in IPS.items():
-        node_dir = base / node_id
-        node_dir.mkdir()
-        http = ROLES[node_id] == "coordinator"
-        http_port = free_port(ip) if http else 0
-        tables: dict[str, dict[str, Any]] = {
-            "": {"data_dir": str(node_dir / "data")},
-            "server": {"enabled": http, "host": ip, "port": http_port, "shutdown_grace": 2},
-            "mesh": {
-                "enabled": True,
-                "node_id": node_id,
-                "role": ROLES[node_id],
-                "listen_addr": f"{ip}:{mesh_ports[node_id]}",
-            },
-            "mesh.tls": tls_config(certs, node_id),
-            "mesh.failure_detection": {
-                "heartbeat_interval": 0.25,
-                "heartbeat_timeout": 1.0,
-                "suspicion_threshold": 3,
-                "degraded_latency": 2.0,
-            },
-            "mesh.lease": {"lease_duration": LEASE, "election_timeout": ELECTION_TIMEOUT},
-            "database": {"url": database},
-            "logging": {"level": "info"},
-        }
-        peers = [
-            {"id": other, "address": f"{IPS[other]}:{mesh_ports[other]}", "role": ROLES[other]}
-            for other in IPS
-            if other != node_id
-        ]
-        config = node_dir / "brio.toml"
-        config.write_text(toml(tables, peers))
-        nodes[node_id] = MeshNode(
-            node_id,
-            node_dir,
-            config,
-            f"{ip}:{mesh_ports[node_id]}",
-            f"http://{ip}:{http_port}" if http else None,
-        )
+    tables: dict[str, dict[str, Any]] = {
+        "mesh.failure_detection": {
+            "heartbeat_interval": 0.25,
+            "heartbeat_timeout": 1.0,
+            "suspicion_threshold": 3,
+            "degraded_latency": 2.0,
+        },
+        "mesh.lease": {"lease_duration": LEASE, "election_timeout": ELECTION_TIMEOUT},
+    }
+    tls = {n: tls_config(certs, n) for n in IPS}
+    nodes = write_cluster(base, IPS, ROLES, database, tls, tables)
     try:
         for node in nodes.values():
             node.start()
