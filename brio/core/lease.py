@@ -291,7 +291,7 @@ class Lease:
             return self._mismatch(sender, message)
         match message:
             case VoteRequest():
-                return self._on_vote_request(now, message)
+                return _one_persist(self._on_vote_request(now, message))
             case VoteReply():
                 return self._on_vote_reply(now, message)
             case RenewRequest():
@@ -305,7 +305,7 @@ class Lease:
         self._advance(now)
         if self.role is not Role.PRIMARY:
             return []
-        actions = self._step_down(f"the fence is at epoch {fence_epoch}, past ours")
+        actions = self._step_down(f"the fence refused epoch {self.term} (it holds {fence_epoch})")
         if fence_epoch > self.term:
             actions[:0] = self._adopt_term(fence_epoch)
         return actions
@@ -367,13 +367,14 @@ class Lease:
         return []
 
     def _become_primary(self, now: float, round_id: int) -> list[Action]:
+        until = self._lease_end(self._rounds[round_id].start)
+        if now >= until:  # the votes came back after the lease they granted: campaign again
+            return []
         self.role = Role.PRIMARY
         self.primary = self.node_id
-        self._lease_until = self._lease_end(self._rounds[round_id].start)
+        self._lease_until = until
         self._next_renew = self._rounds[round_id].start + self.settings.renew_interval
-        if now >= self._lease_until:  # acknowledged too late to be of use
-            return self._step_down("the votes came back after the lease they granted")
-        return [BecamePrimary(self.term, self._lease_until)]
+        return [BecamePrimary(self.term, until)]
 
     # ---------------------------------------------------------------- primary
 
@@ -568,3 +569,12 @@ class Lease:
     def _timeout(self) -> float:
         low, high = self.settings.election_timeout
         return self._rng.uniform(low, high)
+
+
+def _one_persist(actions: list[Action]) -> list[Action]:
+    """Drop a Persist that the next action overwrites anyway: one fsync instead of two."""
+    return [
+        a
+        for a, after in zip(actions, [*actions[1:], None], strict=True)
+        if not (isinstance(a, Persist) and isinstance(after, Persist))
+    ]
