@@ -291,7 +291,7 @@ class Lease:
             return self._mismatch(sender, message)
         match message:
             case VoteRequest():
-                return _one_persist(self._on_vote_request(now, message))
+                return self._on_vote_request(now, message)
             case VoteReply():
                 return self._on_vote_reply(now, message)
             case RenewRequest():
@@ -462,7 +462,8 @@ class Lease:
             return [Send(candidate, reply(False, "term is stale"))]
         actions: list[Action] = []
         if request.term > self.term:
-            actions += self._adopt_term(request.term)
+            # No vote in the new term yet, so the vote below is certain: one write for both.
+            actions += self._adopt_term(request.term, persist=False)
             actions += self._follow(None)
         if self.voted_for not in (None, candidate):
             return [*actions, Send(candidate, reply(False, f"voted for {self.voted_for}"))]
@@ -507,7 +508,7 @@ class Lease:
 
     # ---------------------------------------------------------------- shared
 
-    def _adopt_term(self, term: int) -> list[Action]:
+    def _adopt_term(self, term: int, *, persist: bool = True) -> list[Action]:
         """Move to a newer term (no vote in it yet); a primary or candidate gives up."""
         epoch = self.term
         was_primary = self.role is Role.PRIMARY
@@ -521,7 +522,7 @@ class Lease:
             self._lease_until = -math.inf
             self._next_renew = math.inf
             self._rounds = {}
-        return self._persist() + actions
+        return (self._persist() if persist else []) + actions
 
     def _follow(self, leader: str | None) -> list[Action]:
         actions: list[Action] = []
@@ -569,12 +570,3 @@ class Lease:
     def _timeout(self) -> float:
         low, high = self.settings.election_timeout
         return self._rng.uniform(low, high)
-
-
-def _one_persist(actions: list[Action]) -> list[Action]:
-    """Drop a Persist that the next action overwrites anyway: one fsync instead of two."""
-    return [
-        a
-        for a, after in zip(actions, [*actions[1:], None], strict=True)
-        if not (isinstance(a, Persist) and isinstance(after, Persist))
-    ]
