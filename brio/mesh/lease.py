@@ -44,7 +44,7 @@ MISMATCH_LOG_EVERY = 60.0
 
 
 class LeaseTransport(Protocol):
-    async def lease_call(
+    async def call_peer(
         self, node_id: str, path: str, request: Any, reply_type: type[Any], timeout: float
     ) -> Any:
         """Call a peer by node id; raise an exception if that is not possible."""
@@ -223,7 +223,7 @@ class LeaseDriver:
         path, request, reply_type = _to_pb(message)
         timeout = self.settings.renew_interval
         try:
-            answer = await self.transport.lease_call(to, path, request, reply_type, timeout)
+            answer = await self.transport.call_peer(to, path, request, reply_type, timeout)
         except Exception as exc:  # unreachable, unknown, refused: the core sees silence
             log.debug("lease: %s to %s: %s", type(message).__name__, to, exc)
             return

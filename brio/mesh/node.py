@@ -198,9 +198,10 @@ class MeshNode:
         rows += [(p.node_id, str(p.state)) for p in self.membership.peers() if p.node_id]
         return sorted(set(rows))
 
-    async def lease_call(
+    async def call_peer(
         self, node_id: str, path: str, request: Any, reply_type: type[Any], timeout: float
     ) -> Any:
+        """One unary call to a peer by node id; raises LookupError if it is not known."""
         return await self._pool.unary(self._address_of(node_id), path, request, reply_type, timeout)
 
     def route(self, target: str) -> Route:
@@ -508,8 +509,8 @@ class MeshNode:
     async def admin_call(
         self, node_id: str, method: str, request: Any, response_type: type[Any]
     ) -> Any:
-        return await self._pool.unary(
-            self._address_of(node_id), ADMIN + method, request, response_type, self._call_timeout()
+        return await self.call_peer(
+            node_id, ADMIN + method, request, response_type, self._call_timeout()
         )
 
     async def ping(self, node_id: str, count: int) -> tuple[str, list[float], int]:
