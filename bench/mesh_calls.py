@@ -48,7 +48,7 @@ from brio.config.model import BrioConfig, TLSConfig
 from brio.mesh import pb
 from brio.mesh.tls import client_context, server_context
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
-from brio.runtime.node import NodeHandle, run_node
+from brio.node.root import NodeHandle, run_node
 
 CALL = "/brio.mesh.v1.Mesh/Call"
 HEARTBEAT = "/brio.mesh.v1.Mesh/Heartbeat"

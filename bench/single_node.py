@@ -22,7 +22,7 @@ import httpx
 import trio
 
 from brio.config.model import BrioConfig
-from brio.runtime.node import NodeHandle, run_node
+from brio.node.root import NodeHandle, run_node
 
 
 async def _load(

@@ -30,17 +30,6 @@ from brio.api.openapi import openapi_document
 from brio.config.model import BrioConfig
 from brio.core.routing import BadTarget, NodeUnavailable, UnknownNode
 from brio.core.tasks import TaskStatus
-from brio.runtime.events import EventBus, Subscription
-from brio.runtime.mesh_view import MeshView
-from brio.runtime.service import (
-    IdempotencyConflict,
-    NotAccepting,
-    TaskService,
-    UnknownAgent,
-    UnknownSession,
-    task_json,
-)
-from brio.runtime.supervisor import Supervisor
 from brio.store.base import (
     MessageRecord,
     NewTask,
@@ -49,6 +38,17 @@ from brio.store.base import (
     StoreError,
     TaskFilter,
 )
+from brio.tasks.events import EventBus, Subscription
+from brio.tasks.mesh_view import MeshView
+from brio.tasks.service import (
+    IdempotencyConflict,
+    NotAccepting,
+    TaskService,
+    UnknownAgent,
+    UnknownSession,
+    task_json,
+)
+from brio.tasks.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from brio.config.model import BrioConfig, split_host_port
 from brio.mesh import pb
 from brio.mesh.tls import TLSSetupError, client_context
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
-from brio.runtime.data_dir import MESH_ADDRESS_FILE
+from brio.node.data_dir import MESH_ADDRESS_FILE
 
 ADMIN = "/brio.mesh.v1.MeshAdmin/"
 

@@ -17,7 +17,7 @@ from brio.exc import leaves
 from brio.logs import setup_logging
 from brio.mesh.lease_state import LeaseStateError
 from brio.mesh.tls import TLSSetupError
-from brio.runtime.node import run_node
+from brio.node.root import run_node
 from brio.store.base import StoreError
 
 log = logging.getLogger("brio.serve")

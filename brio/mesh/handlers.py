@@ -39,7 +39,7 @@ from brio.mesh.lease import (
 )
 from brio.mesh.node import MeshNode
 from brio.mesh.transport import Caller, MeshCallError, Service
-from brio.runtime.supervisor import Busy
+from brio.tasks.supervisor import Busy
 
 log = logging.getLogger(__name__)
 

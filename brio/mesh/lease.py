@@ -31,7 +31,7 @@ from brio.core import lease as core
 from brio.mesh import pb
 from brio.mesh.lease_state import load_lease_state, save_lease_state
 from brio.mesh.primary import FenceLost
-from brio.runtime.mesh_view import LeaseView
+from brio.tasks.mesh_view import LeaseView
 
 log = logging.getLogger(__name__)
 

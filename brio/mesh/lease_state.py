@@ -9,7 +9,7 @@ survives a power cut. A crash at any point leaves either the old file or the new
 A file that cannot be read is an error, never a fresh start at term 0: a voter that forgot
 its vote could give a second one in the same term, and two candidates could both win it.
 
-Only one process uses a data dir (``brio.runtime.data_dir`` locks it), so the temporary file
+Only one process uses a data dir (``brio.node.data_dir`` locks it), so the temporary file
 has a fixed name: a leftover of a crash is never read, and the next save overwrites it.
 Both functions block on the disk.
 """

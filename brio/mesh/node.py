@@ -57,10 +57,10 @@ from brio.mesh.transport import (
     start_server,
     stop_server,
 )
-from brio.runtime.events import Event, EventBus
-from brio.runtime.mesh_view import LeaseView
-from brio.runtime.supervisor import Supervisor
 from brio.store.base import Store, TaskRecord
+from brio.tasks.events import Event, EventBus
+from brio.tasks.mesh_view import LeaseView
+from brio.tasks.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

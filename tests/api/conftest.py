@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from brio.config.model import BrioConfig
-from brio.runtime.node import NodeHandle, run_node
+from brio.node.root import NodeHandle, run_node
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from brio.runtime.node import run_node
+from brio.node.root import run_node
 from tests.api.conftest import Node, node_config, running_node
 
 

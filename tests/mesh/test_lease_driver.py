@@ -20,7 +20,7 @@ from brio.mesh import pb
 from brio.mesh.lease import RENEW, VOTE
 from brio.mesh.tls import client_context
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
-from brio.runtime.node import NodeHandle
+from brio.node.root import NodeHandle
 from brio.store import open_store
 from tests.certs import make_cluster_certs, tls_config
 from tests.mesh.test_mesh_node import mesh_config, started
@@ -169,7 +169,7 @@ async def test_primary_writes_under_the_fence_and_steps_down_without_a_majority(
     w1_config = worker_voting_with(tmp_path, postgres_url, ["c1", "w1"])
     w1_stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        from brio.runtime.node import run_node
+        from brio.node.root import run_node
 
         w1: NodeHandle = await nursery.start(run_node, w1_config, w1_stop)
         c1_config = mesh_config(

@@ -25,7 +25,7 @@ from brio import aio
 from brio.config.model import BrioConfig
 from brio.mesh import pb
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
-from brio.runtime.node import NodeHandle, run_node
+from brio.node.root import NodeHandle, run_node
 from tests.mesh.test_discovery import DnsServer, dns_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.postgres

@@ -13,10 +13,10 @@ from brio.agents.base import AgentContext
 from brio.agents.registry import RegisteredAgent
 from brio.config.model import AgentConfig
 from brio.core.tasks import TaskStatus
-from brio.runtime.events import EventBus
-from brio.runtime.supervisor import Supervisor
 from brio.store import open_store
 from brio.store.base import NewTask, Store, StoreError, TaskRecord
+from brio.tasks.events import EventBus
+from brio.tasks.supervisor import Supervisor
 
 
 class FlakyStore:

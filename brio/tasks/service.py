@@ -14,9 +14,9 @@ import trio
 
 from brio.agents.registry import RegisteredAgent
 from brio.core.routing import Local, Route
-from brio.runtime.events import EventBus
-from brio.runtime.supervisor import Supervisor, publish_completed
 from brio.store.base import NewTask, Store, TaskRecord
+from brio.tasks.events import EventBus
+from brio.tasks.supervisor import Supervisor, publish_completed
 
 
 class UnknownAgent(LookupError):

@@ -11,8 +11,8 @@ import trio
 
 from brio.config.model import BrioConfig
 from brio.core.tasks import TaskStatus
-from brio.runtime.data_dir import DataDirBusy, locked_data_dir, node_id
-from brio.runtime.node import NodeHandle, run_node
+from brio.node.data_dir import DataDirBusy, locked_data_dir, node_id
+from brio.node.root import NodeHandle, run_node
 from brio.store import open_store
 from brio.store.base import NewTask
 

@@ -4,7 +4,7 @@ import json
 
 import trio
 
-from brio.runtime.events import Event, EventBus, Subscription
+from brio.tasks.events import Event, EventBus, Subscription
 
 
 async def test_subscribers_get_only_what_they_asked_for_in_order() -> None:

@@ -36,14 +36,14 @@ from brio.mesh.handlers import MeshHandlers
 from brio.mesh.lease_state import load_lease_state
 from brio.mesh.node import MeshNode
 from brio.mesh.tls import check_files
-from brio.runtime.data_dir import MESH_ADDRESS_FILE, locked_data_dir
-from brio.runtime.data_dir import node_id as remembered_node_id
-from brio.runtime.events import EventBus
-from brio.runtime.mesh_view import SingleNode
-from brio.runtime.service import TaskService
-from brio.runtime.supervisor import Supervisor
+from brio.node.data_dir import MESH_ADDRESS_FILE, locked_data_dir
+from brio.node.data_dir import node_id as remembered_node_id
 from brio.store import open_store
 from brio.store.base import NodeRecord, Store
+from brio.tasks.events import EventBus
+from brio.tasks.mesh_view import SingleNode
+from brio.tasks.service import TaskService
+from brio.tasks.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import trio
 from brio.agents.base import AgentContext, AgentError, HistoryMessage
 from brio.agents.registry import RegisteredAgent
 from brio.core.tasks import TaskStatus
-from brio.runtime.events import EventBus
 from brio.store.base import Store, StoreError, TaskRecord
+from brio.tasks.events import EventBus
 
 log = logging.getLogger(__name__)
 
