@@ -8,9 +8,10 @@ not on the first task.
 Each task sends ``[system_prompt] + history + prompt`` as ``messages`` with ``stream: true``,
 forwards every delta's text through ``ctx.emit`` and returns the whole reply as a string.
 
-Failures: 429, 5xx, timeouts and connection errors are retried with exponential backoff and
-jitter (or the server's ``Retry-After`` seconds), up to ``max_retries`` times -- but only while
-nothing has been emitted, because subscribers cannot un-see tokens of a half-finished reply.
+Failures: 429, 5xx, timeouts and connection errors are retried by stamina with exponential
+backoff and jitter (or the server's ``Retry-After`` seconds), up to ``max_retries`` times -- but
+only while nothing has been emitted, because subscribers cannot un-see tokens of a half-finished
+reply.
 Other 4xx are not retried; their ``{"error": {"message": ...}}`` becomes the task error.
 ``timeout`` bounds each wait on the server (connect, each read, each write), not the whole
 generation, so a long but steadily streaming reply is never cut off.
@@ -20,13 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import trio
+import stamina
 
 from brio.agents.base import Agent, AgentContext, AgentError
 from brio.config.model import AgentConfig, BrioConfig, ProviderConfig
@@ -34,22 +34,17 @@ from brio.config.model import AgentConfig, BrioConfig, ProviderConfig
 
 @dataclass(frozen=True, slots=True)
 class LLMTunables:
-    """Retry pacing, injectable so tests need not really sleep or roll dice.
+    """Retry pacing handed to stamina; injectable so tests can wait milliseconds, not seconds.
 
-    The delay before retry ``n`` (0-based) is ``min(backoff_max, backoff_base * 2**n)``
-    scaled by a factor in ``[0.5, 1)`` drawn from ``random``; a ``Retry-After`` header
-    replaces it, capped at ``retry_after_max`` so a hostile server cannot park a task forever.
+    The wait before retry ``n`` (1-based) is stamina's ``min(backoff_max, backoff_base *
+    2**(n-1) + uniform(0, backoff_jitter))``; a ``Retry-After`` header replaces it, capped at
+    ``retry_after_max`` so a hostile server cannot park a task forever.
     """
 
     backoff_base: float = 0.5
     backoff_max: float = 20.0
+    backoff_jitter: float = 0.5
     retry_after_max: float = 60.0
-    sleep: Callable[[float], Awaitable[None]] = trio.sleep
-    random: Callable[[], float] = random.random
-
-    def backoff(self, retry: int) -> float:
-        delay = min(self.backoff_max, self.backoff_base * 2.0**retry)
-        return delay * (0.5 + 0.5 * self.random())
 
 
 DEFAULT_TUNABLES = LLMTunables()
@@ -142,29 +137,41 @@ class _Client:
         return headers
 
     async def complete(self, body: dict[str, Any], emit: Callable[[str], Awaitable[None]]) -> str:
-        """POST with retries; ``parts`` records what was emitted, which forbids a retry."""
-        attempts = self.provider.max_retries + 1
+        """POST, retried by stamina; ``parts`` records what was emitted, which forbids a retry."""
         parts: list[str] = []
+        tried = 0
+
+        def retry_on(exc: Exception) -> bool | float:
+            """stamina's hook: retry or not, and the server's ``Retry-After`` as the wait."""
+            if not isinstance(exc, _Retryable) or parts:
+                return False
+            return True if exc.retry_after is None else exc.retry_after
+
+        pacing = self.tunables
         # One client per task: connections are not shared across tasks (or trio runs), and
         # closing it on the way out also closes the stream if the task is cancelled.
         async with httpx.AsyncClient(timeout=self.provider.timeout) as http:
-            for attempt in range(attempts):
-                try:
-                    return await self._attempt(http, body, emit, parts)
-                except _Retryable as exc:
-                    if parts:
-                        raise AgentError(
-                            f"{self.provider_name}: reply broken off after output was sent: {exc}"
-                        ) from exc
-                    if attempt + 1 == attempts:
-                        raise AgentError(
-                            f"{self.provider_name}: giving up after {attempts} attempt(s): {exc}"
-                        ) from exc
-                    delay = exc.retry_after
-                    if delay is None:
-                        delay = self.tunables.backoff(attempt)
-                    await self.tunables.sleep(delay)
-        raise AssertionError("unreachable: the loop returns or raises")
+            try:
+                async for attempt in stamina.retry_context(
+                    on=retry_on,
+                    attempts=self.provider.max_retries + 1,
+                    timeout=None,  # the task's own timeout bounds the whole run
+                    wait_initial=pacing.backoff_base,
+                    wait_max=pacing.backoff_max,
+                    wait_jitter=pacing.backoff_jitter,
+                ):
+                    tried = attempt.num
+                    with attempt:
+                        return await self._attempt(http, body, emit, parts)
+            except _Retryable as exc:  # stamina let the last one through
+                if parts:
+                    raise AgentError(
+                        f"{self.provider_name}: reply broken off after output was sent: {exc}"
+                    ) from exc
+                raise AgentError(
+                    f"{self.provider_name}: giving up after {tried} attempt(s): {exc}"
+                ) from exc
+        raise AssertionError("unreachable: stamina returns or raises")
 
     async def _attempt(
         self,

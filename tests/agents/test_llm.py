@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import stamina
+import stamina.instrumentation
 import trio
 
 from brio.agents.base import Agent, AgentContext, AgentError, HistoryMessage
-from brio.agents.llm import LLMTunables, make_llm_agent
+from brio.agents.llm import DEFAULT_TUNABLES, LLMTunables, make_llm_agent
 from brio.config.model import AgentConfig, BrioConfig, ProviderConfig
 from tests.fakes.openai_server import FakeOpenAI, open_fake_openai
 
+# Real but short waits, without jitter: 10 ms, 20 ms, then 40 ms at most.
+QUICK = LLMTunables(backoff_base=0.01, backoff_max=0.04, backoff_jitter=0.0, retry_after_max=0.05)
 
-class Pacing:
-    """Injected sleep and RNG: records the backoff delays instead of waiting them out."""
 
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
+@pytest.fixture
+def waits() -> Iterator[list[float]]:
+    """The waits stamina schedules before each retry, seen through its on-retry hook.
 
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-
-    def tunables(self) -> LLMTunables:
-        return LLMTunables(backoff_base=1.0, sleep=self.sleep, random=lambda: 0.5)
+    stamina derives them from running totals, so compare with ``pytest.approx``.
+    """
+    scheduled: list[float] = []
+    before = stamina.instrumentation.get_on_retry_hooks()
+    stamina.instrumentation.set_on_retry_hooks([lambda details: scheduled.append(details.wait_for)])
+    try:
+        yield scheduled
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(before)
 
 
 def provider_for(fake: FakeOpenAI, **overrides: Any) -> ProviderConfig:
@@ -36,12 +44,11 @@ def provider_for(fake: FakeOpenAI, **overrides: Any) -> ProviderConfig:
 
 def llm_agent(
     fake: FakeOpenAI,
-    pacing: Pacing | None = None,
+    tunables: LLMTunables = QUICK,
     provider: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Agent:
     config = BrioConfig(providers={"fake": provider_for(fake, **(provider or {}))})
-    tunables = (pacing or Pacing()).tunables()
     return make_llm_agent("bot", AgentConfig(kind="llm", **settings), config, tunables)
 
 
@@ -142,63 +149,81 @@ async def test_an_empty_api_key_sends_no_authorization_header() -> None:
     assert "authorization" not in fake.requests[0].headers
 
 
-async def test_wrong_api_key_fails_without_retry() -> None:
-    pacing = Pacing()
+async def test_wrong_api_key_fails_without_retry(waits: list[float]) -> None:
     async with open_fake_openai(api_key="sk-secret") as fake:
-        agent = llm_agent(fake, pacing, provider={"api_key": "sk-wrong-key"})
+        agent = llm_agent(fake, provider={"api_key": "sk-wrong-key"})
         with pytest.raises(AgentError, match=r"HTTP 401: Incorrect API key provided"):
             await agent(context())
     assert len(fake.requests) == 1
-    assert pacing.sleeps == []
+    assert waits == []
 
 
-async def test_429_is_retried_honouring_retry_after() -> None:
-    pacing = Pacing()
+async def test_429_is_retried_honouring_retry_after(waits: list[float]) -> None:
     async with open_fake_openai() as fake:
-        fake.fail(429, retry_after=7)
+        fake.fail(429, retry_after=0.03)
         fake.fail(429)
         fake.reply("finally")
         chunks: list[str] = []
-        result = await llm_agent(fake, pacing)(context(chunks=chunks))
+        result = await llm_agent(fake)(context(chunks=chunks))
     assert result == "finally"
     assert chunks == ["finally"]
     assert len(fake.requests) == 3
-    # Retry-After wins over backoff; then backoff 1.0 * 2**1 scaled by 0.5 + 0.5 * 0.5.
-    assert pacing.sleeps == [7.0, 1.5]
+    # Retry-After wins over backoff; then the backoff for retry 2: 0.01 * 2**1.
+    assert waits == pytest.approx([0.03, 0.02])
 
 
-async def test_500_is_retried() -> None:
-    pacing = Pacing()
+async def test_retry_after_is_capped(waits: list[float]) -> None:
+    async with open_fake_openai() as fake:
+        fake.fail(429, retry_after=7)
+        fake.reply("soon")
+        with trio.fail_after(2):
+            assert await llm_agent(fake)(context()) == "soon"
+    assert waits == pytest.approx([QUICK.retry_after_max])
+
+
+async def test_500_is_retried(waits: list[float]) -> None:
     async with open_fake_openai() as fake:
         fake.fail(500)
         fake.fail(503, "overloaded")
         fake.reply("up again")
-        assert await llm_agent(fake, pacing)(context()) == "up again"
-    assert pacing.sleeps == [0.75, 1.5]
+        assert await llm_agent(fake)(context()) == "up again"
+    assert waits == pytest.approx([0.01, 0.02])
 
 
-async def test_gives_up_after_max_retries_naming_the_status() -> None:
-    pacing = Pacing()
+async def test_backoff_doubles_from_base_up_to_max_plus_jitter(waits: list[float]) -> None:
+    pacing = LLMTunables(backoff_base=0.01, backoff_max=0.03, backoff_jitter=0.005)
+    async with open_fake_openai() as fake:
+        for _ in range(4):
+            fake.fail(500)
+        fake.reply("at last")
+        agent = llm_agent(fake, pacing, provider={"max_retries": 4})
+        assert await agent(context()) == "at last"
+    assert len(waits) == 4
+    assert 0.01 <= waits[0] <= 0.015
+    assert 0.02 <= waits[1] <= 0.025
+    assert waits[2:] == pytest.approx([0.03, 0.03])
+
+
+async def test_gives_up_after_max_retries_naming_the_status(waits: list[float]) -> None:
     async with open_fake_openai() as fake:
         for _ in range(3):
             fake.fail(502, "bad gateway today")
-        agent = llm_agent(fake, pacing, provider={"max_retries": 2})
+        agent = llm_agent(fake, provider={"max_retries": 2})
         with pytest.raises(AgentError, match=r"after 3 attempt\(s\): HTTP 502: bad gateway today"):
             await agent(context())
     assert len(fake.requests) == 3
-    assert len(pacing.sleeps) == 2
+    assert len(waits) == 2
 
 
-async def test_400_is_not_retried_and_its_message_surfaces() -> None:
-    pacing = Pacing()
+async def test_400_is_not_retried_and_its_message_surfaces(waits: list[float]) -> None:
     async with open_fake_openai() as fake:
         fake.fail(400, "max_tokens is too large: 999999.", param="max_tokens")
         fake.reply("never sent")
         with pytest.raises(AgentError, match=r"HTTP 400: max_tokens is too large: 999999\."):
-            await llm_agent(fake, pacing)(context())
+            await llm_agent(fake)(context())
         assert fake.pending == 1
     assert len(fake.requests) == 1
-    assert pacing.sleeps == []
+    assert waits == []
 
 
 async def test_timeout() -> None:
@@ -209,38 +234,40 @@ async def test_timeout() -> None:
             await agent(context())
 
 
-async def test_timeout_is_retried_while_nothing_was_emitted() -> None:
-    pacing = Pacing()
+async def test_timeout_is_retried_while_nothing_was_emitted(waits: list[float]) -> None:
+    """With the production pacing: stamina's test mode turns the waits off, not the attempts."""
     async with open_fake_openai() as fake:
         fake.reply("too late", latency=2)
         fake.reply("in time")
-        agent = llm_agent(fake, pacing, provider={"timeout": 0.2})
-        assert await agent(context()) == "in time"
-    assert len(pacing.sleeps) == 1
+        agent = llm_agent(fake, DEFAULT_TUNABLES, provider={"timeout": 0.2})
+        with stamina.set_testing(True, attempts=10, cap=True):
+            assert await agent(context()) == "in time"
+    assert waits == [0.0]
 
 
-async def test_connection_refused_is_retried_then_reported() -> None:
-    pacing = Pacing()
+async def test_connection_refused_is_retried_then_reported(waits: list[float]) -> None:
     async with open_fake_openai() as fake:
         dead_url = fake.base_url
     config = BrioConfig(providers={"gone": ProviderConfig(base_url=dead_url, max_retries=2)})
-    agent = make_llm_agent("bot", AgentConfig(kind="llm", model="m"), config, pacing.tunables())
-    with pytest.raises(AgentError, match=r"after 3 attempt.*connection error"):
+    agent = make_llm_agent("bot", AgentConfig(kind="llm", model="m"), config, DEFAULT_TUNABLES)
+    with (
+        stamina.set_testing(True, attempts=10, cap=True),
+        pytest.raises(AgentError, match=r"after 3 attempt.*connection error"),
+    ):
         await agent(context())
-    assert len(pacing.sleeps) == 2
+    assert waits == [0.0, 0.0]
 
 
-async def test_broken_stream_after_output_is_not_retried() -> None:
-    pacing = Pacing()
+async def test_broken_stream_after_output_is_not_retried(waits: list[float]) -> None:
     async with open_fake_openai() as fake:
         fake.reply("partial ", "reply ", "lost", drop_after=2)
         fake.reply("must not be used")
         chunks: list[str] = []
         with pytest.raises(AgentError, match="after output was sent"):
-            await llm_agent(fake, pacing)(context(chunks=chunks))
+            await llm_agent(fake)(context(chunks=chunks))
     assert chunks == ["partial ", "reply "]
     assert len(fake.requests) == 1
-    assert pacing.sleeps == []
+    assert waits == []
 
 
 async def test_unscripted_fake_echoes_the_prompt() -> None:
@@ -260,11 +287,20 @@ async def test_cancellation_stops_the_request() -> None:
     assert chunks == ["slow"]
 
 
-def test_single_provider_is_chosen_by_default(tmp_path: Any) -> None:
-    config = BrioConfig(
-        providers={"only": ProviderConfig(base_url="http://x/v1", default_model="m")}
-    )
-    make_llm_agent("bot", AgentConfig(kind="llm"), config)
+async def test_single_provider_is_chosen_by_default() -> None:
+    """No ``provider`` and no ``model``: the only provider's URL, key, model and name are used."""
+    async with open_fake_openai(api_key="sk-only") as fake:
+        only = provider_for(fake, api_key="sk-only", default_model="only-model", max_retries=0)
+        config = BrioConfig(providers={"only": only})
+        agent = make_llm_agent("bot", AgentConfig(kind="llm"), config, QUICK)
+        fake.reply("from the only one")
+        fake.fail(503)
+        assert await agent(context()) == "from the only one"
+        with pytest.raises(AgentError, match=r"^only: giving up after 1 attempt\(s\): HTTP 503"):
+            await agent(context())
+    assert [(r.path, r.headers["authorization"], r.json["model"]) for r in fake.requests] == [
+        ("/v1/chat/completions", "Bearer sk-only", "only-model"),
+    ] * 2
 
 
 def test_unknown_provider_is_refused() -> None:
