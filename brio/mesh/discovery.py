@@ -6,9 +6,12 @@ The static ``[[mesh.peers]]`` seeds are part of every set, whatever the method, 
 may combine fixed seeds with discovery. A lookup that fails is logged once per outage and the
 previous set stays in force: an error never empties the mesh.
 
-DNS runs dnspython's synchronous resolver in a worker thread (abandoned on cancellation, so a
-slow server never blocks shutdown); Kubernetes is one ``GET .../pods`` with httpx, which runs
-on trio natively. Neither needs asyncio.
+DNS is dnspython's async resolver on its trio backend and Kubernetes one ``GET .../pods`` with
+httpx: both run on trio natively, so a trio cancel scope (a lookup's deadline, shutdown) stops
+a lookup at once, sockets closed, with no thread left behind. Neither needs asyncio.
+
+The refresh loop is a fixed-interval poll, not a retry loop: a failed lookup is simply
+followed by the next refresh, so there is no backoff to hand to a retry library.
 """
 
 from __future__ import annotations
@@ -16,18 +19,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.asyncbackend
+import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.nameserver
-import dns.rdatatype
 import dns.resolver
 import httpx
 import trio
@@ -217,15 +221,18 @@ def _nameservers(servers: Iterable[str]) -> list[dns.nameserver.Nameserver]:
     return out
 
 
-class _SyncDNS:
-    """Blocking lookups for one refresh, sharing one deadline (run in a worker thread)."""
+# Named, not sniffed: discovery always runs under trio, and this fails loudly if not.
+_TRIO = dns.asyncbackend.get_backend("trio")
 
-    def __init__(self, servers: list[str], timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self.timeout = timeout
+
+class _DNS:
+    """The lookups of one refresh; the caller's trio cancel scope is their one deadline."""
+
+    def __init__(self, servers: list[str]) -> None:
         self.system = not servers
         try:
-            self.resolver = dns.resolver.Resolver(configure=self.system)
+            # configure=True reads /etc/resolv.conf: a small local file, read synchronously
+            self.resolver = dns.asyncresolver.Resolver(configure=self.system)
         except dns.exception.DNSException as exc:  # no /etc/resolv.conf
             raise DiscoveryError(
                 f"no system DNS configuration ({exc}); set {_DISCOVERY} dns_servers"
@@ -233,49 +240,42 @@ class _SyncDNS:
         if servers:
             self.resolver.nameservers = _nameservers(servers)
         self.resolver.cache = None  # every refresh asks the server
+        self.resolver.lifetime = math.inf  # the deadline is resolve_dns's cancel scope
+        self.asking = ""  # the query in flight, for the timeout message
 
-    def records(self, name: str, rdtype: str, *, search: bool) -> list[Any]:
+    async def records(self, name: str, rdtype: str, *, search: bool) -> list[Any]:
         """The answer's rdata; none for NXDOMAIN or no answer (both legitimate answers)."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise DiscoveryError(f"no DNS answer for {name} within {self.timeout:g}s")
+        self.asking = f"{name} {rdtype}"
         try:
-            answer = self.resolver.resolve(
-                name, rdtype, raise_on_no_answer=False, lifetime=left, search=search
+            answer = await self.resolver.resolve(
+                name, rdtype, raise_on_no_answer=False, search=search, backend=_TRIO
             )
         except dns.resolver.NXDOMAIN:
             return []
-        except dns.resolver.LifetimeTimeout:
-            raise DiscoveryError(
-                f"no DNS answer for {name} {rdtype} within {self.timeout:g}s "
-                f"(asked {self._servers()})"
-            ) from None
         except dns.exception.DNSException as exc:  # SERVFAIL, REFUSED, unreachable...
             raise DiscoveryError(f"DNS lookup of {name} {rdtype} failed: {exc}") from None
         return list(answer)
 
-    def addresses(self, name: str, port: int, *, search: bool) -> set[FoundPeer]:
+    async def addresses(self, name: str, port: int, *, search: bool) -> set[FoundPeer]:
         peers: set[FoundPeer] = set()
         for rdtype in ("A", "AAAA"):
-            for rdata in self.records(name, rdtype, search=search):
+            for rdata in await self.records(name, rdtype, search=search):
                 peers.add(FoundPeer(format_address(rdata.address, port)))
         return peers
 
-    def srv(self, name: str) -> set[FoundPeer]:
+    async def srv(self, name: str) -> set[FoundPeer]:
         peers: set[FoundPeer] = set()
-        for rdata in self.records(name, "SRV", search=self.system):
+        for rdata in await self.records(name, "SRV", search=self.system):
             target: dns.name.Name = rdata.target
             if target == dns.name.root:  # "." means: no such service here
                 continue
-            peers |= self.addresses(target.to_text(), int(rdata.port), search=False)
+            peers |= await self.addresses(target.to_text(), int(rdata.port), search=False)
         return peers
 
-    def _servers(self) -> str:
+    def servers(self) -> str:
         return ", ".join(str(server) for server in self.resolver.nameservers) or "no servers"
 
 
-# The timeouts below are the lookup's own deadline (dnspython's resolver lifetime in a thread
-# that trio cannot cancel, httpx's per-request timeout), not a substitute for a cancel scope.
 async def resolve_dns(
     name: str,
     port: int,
@@ -288,19 +288,16 @@ async def resolve_dns(
     address is paired with ``port``. A name with no records (or none at all) is an empty set;
     a timeout or a server failure raises ``DiscoveryError``. ``servers`` empty means the
     system's resolver configuration (including its search domains, as getaddrinfo would).
+    ``timeout`` bounds all the queries of the lookup together, on trio's clock.
     """
-
-    def lookup() -> frozenset[FoundPeer]:
-        dns_ = _SyncDNS(servers, timeout)
+    dns_ = _DNS(servers)
+    with trio.move_on_after(timeout):
         if name.startswith("_"):
-            return frozenset(dns_.srv(name))
-        return frozenset(dns_.addresses(name, port, search=dns_.system))
-
-    # The thread obeys the resolver's own deadline; the trio timeout is a backstop, and
-    # abandon_on_cancel lets cancellation (shutdown) return at once while it finishes.
-    with trio.move_on_after(timeout + 1.0):
-        return await trio.to_thread.run_sync(lookup, abandon_on_cancel=True)
-    raise DiscoveryError(f"no DNS answer for {name} within {timeout:g}s")
+            return frozenset(await dns_.srv(name))
+        return frozenset(await dns_.addresses(name, port, search=dns_.system))
+    raise DiscoveryError(
+        f"no DNS answer for {dns_.asking} within {timeout:g}s (asked {dns_.servers()})"
+    )
 
 
 # --- Kubernetes --------------------------------------------------------------------------

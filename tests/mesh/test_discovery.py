@@ -215,13 +215,38 @@ async def test_dns_server_that_never_answers_fails_within_the_timeout() -> None:
 
 
 async def test_dns_lookup_is_cancelled_at_once() -> None:
-    """The resolver thread is abandoned: a cancel does not wait for the lookup's timeout."""
+    """A cancel does not wait for the lookup's timeout."""
     sock, port = await free_udp_port_that_never_answers()
     with sock:
         start = trio.current_time()
         with trio.move_on_after(0.1):
             await resolve_dns("brio-mesh.test", 50051, [f"127.0.0.1:{port}"], 5.0)
         assert trio.current_time() - start < 0.5
+
+
+async def test_dns_lookup_cancelled_by_a_trio_scope_stops_and_closes_its_socket() -> None:
+    """The lookup runs on trio, not in a thread: cancelling it ends it, socket and all.
+
+    The unresponsive server sees the query (the lookup was waiting on it); after the cancel
+    the client's UDP port is closed, so a datagram sent there comes back as ICMP "port
+    unreachable". An abandoned resolver thread would still be listening, and retrying.
+    """
+    sock, port = await free_udp_port_that_never_answers()
+    with sock:
+        start = trio.current_time()
+        with trio.move_on_after(0.2) as scope:
+            await resolve_dns("brio-mesh.test", 50051, [f"127.0.0.1:{port}"], 30.0)
+        late = trio.current_time() - start - 0.2
+        assert scope.cancelled_caught
+        assert late < 0.2
+        with trio.fail_after(1):
+            query, client = await sock.recvfrom(512)
+        assert str(dnslib.DNSRecord.parse(query).q.qname) == "brio-mesh.test."
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as probe:
+        await probe.connect(client)
+        await probe.send(b"a late answer")
+        with trio.fail_after(1), pytest.raises(ConnectionRefusedError):
+            await probe.recv(512)
 
 
 async def test_run_discovery_dns_follows_the_records(
