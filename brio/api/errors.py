@@ -6,6 +6,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+# pydantic error types that are API error codes of their own (raised by validators in
+# brio.api.models as PydanticCustomError): a request whose only fault is one of these gets that
+# code and ``{"field": name}`` instead of the generic ``validation_error`` list.
+CODED = frozenset({"invalid_cursor"})
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
@@ -25,8 +30,12 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 def validation_error(exc: ValidationError, where: str) -> ApiError:
     """A 422 naming every bad field, what was wrong, and (when short) what was given."""
+    errors = exc.errors(include_url=False, include_context=False)
+    if len(errors) == 1 and errors[0]["type"] in CODED:
+        err = errors[0]
+        return ApiError(422, err["type"], err["msg"], {"field": _field(err["loc"])})
     details = []
-    for err in exc.errors(include_url=False, include_context=False):
+    for err in errors:
         item: dict[str, Any] = {"field": _field(err["loc"]), "message": err["msg"]}
         if err["type"] != "missing":
             item["input"] = repr(err["input"])[:100]

@@ -1,4 +1,9 @@
-"""``/openapi.json``: an OpenAPI 3.1 description built from the API's pydantic models."""
+"""``/openapi.json``, generated from the installed routes and their pydantic models.
+
+Nothing here names a route or a status: the paths, parameters, bodies and responses all come
+from the ``Route`` declarations (``brio.api.routing``) and ``documented``, the same ones that
+register the routes and police their answers, so the document cannot leave one out.
+"""
 
 from __future__ import annotations
 
@@ -7,208 +12,106 @@ from typing import Any
 from pydantic import BaseModel
 
 from brio.api import models
-
-_REF = "#/components/schemas/{model}"
+from brio.api.routing import Route, documented
+from brio.config.model import BrioConfig
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": _REF.format(model=model.__name__)}
+    return {"$ref": models.REF.format(model=model.__name__)}
 
 
-def _json_response(description: str, model: type[BaseModel]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(ref_template=models.REF, schema_generator=models.SchemaGenerator)
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json_response(description, models.ErrorBody)
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without its ``null`` branch: in a URL, absent is None."""
+    branches = [b for b in schema.get("anyOf", []) if b != {"type": "null"}]
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    if "anyOf" in schema and len(branches) == 1:
+        rest = {**branches[0], **rest}
+    elif "anyOf" in schema:
+        rest["anyOf"] = branches
+    if schema.get("default") is not None:
+        rest["default"] = schema["default"]
+    return rest
 
 
-def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = model.model_json_schema(ref_template=_REF)
+def _parameters(model: type[BaseModel], where: str, schemas: dict[str, Any]) -> list[Any]:
+    schema = model.model_json_schema(
+        ref_template=models.REF, schema_generator=models.SchemaGenerator
+    )
+    schemas.update(schema.pop("$defs", {}))
+    required = set(schema.get("required", []))
     return [
-        {"name": name, "in": "query", "required": False, "schema": prop}
+        {
+            "name": name,
+            "in": where,
+            "required": where == "path" or name in required,
+            "schema": _without_null(prop),
+        }
         for name, prop in schema["properties"].items()
     ]
 
 
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _operation(route: Route, config: BrioConfig, schemas: dict[str, Any]) -> dict[str, Any]:
+    def use(model: type[BaseModel]) -> dict[str, str]:
+        if model.__name__ not in schemas:
+            add_schema(model, schemas)
+        return _ref(model)
+
+    op: dict[str, Any] = {"operationId": route.name, "summary": route.summary}
+    params: list[Any] = []
+    if route.path_params is not None:
+        params += _parameters(route.path_params, "path", schemas)
+    if route.query is not None:
+        params += _parameters(route.query, "query", schemas)
+    if params:
+        op["parameters"] = params
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": use(route.body)}},
+        }
+    responses: dict[str, Any] = {}
+    for status, answer in documented(route, config).items():
+        responses[str(status)] = {"description": answer.description}
+        if answer.model is not None:
+            responses[str(status)]["content"] = {"application/json": {"schema": use(answer.model)}}
+    op["responses"] = responses
+    if config.server.auth_token is not None:
+        op["security"] = [{"bearer": []}] if route.auth else []
+    return op
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+def add_schema(model: type[BaseModel], schemas: dict[str, Any]) -> None:
+    schema = model.model_json_schema(
+        ref_template=models.REF, schema_generator=models.SchemaGenerator
+    )
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
 
 
-_AUTH_ERRORS = {"401": _error("Missing or wrong bearer token (when server.auth_token is set)")}
-
-
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(
+    routes: list[Route],
+    config: BrioConfig,
+    version: str,
+    also: tuple[type[BaseModel], ...] = (),
+) -> dict[str, Any]:
+    """The document for ``routes`` on a node with ``config``; ``also``: models that no route
+    answers with but clients send elsewhere (WebSocket messages)."""
     schemas: dict[str, Any] = {}
-    for model in (
-        models.TaskCreate,
-        models.TaskOut,
-        models.TaskList,
-        models.SessionCreate,
-        models.SessionOut,
-        models.SessionList,
-        models.MessageOut,
-        models.MessageList,
-        models.AgentOut,
-        models.AgentList,
-        models.Health,
-        models.ErrorBody,
-        models.WsSubscribe,
-    ):
-        schema = model.model_json_schema(ref_template=_REF)
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-
-    paths: dict[str, Any] = {
-        "/health": {
-            "get": {
-                "summary": "Node health in the deployment guide's shape",
-                "responses": {
-                    "200": _json_response("Healthy", models.Health),
-                    "503": _json_response("Unhealthy (the store does not answer)", models.Health),
-                },
-            }
-        },
-        "/health/live": {
-            "get": {
-                "summary": "Liveness; never needs a token",
-                "responses": {"200": {"description": "Alive"}},
-            }
-        },
-        "/health/ready": {
-            "get": {
-                "summary": "Readiness: the store answers",
-                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
-            }
-        },
-        "/api/tasks": {
-            "post": {
-                "summary": "Submit a task (committed before the answer)",
-                "requestBody": _body(models.TaskCreate),
-                "responses": {
-                    "202": _json_response("Accepted: a new task", models.TaskOut),
-                    "200": _json_response(
-                        "The task already made with this idempotency key", models.TaskOut
-                    ),
-                    "403": _error("Served by coordinators only (coordinator_only_endpoints)"),
-                    "404": _error("Unknown agent, session, or node in a node-id/agent target"),
-                    "409": _error("Idempotency key reused with a different request"),
-                    "413": _error("Body too large"),
-                    "422": _error("Invalid body or target"),
-                    "503": _error("The target node is failed or removed, or the node stops"),
-                    **_AUTH_ERRORS,
-                },
-            },
-            "get": {
-                "summary": "List tasks, newest first",
-                "parameters": _query_params(models.TaskListQuery),
-                "responses": {
-                    "200": _json_response("A page of tasks", models.TaskList),
-                    "422": _error("Invalid query"),
-                    **_AUTH_ERRORS,
-                },
-            },
-        },
-        "/api/tasks/{task_id}": {
-            "get": {
-                "summary": "One task",
-                "parameters": [_path_param("task_id")],
-                "responses": {
-                    "200": _json_response("The task", models.TaskOut),
-                    "404": _error("Unknown task"),
-                    **_AUTH_ERRORS,
-                },
-            }
-        },
-        "/api/tasks/{task_id}/cancel": {
-            "post": {
-                "summary": "Cancel a queued or running task",
-                "parameters": [_path_param("task_id")],
-                "responses": {
-                    "200": _json_response("Cancelled", models.TaskOut),
-                    "404": _error("Unknown task"),
-                    "409": _error("Already finished"),
-                    **_AUTH_ERRORS,
-                },
-            }
-        },
-        "/api/sessions": {
-            "post": {
-                "summary": "Create a session (conversation)",
-                "requestBody": {**_body(models.SessionCreate), "required": False},
-                "responses": {
-                    "201": _json_response("Created", models.SessionOut),
-                    "422": _error("Invalid body"),
-                    **_AUTH_ERRORS,
-                },
-            },
-            "get": {
-                "summary": "List sessions, newest first",
-                "parameters": _query_params(models.SessionListQuery),
-                "responses": {
-                    "200": _json_response("Sessions", models.SessionList),
-                    **_AUTH_ERRORS,
-                },
-            },
-        },
-        "/api/sessions/{session_id}": {
-            "get": {
-                "summary": "One session",
-                "parameters": [_path_param("session_id")],
-                "responses": {
-                    "200": _json_response("The session", models.SessionOut),
-                    "404": _error("Unknown session"),
-                    **_AUTH_ERRORS,
-                },
-            }
-        },
-        "/api/sessions/{session_id}/messages": {
-            "get": {
-                "summary": "The session's conversation history, oldest first",
-                "parameters": [_path_param("session_id"), *_query_params(models.MessageListQuery)],
-                "responses": {
-                    "200": _json_response("Messages", models.MessageList),
-                    "404": _error("Unknown session"),
-                    **_AUTH_ERRORS,
-                },
-            }
-        },
-        "/api/agents": {
-            "get": {
-                "summary": "Agents this node runs",
-                "responses": {"200": _json_response("Agents", models.AgentList), **_AUTH_ERRORS},
-            }
-        },
-        "/api/agents/{name}": {
-            "get": {
-                "summary": "One agent",
-                "parameters": [_path_param("name")],
-                "responses": {
-                    "200": _json_response("The agent", models.AgentOut),
-                    "404": _error("Unknown agent"),
-                    **_AUTH_ERRORS,
-                },
-            }
-        },
-        "/ws": {
-            "get": {
-                "summary": "WebSocket of task events (task_created, task_update, task_output, "
-                "task_completed); send WsSubscribe messages to choose tasks, sessions or all",
-                "responses": {"101": {"description": "Switching protocols"}, **_AUTH_ERRORS},
-            }
-        },
-    }
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, config, schemas)
+    for model in also:
+        add_schema(model, schemas)
+    components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
+    if config.server.auth_token is not None:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Brio node API", "version": version},
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{}, {"bearer": []}],
+        "components": components,
     }

@@ -1,0 +1,115 @@
+"""Reading a request's JSON body, query and path into the route's pydantic models.
+
+Every refusal is a precise 422 naming the field, raised before anything reaches the store: a
+value the store cannot hold must never come back as a 503 (PostgreSQL refuses it) or as
+invalid JSON later (SQLite keeps it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from quart import request
+
+from brio.api.errors import ApiError, validation_error
+from brio.api.models import MAX_NUMBER
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, where: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, where) from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _text_fault(value: str) -> str | None:
+    if "\x00" in value:
+        return "NUL characters are not allowed"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "lone surrogates are not allowed (not Unicode text)"
+    return None
+
+
+def unstorable(value: Any, path: str) -> tuple[str, str] | None:
+    """Where in ``value`` something neither store keeps as given hides, and what it is.
+
+    The rules ``models.JsonValue`` documents: no NUL characters or lone surrogates in
+    strings or keys, numbers within a double's range (``1e400`` parses as infinity).
+    """
+    if isinstance(value, str):
+        fault = _text_fault(value)
+        return (path or "(body)", fault) if fault else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float | int):
+        if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > MAX_NUMBER:
+            return (path or "(body)", f"numbers must be within ±{MAX_NUMBER!r}")
+        return None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            fault = _text_fault(key)
+            if fault:
+                return (f"{path}.{key!r}".lstrip("."), f"keys: {fault}")
+            items.append((f"{path}.{key}".lstrip("."), item))
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    for where, item in items:
+        found = unstorable(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_json_object(raw: bytes | str, where: str) -> dict[str, Any]:
+    """Strict JSON (no NaN/Infinity), an object, storable everywhere; else a precise 422."""
+    try:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(422, "invalid_json", f"the {where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_json", f"the {where} is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"the {where} must be a JSON object")
+    try:
+        bad = unstorable(data, "")
+    except RecursionError:
+        raise ApiError(422, "invalid_json", f"the {where} is nested too deeply") from None
+    if bad is not None:
+        field, message = bad
+        raise ApiError(
+            422,
+            "validation_error",
+            f"invalid {where}: {field}: {message}",
+            [{"field": field, "message": message}],
+        )
+    return data
+
+
+async def read_body(model: type[M], *, required: bool) -> M:
+    raw = await request.get_data(cache=False, as_text=False)
+    if not required and not raw.strip():
+        return validate(model, {}, "request body")
+    if not raw:
+        raise ApiError(422, "invalid_body", "the request body must be a JSON object")
+    return validate(model, parse_json_object(raw, "request body"), "request body")
+
+
+def read_query(model: type[M]) -> M:
+    return validate(model, dict(request.args.items()), "query parameters")
+
+
+def read_path(model: type[M], view_args: Mapping[str, Any]) -> M:
+    return validate(model, dict(view_args), "path")
