@@ -1,69 +1,59 @@
-"""Write a plain dict (such as ``redacted(config)``) back out as readable TOML.
+"""Write a plain dict (such as ``redacted(config)``) back out as readable TOML, with tomli-w.
 
 ``brio config show`` prints this, and an operator may paste it into a file: the output is
-valid TOML that loads to the same configuration (unset keys appear as comments, since TOML
-has no null).
+valid TOML that loads to the same configuration. TOML has no null, so a key whose value is
+``None`` (unset) is left out of the tables and named in a comment at the top instead; tomli-w
+writes no comments, so that comment is the one piece written here.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from brio.config.keys import quote_key, toml_string
+import tomli_w
+
+from brio.config.keys import KeyPath, quote_key, toml_key
 
 
 def to_toml(data: Mapping[str, Any]) -> str:
-    """Top-level keys first, then each table, then each ``[[array of tables]]`` entry."""
+    """Top-level keys first, then each table (as tomli-w orders them), unset keys named first."""
+    unset: dict[KeyPath, list[str]] = {}
+    body = tomli_w.dumps(_without_none(data, (), unset))
     lines: list[str] = []
-    _table(lines, (), data, is_array_entry=False)
-    return "\n".join(lines).strip("\n") + "\n"
+    if unset:
+        lines.append("# not set (TOML has no null):")
+        for path, keys in unset.items():
+            names = ", ".join(quote_key(key) for key in keys)
+            lines.append(f"#   {toml_key(path, is_table=True)} {names}")
+    if unset and body:
+        lines.append("")
+    return ("\n".join(lines) + "\n" + body).strip("\n") + "\n"
 
 
-def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _table(
-    lines: list[str], path: tuple[str, ...], table: Mapping[str, Any], *, is_array_entry: bool
-) -> None:
-    if path:
-        name = ".".join(quote_key(part) for part in path)
-        lines.extend(["", f"[[{name}]]" if is_array_entry else f"[{name}]"])
-    for key, value in table.items():
-        if isinstance(value, dict) or _is_table_array(value):
-            continue
-        if value is None:
-            lines.append(f"# {quote_key(key)} is not set")
-        else:
-            lines.append(f"{quote_key(key)} = {toml_value(value)}")
-    for key, value in table.items():
-        if isinstance(value, dict):
-            _table(lines, (*path, key), value, is_array_entry=False)
-    for key, value in table.items():
-        if _is_table_array(value):
-            for entry in value:
-                _table(lines, (*path, key), entry, is_array_entry=True)
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value: string, bool, number, list, or inline table."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
+def _without_none(value: Any, path: KeyPath, unset: dict[KeyPath, list[str]]) -> Any:
+    """``value`` with the ``None`` keys of each table (recorded in ``unset``) and ``None`` list
+    items left out, and with characters UTF-8 cannot encode (lone surrogates, which an
+    environment variable may hold) as U+FFFD, so that the text can be printed and written."""
+    if isinstance(value, Mapping):
+        kept: dict[str, Any] = {}
+        for raw_key, item in value.items():
+            key = _encodable(raw_key)
+            if item is None:
+                unset.setdefault(path, []).append(key)
+            else:
+                kept[key] = _without_none(item, (*path, key), unset)
+        return kept
     if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value if item is not None) + "]"
-    if isinstance(value, dict):
-        items = (f"{quote_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None)
-        return "{ " + ", ".join(items) + " }" if value else "{}"
-    return toml_string(str(value))
+        return [_without_none(v, (*path, i), unset) for i, v in enumerate(value) if v is not None]
+    if isinstance(value, str):
+        return _encodable(value)
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)

@@ -134,7 +134,8 @@ def test_show_toml_is_redacted_and_reloads(
     assert 'auth_token = "***"' in out
     assert 'url = "postgresql://brio:***@db:5432/brio"' in out
     assert 'provider = "local"' in out  # the implicit choice is shown
-    assert "[[mesh.peers]]" in out
+    assert '{ id = "w1", address = "10.0.0.2:50051", role = "worker" }' in out  # the peer
+    assert "#   [mesh] advertise_addr\n" in out  # an unset key is named, not silently left out
     # what is shown is valid TOML that loads to the same configuration (secrets aside)
     shown = write(tmp_path / "shown.toml", out)
     again = load_config(shown, {}).config
@@ -185,3 +186,27 @@ def test_check_reads_the_mesh_certificates(
     err = capsys.readouterr().err
     assert "[mesh.tls] key_file" in err and "does not match" in err
     assert "Traceback" not in err
+
+
+def test_toml_names_unset_keys_and_reloads_what_is_set() -> None:
+    from brio.config.render import to_toml
+
+    data = {
+        "top": None,
+        "server": {"auth_token": None, "port": 8080, "hosts": ["a", None, "b\ud800"]},
+        "mesh": {"peers": [{"id": "w1", "address": None}, {"id": "w2", "role": "worker"}]},
+    }
+    text = to_toml(data)
+    assert text.startswith(
+        "# not set (TOML has no null):\n"
+        "#   (top level) top\n"
+        "#   [server] auth_token\n"
+        "#   [[mesh.peers]] #1 address\n"
+        "\n"
+    )
+    assert tomllib.loads(text) == {
+        "server": {"port": 8080, "hosts": ["a", "b\ufffd"]},
+        "mesh": {"peers": [{"id": "w1"}, {"id": "w2", "role": "worker"}]},
+    }
+    assert to_toml({"a": 1}) == "a = 1\n"
+    assert to_toml({}) == "\n"
