@@ -45,13 +45,13 @@ from grpclib.client import Channel
 
 from brio import aio
 from brio.config.model import BrioConfig, TLSConfig
-from brio.mesh import pb
+from brio.mesh import methods, pb
 from brio.mesh.tls import client_context, server_context
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
 from brio.node.root import NodeHandle, run_node
 
-CALL = "/brio.mesh.v1.Mesh/Call"
-HEARTBEAT = "/brio.mesh.v1.Mesh/Heartbeat"
+CALL = methods.CALL.path
+HEARTBEAT = methods.HEARTBEAT.path
 NODE = "bench-node"
 PEER = "bench-peer"
 TIMEOUT = 30.0  # the default mesh.call_timeout; every call carries it as a gRPC deadline
