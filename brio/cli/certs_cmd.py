@@ -12,16 +12,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from brio.certs import CA_DAYS, NODE_DAYS, CertsError, describe, issue_node_cert, make_ca
 
 DEFAULT_DIR = "./certs"
 
 
-def add_parser(sub: Any) -> None:
-    certs = sub.add_parser("certs", help="make a private CA and node certificates for mesh mTLS")
-    certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    certs_sub = parser.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
 
     init = certs_sub.add_parser("init", help="create a CA: DIR/ca.crt and DIR/ca.key")
     init.add_argument("--dir", default=DEFAULT_DIR, help=f"where to write (default: {DEFAULT_DIR})")

@@ -2,23 +2,42 @@
 
 Both load exactly as ``brio serve`` does (``--config`` replaces the file lookup; the ``BRIO_*``
 environment still applies), so "OK" here means the node will start with this configuration.
-Secrets are never printed.
+Secrets are never printed. The config (pydantic, the agents) is imported when a check or a
+show runs, not for ``brio config --help``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from brio.config.errors import ConfigError
-from brio.config.load import LoadedConfig, load_config
-from brio.config.redact import redacted
-from brio.config.render import to_toml
+if TYPE_CHECKING:
+    from brio.config.errors import ConfigError
+    from brio.config.load import LoadedConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = actions.add_parser("check", help="validate; exit 0 if valid, 1 if not")
+    check.add_argument("--config", help="config file")
+    show = actions.add_parser("show", help="print the effective config, secrets redacted")
+    show.add_argument("--config", help="config file")
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config_command == "check":
+        return config_check(args.config)
+    return config_show(args.config, args.json)
 
 
 def _load(config_path: str | None) -> LoadedConfig:
+    from brio.config.load import load_config
+
     path = Path(config_path) if config_path is not None else None
     return load_config(path, os.environ)
 
@@ -37,6 +56,7 @@ def _report(err: ConfigError) -> int:
 def config_check(config_path: str | None) -> int:
     """Print ``OK: <source>`` and return 0, or print every problem to stderr and return 1."""
     from brio.agents.registry import build_registry
+    from brio.config.errors import ConfigError
     from brio.mesh.tls import TLSSetupError, check_files
 
     try:
@@ -63,6 +83,10 @@ def config_check(config_path: str | None) -> int:
 
 def config_show(config_path: str | None, as_json: bool) -> int:
     """Print the effective configuration, secrets redacted, as TOML (or JSON with ``as_json``)."""
+    from brio.config.errors import ConfigError
+    from brio.config.redact import redacted
+    from brio.config.render import to_toml
+
     try:
         loaded = _load(config_path)
     except ConfigError as err:

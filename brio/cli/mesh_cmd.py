@@ -17,27 +17,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import betterproto2
-import trio
-
-from brio import aio
 from brio.cli.errors import CliError
-from brio.config.errors import ConfigError
-from brio.config.load import load_config
-from brio.config.model import BrioConfig, split_host_port
-from brio.mesh import pb
-from brio.mesh.tls import TLSSetupError, client_context
-from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
-from brio.node.data_dir import MESH_ADDRESS_FILE
+from brio.cli.output import print_fields, print_table
 
-ADMIN = "/brio.mesh.v1.MeshAdmin/"
+if TYPE_CHECKING:
+    from brio.config.model import BrioConfig
+    from brio.mesh import pb
+    from brio.mesh.methods import Method
+
+# The config model, trio, gRPC and the generated protobuf code are imported by the functions
+# that use them, so that `brio mesh --help` (and every other command) does not load them.
 
 
-def add_parser(sub: Any) -> None:
-    mesh = sub.add_parser("mesh", help="inspect the mesh through the local node")
-    mesh_sub = mesh.add_subparsers(dest="mesh_command", metavar="ACTION", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mesh_sub = parser.add_subparsers(dest="mesh_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="the node's config file (address and TLS identity)")
@@ -70,6 +65,9 @@ def add_parser(sub: Any) -> None:
 
 def _target(config: BrioConfig, override: str | None) -> tuple[str, str | None]:
     """The address to dial and, when it is not the node's own host, the TLS name to check."""
+    from brio.config.model import split_host_port
+    from brio.node.data_dir import MESH_ADDRESS_FILE
+
     if override:
         try:
             split_host_port(override)
@@ -97,13 +95,16 @@ async def _ask(  # noqa: PLR0917 (trio.run passes arguments by position)
     config: BrioConfig,
     address: str,
     server_name: str | None,
-    method: str,
+    method: Method,
     request: Any,
-    response_type: type[Any],
     timeout: float,
 ) -> Any:
     """The reply, or the ``MeshCallError``/``TLSSetupError`` that stopped it (returned, so
     that it does not come out of the loop wrapped in exception groups)."""
+    from brio import aio
+    from brio.mesh.tls import TLSSetupError, client_context
+    from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
+
     async with aio.open_loop():
         try:
             pool = ChannelPool(
@@ -115,7 +116,7 @@ async def _ask(  # noqa: PLR0917 (trio.run passes arguments by position)
         except TLSSetupError as exc:
             return exc
         try:
-            return await pool.unary(address, ADMIN + method, request, response_type, timeout)
+            return await pool.unary(address, method.path, request, method.reply, timeout)
         except MeshCallError as exc:
             return exc
         finally:
@@ -139,17 +140,9 @@ def _ms(value: float) -> str:
     return f"{value:.1f}ms" if value < 10 else f"{value:.0f}ms"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
+    from brio.mesh import pb
+
     if detail:
         node = reply.node or pb.NodeInfo()
         row = reply.peers[0] if reply.peers else None
@@ -178,9 +171,7 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
                 ("primary", reply.lease.primary or "unknown"),
                 ("lease_left", _left(reply.lease.lease_remaining)),
             ]
-        width = max(len(k) for k, _ in fields)
-        for key, value in fields:
-            print(f"{key.ljust(width)}  {value}")
+        print_fields(fields)
         return
     rows = [
         [
@@ -197,7 +188,7 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
     if reply.lease is not None:
         print(_lease_line(reply.lease))
     if rows:
-        print(_table(["Node ID", "Address", "Status", "Last Seen", "Latency"], rows))
+        print_table(["Node ID", "Address", "Status", "Last Seen", "Latency"], rows)
 
 
 def _left(seconds: float) -> str:
@@ -226,33 +217,33 @@ def _print_ping(reply: pb.PingResponse, count: int) -> None:
 
 
 def _print_topology(reply: pb.TopologyResponse) -> None:
-    print(
-        _table(
-            ["Node ID", "Role", "Address", "Active", "Max"],
+    from brio.mesh import pb
+
+    print_table(
+        ["Node ID", "Role", "Address", "Active", "Max"],
+        [
             [
-                [
-                    n.node_id,
-                    n.role,
-                    n.address,
-                    str((n.workload or pb.Load()).active),
-                    str((n.workload or pb.Load()).max_agents),
-                ]
-                for n in reply.nodes
-            ],
-        )
+                n.node_id,
+                n.role,
+                n.address,
+                str((n.workload or pb.Load()).active),
+                str((n.workload or pb.Load()).max_agents),
+            ]
+            for n in reply.nodes
+        ],
     )
     print()
-    print(
-        _table(
-            ["From", "To", "Status", "Latency"],
-            [[e.from_node, e.to_node, e.status, _ms(e.latency_ms)] for e in reply.edges],
-        )
+    print_table(
+        ["From", "To", "Status", "Latency"],
+        [[e.from_node, e.to_node, e.status, _ms(e.latency_ms)] for e in reply.edges],
     )
     if reply.unreachable:
         print(f"\nno view from: {', '.join(reply.unreachable)}")
 
 
 def _print_stats(reply: pb.StatsResponse) -> None:
+    from brio.mesh import pb
+
     load = reply.workload or pb.Load()
     fields = [
         ("node_id", reply.node_id),
@@ -275,9 +266,7 @@ def _print_stats(reply: pb.StatsResponse) -> None:
         ("malformed_requests", str(reply.malformed_requests)),
         ("agents", ", ".join(reply.agents)),
     ]
-    width = max(len(k) for k, _ in fields)
-    for key, value in fields:
-        print(f"{key.ljust(width)}  {value}")
+    print_fields(fields)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,6 +281,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import betterproto2
+    import trio
+
+    from brio.config.errors import ConfigError
+    from brio.config.load import load_config
+    from brio.mesh import methods, pb
+    from brio.mesh.tls import TLSSetupError
+    from brio.mesh.transport import MeshCallError
+
     try:
         loaded = load_config(Path(args.config) if args.config else None, os.environ)
     except ConfigError as exc:
@@ -302,32 +300,32 @@ def _run(args: argparse.Namespace) -> int:
     address, server_name = _target(config, args.node)
     command: str = args.mesh_command
     request: Any
-    response_type: type[Any]
+    method: Method
     show: Callable[[Any], None]
     if command == "status":
         request = pb.StatusRequest(node_id=args.node_id or "")
-        method, response_type = "Status", pb.StatusResponse
+        method = methods.STATUS
         show = lambda r: _print_status(r, bool(args.node_id))  # noqa: E731
     elif command == "ping":
         if not 1 <= args.count <= 100:
             raise CliError(f"--count: expected 1 to 100, got {args.count}")
         request = pb.PingRequest(node_id=args.node_id, count=args.count)
-        method, response_type = "Ping", pb.PingResponse
+        method = methods.PING
         show = lambda r: _print_ping(r, args.count)  # noqa: E731
     elif command == "topology":
         request = pb.TopologyRequest()
-        method, response_type = "Topology", pb.TopologyResponse
+        method = methods.TOPOLOGY
         show = _print_topology
     elif command == "stats":
         request = pb.StatsRequest(node_id=args.node_id or "")
-        method, response_type = "Stats", pb.StatsResponse
+        method = methods.STATS
         show = _print_stats
     else:
         request = pb.NodeRequest(node_id=args.node_id or "", force=args.force)
-        method, response_type = command.capitalize(), pb.ActionResponse
+        method = methods.ADMIN[command.capitalize()]
         show = lambda r: print(r.message)  # noqa: E731
     timeout = args.timeout + (0.2 * getattr(args, "count", 0))
-    reply = trio.run(_ask, config, address, server_name, method, request, response_type, timeout)
+    reply = trio.run(_ask, config, address, server_name, method, request, timeout)
     if isinstance(reply, TLSSetupError):
         raise CliError(str(reply))
     if isinstance(reply, MeshCallError):

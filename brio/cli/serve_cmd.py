@@ -1,7 +1,12 @@
-"""``brio serve``: load the config, run the node, stop in order on SIGINT/SIGTERM."""
+"""``brio serve``: load the config, run the node, stop in order on SIGINT/SIGTERM.
+
+``brio.cli.main`` imports this module only to run ``brio serve``; the node itself
+(``brio.node.root``) is imported when the node starts.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -17,7 +22,6 @@ from brio.exc import leaves
 from brio.logs import setup_logging
 from brio.mesh.lease_state import LeaseStateError
 from brio.mesh.tls import TLSSetupError
-from brio.node.root import run_node
 from brio.store.base import StoreError
 
 log = logging.getLogger("brio.serve")
@@ -41,7 +45,17 @@ def _exit_if_still_running(after: float, why: str) -> None:
     timer.start()
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file (default: BRIO_CONFIG, ./brio.toml, ...)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return serve(args.config)
+
+
 async def _serve(config_path: str | None) -> None:
+    from brio.node.root import run_node
+
     loaded = load_config(Path(config_path) if config_path else None)
     setup_logging(loaded.config.logging)
     log.info("config: %s", loaded.source or "defaults (no config file)")

@@ -2,6 +2,9 @@
 
 The node's address comes from ``--url``, else ``BRIO_URL``, else the local config's
 ``[server] host/port``; the token from ``--token``, else ``BRIO_API_TOKEN``, else the config.
+
+httpx, trio and the config are imported by the functions that use them: ``brio tasks list
+--url ... --token ...`` reads no config, and only ``watch`` and ``submit --wait`` run trio.
 """
 
 from __future__ import annotations
@@ -14,17 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-import trio
-
 from brio.cli.errors import CliError
-from brio.config.errors import ConfigError
-from brio.config.load import load_config
+from brio.cli.output import print_fields, print_table
 
 
-def add_parser(sub: Any) -> None:
-    tasks = sub.add_parser("tasks", help="submit, inspect and watch tasks on a node")
-    tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    tasks_sub = parser.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="node API base URL (default: BRIO_URL or the config)")
@@ -64,6 +62,9 @@ def _target(args: argparse.Namespace) -> tuple[str, str | None]:
     url = args.url or os.environ.get("BRIO_URL")
     token = args.token or os.environ.get("BRIO_API_TOKEN")
     if url is None or token is None:
+        from brio.config.errors import ConfigError
+        from brio.config.load import load_config
+
         try:
             config = load_config(Path(args.config) if args.config else None).config
         except ConfigError as exc:
@@ -85,6 +86,8 @@ def _headers(token: str | None) -> dict[str, str]:
 
 
 def _request(method: str, url: str, token: str | None, **kwargs: Any) -> Any:
+    import httpx
+
     try:
         resp = httpx.request(method, url, headers=_headers(token), timeout=30, **kwargs)
     except httpx.HTTPError as exc:
@@ -105,12 +108,12 @@ def _print_task(task: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(task, indent=2))
         return
-    rows = [
+    rows: list[tuple[str, str]] = [
         ("id", task["id"]),
         ("agent", task["agent"]),
         ("status", task["status"]),
         ("node", task["node_id"] or "-"),
-        ("attempt", task["attempt"]),
+        ("attempt", str(task["attempt"])),
         ("session", task["session_id"] or "-"),
         ("created", task["created_at"]),
         ("finished", task["finished_at"] or "-"),
@@ -120,23 +123,24 @@ def _print_task(task: dict[str, Any], as_json: bool) -> None:
     if task["result"] is not None:
         result = task["result"]
         rows.append(("result", result if isinstance(result, str) else json.dumps(result)))
-    for key, value in rows:
-        print(f"{key:<9} {value}")
+    print_fields(rows)
 
 
 def _print_table(tasks: list[dict[str, Any]]) -> None:
-    header = f"{'ID':<36}  {'AGENT':<16}  {'STATUS':<10}  {'NODE':<14}  CREATED"
-    print(header)
-    for t in tasks:
-        print(
-            f"{t['id']:<36}  {t['agent'][:16]:<16}  {t['status']:<10}  "
-            f"{(t['node_id'] or '-')[:14]:<14}  {t['created_at'][:19]}"
-        )
+    """Newest first; ``CREATED`` to the second (the API gives microseconds and the zone)."""
+    print_table(
+        ["ID", "AGENT", "STATUS", "NODE", "CREATED"],
+        [
+            [t["id"], t["agent"], t["status"], t["node_id"] or "-", t["created_at"][:19]]
+            for t in tasks
+        ],
+    )
 
 
 async def _watch(
     url: str, token: str | None, task_ids: list[str], everything: bool, as_json: bool
 ) -> int:
+    import trio
     from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
     ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
@@ -258,6 +262,8 @@ def _run(args: argparse.Namespace) -> int:
             payload["idempotency_key"] = args.idempotency_key
         task = _request("POST", f"{url}/api/tasks", token, json=payload)
         if args.wait:
+            import trio
+
             code = trio.run(_watch, url, token, [task["id"]], False, args.json)
             _print_task(
                 _request("GET", f"{url}/api/tasks/{quote(task['id'], safe='')}", token), args.json
@@ -293,5 +299,7 @@ def _run(args: argparse.Namespace) -> int:
     if action == "watch":
         if not args.task_ids and not args.all:
             raise CliError("watch: name task ids, or --all")
+        import trio
+
         return trio.run(_watch, url, token, args.task_ids, args.all, args.json)
     raise CliError(f"unknown action {action!r}")

@@ -6,6 +6,7 @@ here a single mesh node runs as a real process and the CLI runs in-process.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -168,3 +169,90 @@ def test_a_wildcard_address_is_dialled_on_loopback_with_the_node_id_for_tls(
     (isolated / "data" / "mesh-address").write_text("10.0.0.5:6000\n")
     assert _target(config, None) == ("10.0.0.5:6000", None)
     assert _target(config, "10.0.0.9:1") == ("10.0.0.9:1", None)
+
+
+def test_status_table_off_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The columns of docs/mesh.md, one peer a line, as scripts read it."""
+    from brio.cli.mesh_cmd import _print_status
+    from brio.mesh import pb
+
+    now_ms = 1_000_000_000
+    monkeypatch.setattr("brio.cli.mesh_cmd.time.time", lambda: now_ms / 1000 + 1)
+    reply = pb.StatusResponse(
+        node=pb.NodeInfo(node_id="coordinator-1", role="coordinator", address="127.0.0.2:50051"),
+        peers=[
+            pb.PeerStatus(
+                node_id="worker-1",
+                address="127.0.0.3:50051",
+                status="healthy",
+                last_seen_unix_ms=now_ms,
+                latency_ms=26.0,
+            ),
+            pb.PeerStatus(address="127.0.0.4:50051", status="unknown"),
+        ],
+        lease=pb.LeaseStatus(role="primary", epoch=4, lease_remaining=3.2, voter=True),
+    )
+    _print_status(reply, detail=False)
+    assert capsys.readouterr().out == (
+        "coordinator-1 (coordinator) at 127.0.0.2:50051: 2 peer(s)\n"
+        "lease: primary, epoch 4, 3.2 s left\n"
+        "Node ID   Address          Status   Last Seen  Latency\n"
+        "worker-1  127.0.0.3:50051  healthy  1s ago     26ms\n"
+        "?         127.0.0.4:50051  unknown  never      -\n"
+    )
+
+
+def test_topology_and_stats_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from brio.cli.mesh_cmd import _print_stats, _print_topology
+    from brio.mesh import pb
+
+    _print_topology(
+        pb.TopologyResponse(
+            nodes=[
+                pb.NodeInfo(
+                    node_id="coordinator-1",
+                    role="coordinator",
+                    address="127.0.0.2:50051",
+                    workload=pb.Load(active=1, max_agents=32),
+                ),
+                pb.NodeInfo(node_id="worker-1", role="worker", address="127.0.0.3:50051"),
+            ],
+            edges=[pb.Edge(from_node="coordinator-1", to_node="worker-1", status="healthy")],
+            unreachable=["worker-2"],
+        )
+    )
+    assert capsys.readouterr().out == (
+        "Node ID        Role         Address          Active  Max\n"
+        "coordinator-1  coordinator  127.0.0.2:50051  1       32\n"
+        "worker-1       worker       127.0.0.3:50051  0       0\n"
+        "\n"
+        "From           To        Status   Latency\n"
+        "coordinator-1  worker-1  healthy  -\n"
+        "\n"
+        "no view from: worker-2\n"
+    )
+    _print_stats(pb.StatsResponse(node_id="worker-1", role="worker", agents=["echo", "sleep"]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "node_id              worker-1"
+    assert lines[1] == "role                 worker"
+    assert "heartbeats_received  0" in lines
+    assert lines[-1] == "agents               echo, sleep"
+
+
+def test_every_action_names_a_mesh_admin_method() -> None:
+    from brio.cli.mesh_cmd import add_arguments
+    from brio.mesh import methods
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in ("status", "ping", "topology", "stats", "drain", "leave", "remove"):
+        assert (
+            methods.ADMIN[action.capitalize()].path
+            == f"/brio.mesh.v1.MeshAdmin/{action.capitalize()}"
+        )
+        assert (
+            parser.parse_args([action, "x"] if action == "ping" else [action]).mesh_command
+            == action
+        )
