@@ -1,5 +1,5 @@
-"""Pieces both backends share: argument checks, cursors, SQL fragments, row decoding, URL
-redaction.
+"""Pieces both backends share besides their SQL (which is ``brio.store.sql``): argument
+checks, cursors, row decoding, URL redaction.
 
 Keeping them here means the two backends differ only in how they talk to their database, not
 in what they accept or hand out.
@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,28 +26,16 @@ from brio.store.base import (
     NodeRecord,
     NodeStateRecord,
     SessionRecord,
-    TaskFilter,
     TaskRecord,
 )
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
-
-# The columns every task query returns, which RowDecoder.task reads.
-TASK_COLUMNS = (
-    "seq, id, agent, prompt, input, session_id, idempotency_key, priority, status, node_id,"
-    " attempt, result, error, created_at, updated_at, started_at, finished_at"
-)
 
 _CURSOR_PREFIX = "brio-task-seq:"
 
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-def sql_in(statuses: Iterable[TaskStatus]) -> str:
-    """``('a', 'b')`` for a set of task states. Safe to inline: the values are enum members."""
-    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
 
 
 def encode_cursor(seq: int) -> str:
@@ -103,35 +91,6 @@ def check_cluster_view(epoch: int, states: list[tuple[str, str]]) -> None:
 def task_input(value: JSON) -> JSON:
     """A task's input as stored: ``None`` means no input, which is an empty object."""
     return {} if value is None else value
-
-
-def task_page_query(
-    filt: TaskFilter, limit: int, cursor: str | None, param: Callable[[int], str]
-) -> tuple[str, list[object]]:
-    """The SELECT for one page of ``list_tasks``, newest first, fetching one extra row to
-    tell whether another page follows. ``param(n)`` spells the n-th placeholder (1-based)."""
-    check_limit(limit)
-    clauses: list[str] = []
-    args: list[object] = []
-
-    def where(column_test: str, value: object) -> None:
-        args.append(value)
-        clauses.append(column_test.format(param(len(args))))
-
-    if filt.status is not None:
-        where("status = {}", filt.status.value)
-    if filt.agent is not None:
-        where("agent = {}", filt.agent)
-    if filt.session_id is not None:
-        where("session_id = {}", filt.session_id)
-    if cursor is not None:
-        where("seq < {}", decode_cursor(cursor))
-    condition = "WHERE " + " AND ".join(clauses) if clauses else ""
-    args.append(limit + 1)
-    query = (
-        f"SELECT {TASK_COLUMNS} FROM tasks {condition} ORDER BY seq DESC LIMIT {param(len(args))}"
-    )
-    return query, args
 
 
 @dataclass(frozen=True, slots=True)

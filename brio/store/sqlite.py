@@ -10,7 +10,8 @@ instead of failing half-way with SQLITE_BUSY.
 The file runs in WAL mode (readers never block the writer) with ``synchronous = FULL``: the API
 promises that a task is durable before it answers 202, and NORMAL may lose the last commits
 on power loss. The price is one fsync of the WAL per commit, which a single node can afford.
-Timestamps are fixed-width ISO 8601 text in UTC; JSON is text.
+Timestamps are fixed-width ISO 8601 text in UTC; JSON is text. The statements are
+``brio.store.sql``'s, shared with PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from typing import TypeVar
 
 import trio
 
-from brio.core.tasks import TaskStatus, predecessors
+from brio.core.tasks import TaskStatus
 from brio.store import schema
 from brio.store._common import (
-    TASK_COLUMNS,
     RowDecoder,
     check_cluster_view,
     check_limit,
@@ -37,9 +37,7 @@ from brio.store._common import (
     check_terminal,
     encode_cursor,
     new_id,
-    sql_in,
     task_input,
-    task_page_query,
 )
 from brio.store.base import (
     JSON,
@@ -56,6 +54,8 @@ from brio.store.base import (
     TaskPage,
     TaskRecord,
 )
+from brio.store.sql import SQLITE_SQL as SQL
+from brio.store.sql import Bound
 
 T = TypeVar("T")
 
@@ -84,13 +84,13 @@ def _load(text: str | None) -> JSON:
 _ROWS = RowDecoder(ts=datetime.fromisoformat, json=_load)
 
 
-def _one_task(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> TaskRecord | None:
-    row = conn.execute(sql, args).fetchone()
+def _one_task(conn: sqlite3.Connection, stmt: Bound) -> TaskRecord | None:
+    row = conn.execute(*stmt).fetchone()
     return None if row is None else _ROWS.task(row)
 
 
 def _session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+    return conn.execute(*SQL.session_exists.bind(id=session_id)).fetchone() is not None
 
 
 def _insert_messages(
@@ -100,29 +100,31 @@ def _insert_messages(
     task_id: str | None,
 ) -> list[MessageRecord]:
     now = _now()
+    insert = SQL.insert_message
     records = [
         _ROWS.message(
             conn.execute(
-                "INSERT INTO messages (session_id, role, content, task_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING *",
-                (session_id, role, content, task_id, now),
+                *insert.bind(
+                    session_id=session_id, role=role, content=content, task_id=task_id, now=now
+                )
             ).fetchone()
         )
         for role, content in messages
     ]
-    conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
+    conn.execute(*SQL.touch_session.bind(id=session_id, now=now))
     return records
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(schema.render(schema.MIGRATIONS_TABLE, "sqlite"))
-    applied = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    applied = [row[0] for row in conn.execute(SQL.applied_migrations.text)]
     for migration in schema.pending(applied):
         for statement in migration.render("sqlite"):
             conn.execute(statement)
         conn.execute(
-            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
-            (migration.version, migration.description, _now()),
+            *SQL.record_migration.bind(
+                version=migration.version, description=migration.description, now=_now()
+            )
         )
 
 
@@ -214,61 +216,51 @@ class SQLiteStore:
         await self._run(lambda conn: conn.close())
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._run(lambda conn: conn.execute(SQL.ping.text).fetchone())
 
     async def schema_version(self) -> int:
-        def read(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            return int(row.fetchone()[0])
-
-        return await self._run(read)
+        return await self._run(
+            lambda conn: int(conn.execute(SQL.schema_version.text).fetchone()[0])
+        )
 
     # tasks
 
     async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
         def create(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
-            if new.idempotency_key is not None:
-                existing = _one_task(
-                    conn,
-                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?",
-                    (new.idempotency_key,),
-                )
+            key = new.idempotency_key
+            if key is not None:
+                existing = _one_task(conn, SQL.task_by_key.bind(key=key))
                 if existing is not None:
                     return existing, False
             if new.session_id is not None and not _session_exists(conn, new.session_id):
                 raise NotFound(f"session {new.session_id!r} does not exist")
-            now = _now()
-            row = conn.execute(
-                "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key,"
-                " priority, status, target_node, attempt, created_at, updated_at)"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING {TASK_COLUMNS}",
-                (
-                    new_id(),
-                    new.agent,
-                    new.prompt,
-                    json.dumps(task_input(new.input)),
-                    new.session_id,
-                    new.idempotency_key,
-                    new.priority,
-                    TaskStatus.QUEUED.value,
-                    new.node_id,
-                    now,
-                    now,
-                ),
-            ).fetchone()
-            return _ROWS.task(row), True
+            stmt = SQL.insert_task.bind(
+                id=new_id(),
+                agent=new.agent,
+                prompt=new.prompt,
+                input=json.dumps(task_input(new.input)),
+                session_id=new.session_id,
+                key=key,
+                priority=new.priority,
+                target_node=new.node_id,
+                now=_now(),
+            )
+            task = _one_task(conn, stmt)
+            if task is None:  # the key was taken since the check: BEGIN IMMEDIATE rules it out
+                raise StoreError(f"idempotency key {key!r} appeared during create_task")
+            return task, True
 
         return await self._transaction(create)
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        sql = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"
-        return await self._run(lambda conn: _one_task(conn, sql, (task_id,)))
+        stmt = SQL.task_by_id.bind(id=task_id)
+        return await self._run(lambda conn: _one_task(conn, stmt))
 
     async def list_tasks(
         self, filt: TaskFilter, limit: int = 50, cursor: str | None = None
     ) -> TaskPage:
-        sql, args = task_page_query(filt, limit, cursor, lambda n: "?")
-        rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
+        stmt = SQL.task_page(filt, limit, cursor)
+        rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
         tasks = [_ROWS.task(row) for row in rows[:limit]]
         more = len(rows) > limit
         return TaskPage(tasks=tasks, next_cursor=encode_cursor(tasks[-1].seq) if more else None)
@@ -276,27 +268,12 @@ class SQLiteStore:
     async def claim_task(self, node_id: str, agents: list[str]) -> TaskRecord | None:
         if not agents:
             return None
-        marks = ", ".join("?" * len(agents))
-        sql = (
-            "UPDATE tasks SET status = 'assigned', node_id = ?, updated_at = ?"
-            " WHERE seq = (SELECT seq FROM tasks WHERE status = 'queued'"
-            f" AND agent IN ({marks}) AND (target_node IS NULL OR target_node = ?)"
-            " ORDER BY priority DESC, seq ASC LIMIT 1)"
-            f" RETURNING {TASK_COLUMNS}"
-        )
-        args = (node_id, _now(), *agents, node_id)
-        return await self._transaction(lambda conn: _one_task(conn, sql, args))
+        stmt = SQL.claim_task.bind(node_id=node_id, agents=json.dumps(agents), now=_now())
+        return await self._transaction(lambda conn: _one_task(conn, stmt))
 
     async def mark_running(self, task_id: str, attempt: int) -> TaskRecord | None:
-        sql = (
-            "UPDATE tasks SET status = 'running', started_at = ?, updated_at = ?"
-            " WHERE id = ? AND attempt = ?"
-            f" AND status IN {sql_in(predecessors(TaskStatus.RUNNING))}"
-            f" RETURNING {TASK_COLUMNS}"
-        )
-        now = _now()
-        args = (now, now, task_id, attempt)
-        return await self._transaction(lambda conn: _one_task(conn, sql, args))
+        stmt = SQL.mark_running.bind(id=task_id, attempt=attempt, now=_now())
+        return await self._transaction(lambda conn: _one_task(conn, stmt))
 
     async def finish_task(
         self,
@@ -310,16 +287,13 @@ class SQLiteStore:
     ) -> TaskRecord | None:
         check_terminal(status)
         check_messages(messages or [])
-        sql = (
-            "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?, updated_at = ?"
-            f" WHERE id = ? AND attempt = ? AND status IN {sql_in(predecessors(status))}"
-            f" RETURNING {TASK_COLUMNS}"
-        )
+        finish_as = SQL.finish_task[status]
 
         def finish(conn: sqlite3.Connection) -> TaskRecord | None:
-            now = _now()
-            args = (status.value, _dump(result), error, now, now, task_id, attempt)
-            task = _one_task(conn, sql, args)
+            stmt = finish_as.bind(
+                id=task_id, attempt=attempt, result=_dump(result), error=error, now=_now()
+            )
+            task = _one_task(conn, stmt)
             if task is not None and task.session_id is not None and messages:
                 _insert_messages(conn, task.session_id, messages, task.id)
             return task
@@ -327,63 +301,43 @@ class SQLiteStore:
         return await self._transaction(finish)
 
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
-        sql = (
-            "UPDATE tasks SET status = 'cancelled', finished_at = ?, updated_at = ?"
-            f" WHERE id = ? AND status IN {sql_in(predecessors(TaskStatus.CANCELLED))}"
-            f" RETURNING {TASK_COLUMNS}"
-        )
-        now = _now()
-        args = (now, now, task_id)
-        return await self._transaction(lambda conn: _one_task(conn, sql, args))
+        stmt = SQL.cancel_task.bind(id=task_id, now=_now())
+        return await self._transaction(lambda conn: _one_task(conn, stmt))
 
     async def requeue_task(self, task_id: str, attempt: int) -> TaskRecord | None:
-        sql = (
-            "UPDATE tasks SET status = 'queued', attempt = attempt + 1, node_id = NULL,"
-            " started_at = NULL, updated_at = ?"
-            f" WHERE id = ? AND attempt = ? AND status IN {sql_in(predecessors(TaskStatus.QUEUED))}"
-            f" RETURNING {TASK_COLUMNS}"
-        )
-        args = (_now(), task_id, attempt)
-        return await self._transaction(lambda conn: _one_task(conn, sql, args))
+        stmt = SQL.requeue_task.bind(id=task_id, attempt=attempt, now=_now())
+        return await self._transaction(lambda conn: _one_task(conn, stmt))
 
     async def requeue_node_tasks(self, node_id: str) -> list[TaskRecord]:
-        sql = (
-            "UPDATE tasks SET status = 'queued', attempt = attempt + 1, node_id = NULL,"
-            " started_at = NULL, updated_at = ?"
-            f" WHERE node_id = ? AND status IN {sql_in(predecessors(TaskStatus.QUEUED))}"
-            f" RETURNING {TASK_COLUMNS}"
-        )
-        args = (_now(), node_id)
-        rows = await self._transaction(lambda conn: conn.execute(sql, args).fetchall())
+        stmt = SQL.requeue_node_tasks.bind(node_id=node_id, now=_now())
+        rows = await self._transaction(lambda conn: conn.execute(*stmt).fetchall())
         return sorted((_ROWS.task(row) for row in rows), key=lambda task: task.seq)
 
     async def count_tasks(self, status: TaskStatus) -> int:
-        sql = "SELECT COUNT(*) FROM tasks WHERE status = ?"
-        return await self._run(lambda conn: int(conn.execute(sql, (status.value,)).fetchone()[0]))
+        stmt = SQL.count_tasks.bind(status=status.value)
+        return await self._run(lambda conn: int(conn.execute(*stmt).fetchone()[0]))
 
     # sessions and conversation history
 
     async def create_session(
         self, title: str | None = None, metadata: JSON = None
     ) -> SessionRecord:
-        now = _now()
-        sql = (
-            "INSERT INTO sessions (id, title, metadata, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?) RETURNING *"
+        metadata = {} if metadata is None else metadata
+        stmt = SQL.insert_session.bind(
+            id=new_id(), title=title, metadata=json.dumps(metadata), now=_now()
         )
-        args = (new_id(), title, json.dumps({} if metadata is None else metadata), now, now)
-        row = await self._transaction(lambda conn: conn.execute(sql, args).fetchone())
+        row = await self._transaction(lambda conn: conn.execute(*stmt).fetchone())
         return _ROWS.session(row)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        sql = "SELECT * FROM sessions WHERE id = ?"
-        row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
+        stmt = SQL.session_by_id.bind(id=session_id)
+        row = await self._run(lambda conn: conn.execute(*stmt).fetchone())
         return None if row is None else _ROWS.session(row)
 
     async def list_sessions(self, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
         check_page(limit, offset)
-        sql = "SELECT * FROM sessions ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        rows = await self._run(lambda conn: conn.execute(sql, (limit, offset)).fetchall())
+        stmt = SQL.list_sessions.bind(limit=limit, offset=offset)
+        rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
         return [_ROWS.session(row) for row in rows]
 
     async def append_messages(
@@ -401,70 +355,63 @@ class SQLiteStore:
     async def list_messages(self, session_id: str, limit: int | None = None) -> list[MessageRecord]:
         if limit is not None:
             check_limit(limit)
-        # A negative LIMIT means no limit in SQLite.
-        sql = "SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?"
-        args = (session_id, -1 if limit is None else limit)
-        rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
+        bound = SQL.dialect.no_limit if limit is None else limit
+        stmt = SQL.list_messages.bind(session_id=session_id, limit=bound)
+        rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
         return [_ROWS.message(row) for row in reversed(rows)]
 
     # nodes and agents
 
     async def upsert_node(self, node: NodeRecord) -> None:
-        sql = (
-            "INSERT INTO nodes (id, role, address, version, status, last_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET role = excluded.role,"
-            " address = excluded.address, version = excluded.version,"
-            " status = excluded.status, last_seen = excluded.last_seen"
+        stmt = SQL.upsert_node.bind(
+            id=node.id,
+            role=node.role,
+            address=node.address,
+            version=node.version,
+            status=node.status,
+            last_seen=_fmt_ts(node.last_seen),
         )
-        args = (
-            node.id,
-            node.role,
-            node.address,
-            node.version,
-            node.status,
-            _fmt_ts(node.last_seen),
-        )
-        await self._transaction(lambda conn: conn.execute(sql, args))
+        await self._transaction(lambda conn: conn.execute(*stmt))
 
     async def list_nodes(self) -> list[NodeRecord]:
-        rows = await self._run(
-            lambda conn: conn.execute("SELECT * FROM nodes ORDER BY id").fetchall()
-        )
+        rows = await self._run(lambda conn: conn.execute(SQL.list_nodes.text).fetchall())
         return [_ROWS.node(row) for row in rows]
 
     async def upsert_agents(self, node_id: str, agents: list[tuple[str, str, str]]) -> None:
+        insert = SQL.insert_agent
+
         def replace(conn: sqlite3.Connection) -> None:
             now = _now()
-            conn.execute("DELETE FROM agents WHERE node_id = ?", (node_id,))
+            conn.execute(*SQL.delete_agents.bind(node_id=node_id))
             conn.executemany(
-                "INSERT INTO agents (node_id, name, kind, description, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(node_id, name, kind, description, now) for name, kind, description in agents],
+                insert.text,
+                [
+                    insert.args(
+                        node_id=node_id, name=name, kind=kind, description=description, now=now
+                    )
+                    for name, kind, description in agents
+                ],
             )
 
         await self._transaction(replace)
 
     async def list_agents(self) -> list[AgentRecord]:
-        sql = "SELECT * FROM agents ORDER BY name, node_id"
-        rows = await self._run(lambda conn: conn.execute(sql).fetchall())
+        rows = await self._run(lambda conn: conn.execute(SQL.list_agents.text).fetchall())
         return [_ROWS.agent(row) for row in rows]
 
-    # the fence
+    # the fence (brio.store.sql sets its statements beside PostgreSQL's, and says why they differ)
 
     async def fence_epoch(self) -> int:
-        sql = "SELECT epoch FROM fence WHERE id = 1"
-        return await self._run(lambda conn: int(conn.execute(sql).fetchone()[0]))
+        return await self._run(lambda conn: int(conn.execute(SQL.fence_epoch.text).fetchone()[0]))
 
     async def fence(self) -> FenceRecord:
-        sql = "SELECT epoch, holder, updated_at FROM fence WHERE id = 1"
-        return _ROWS.fence(await self._run(lambda conn: conn.execute(sql).fetchone()))
+        return _ROWS.fence(await self._run(lambda conn: conn.execute(SQL.fence.text).fetchone()))
 
     async def raise_fence(self, epoch: int, holder: str) -> bool:
-        sql = "UPDATE fence SET epoch = ?, holder = ?, updated_at = ? WHERE id = 1 AND epoch < ?"
-
         def raise_(conn: sqlite3.Connection) -> bool:
             # The time is read under the write lock, so it orders with the fenced writes.
-            return conn.execute(sql, (epoch, holder, _now(), epoch)).rowcount == 1
+            stmt = SQL.raise_fence.bind(epoch=epoch, holder=holder, now=_now())
+            return conn.execute(*stmt).rowcount == 1
 
         return await self._transaction(raise_)
 
@@ -472,43 +419,38 @@ class SQLiteStore:
         self, epoch: int, holder: str, states: list[tuple[str, str]]
     ) -> bool:
         check_cluster_view(epoch, states)
-        sql = (
-            "INSERT INTO cluster_view (node_id, state, epoch, holder, updated_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET state = excluded.state,"
-            " epoch = excluded.epoch, holder = excluded.holder, updated_at = excluded.updated_at"
-        )
+        record_row = SQL.record_cluster_view
 
         def record(conn: sqlite3.Connection) -> bool:
             # BEGIN IMMEDIATE holds the write lock from the start, so no raise_fence (from this
             # store or another process) can land between this check and the writes.
-            current = conn.execute("SELECT epoch FROM fence WHERE id = 1").fetchone()[0]
-            if current != epoch:
+            if conn.execute(SQL.fence_epoch.text).fetchone()[0] != epoch:
                 return False
             now = _now()
             conn.executemany(
-                sql, [(node_id, state, epoch, holder, now) for node_id, state in states]
+                record_row.text,
+                [
+                    record_row.args(
+                        node_id=node_id, state=state, epoch=epoch, holder=holder, now=now
+                    )
+                    for node_id, state in states
+                ],
             )
             return True
 
         return await self._transaction(record)
 
     async def cluster_view(self) -> list[NodeStateRecord]:
-        sql = "SELECT * FROM cluster_view ORDER BY node_id"
-        rows = await self._run(lambda conn: conn.execute(sql).fetchall())
+        rows = await self._run(lambda conn: conn.execute(SQL.cluster_view.text).fetchall())
         return [_ROWS.node_state(row) for row in rows]
 
     # configuration
 
     async def put_config(self, key: str, value: JSON) -> None:
-        sql = (
-            "INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-            " updated_at = excluded.updated_at"
-        )
-        args = (key, _dump(value), _now())
-        await self._transaction(lambda conn: conn.execute(sql, args))
+        stmt = SQL.put_config.bind(key=key, value=_dump(value), now=_now())
+        await self._transaction(lambda conn: conn.execute(*stmt))
 
     async def get_config(self, key: str) -> JSON | None:
-        sql = "SELECT value FROM config WHERE key = ?"
-        row = await self._run(lambda conn: conn.execute(sql, (key,)).fetchone())
+        stmt = SQL.get_config.bind(key=key)
+        row = await self._run(lambda conn: conn.execute(*stmt).fetchone())
         return None if row is None else _load(row["value"])

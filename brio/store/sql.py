@@ -1,0 +1,346 @@
+"""Every SQL statement of the two store backends, each written once.
+
+A statement is a template in one neutral form, rendered for each dialect at import time into a
+``Query``: its text and the names of its parameters in placeholder order. On the hot path a
+backend only binds values by name::
+
+    sql, args = SQLITE_SQL.task_by_id.bind(id=task_id)
+    conn.execute(sql, args)  # sqlite3
+    sql, args = POSTGRES_SQL.task_by_id.bind(id=task_id)
+    await conn.fetchrow(sql, *args)  # asyncpg
+
+The template language:
+
+- ``:name`` is a parameter. Each name becomes one numbered placeholder (``?1``, ``$1``, ...,
+  numbered by first use), so a name used twice is bound once.
+- ``:now`` is the clock. On PostgreSQL it is ``now()``, the database clock that every node
+  shares; on SQLite it is an ordinary parameter, bound by the caller (see ``SQLITE.now``).
+- What else a dialect spells its own way is a field of ``Dialect``, formatted into the few
+  templates that need it. ``SQLITE`` and ``POSTGRES`` below say, field by field, what differs
+  and why; the fence, which the two lock in different ways, follows them.
+
+Transaction control and connection setup (``BEGIN IMMEDIATE``, PRAGMAs, the advisory lock a
+PostgreSQL migration takes) are not here: each is part of how its backend talks to its
+database, not a statement both run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from brio.core.tasks import TaskStatus, predecessors
+from brio.store import schema
+from brio.store._common import check_limit, decode_cursor
+from brio.store.base import TaskFilter
+
+# The columns every task query returns, which RowDecoder.task reads.
+TASK_COLUMNS = (
+    "seq, id, agent, prompt, input, session_id, idempotency_key, priority, status, node_id,"
+    " attempt, result, error, created_at, updated_at, started_at, finished_at"
+)
+
+# A statement's text and the arguments to run it with.
+Bound = tuple[str, tuple[object, ...]]
+
+# A parameter: a colon, then a name that starts with a letter (so "12:30" is no parameter).
+_PARAM = re.compile(r":([a-z_][a-z0-9_]*)")
+
+
+def sql_in(statuses: Iterable[TaskStatus]) -> str:
+    """``('a', 'b')`` for a set of task states. Safe to inline: the values are enum members."""
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement rendered for one dialect: ``text`` with numbered placeholders, and
+    ``names``, the parameter bound to each placeholder in order."""
+
+    text: str
+    names: tuple[str, ...]
+
+    def args(self, **values: object) -> tuple[object, ...]:
+        """The values in placeholder order. TypeError unless exactly ``names`` are given: a
+        misspelt or forgotten name fails at once instead of binding the wrong value."""
+        try:
+            args = tuple(values[name] for name in self.names)
+        except KeyError as exc:
+            raise TypeError(f"no value for :{exc.args[0]} in {self.text!r}") from None
+        if len(values) != len(self.names):
+            extra = sorted(set(values) - set(self.names))
+            raise TypeError(f"{self.text!r} has no parameter {', '.join(extra)}")
+        return args
+
+    def bind(self, **values: object) -> Bound:
+        """The text and ``args(**values)``."""
+        return self.text, self.args(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What SQLite and PostgreSQL spell differently, outside the fence."""
+
+    name: schema.Dialect
+    placeholder: str  # the n-th placeholder, n from 1, as a format string
+    now: str | None  # the clock as SQL, or None: ``:now`` stays a parameter the caller binds
+    member: str  # ``{column}`` is one of the strings in the list parameter ``:{param}``
+    claim_lock: str  # ends the subquery that picks the task a claim takes
+    byte_order: str  # follows an ORDER BY term to sort text by bytes
+    no_limit: int | None  # the LIMIT value that means no limit
+
+    def is_in(self, column: str, param: str) -> str:
+        return self.member.format(column=column, param=param)
+
+    def render(self, template: str) -> Query:
+        if "::" in template:  # ":x::text[]" would read as the parameter ":x" then ":text"
+            raise ValueError(f"write CAST(:x AS type), not :x::type: {template!r}")
+        names: list[str] = []
+
+        def place(match: re.Match[str]) -> str:
+            name = match[1]
+            if name == "now" and self.now is not None:
+                return self.now
+            if name not in names:
+                names.append(name)
+            return self.placeholder.format(names.index(name) + 1)
+
+        return Query(_PARAM.sub(place, template), tuple(names))
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?{}",
+    # The store's clock, read once per call and bound: fixed-width ISO 8601 text with
+    # microseconds, which sorts as text (SQLite's strftime has milliseconds only).
+    now=None,
+    # SQLite cannot bind a list; the caller binds it as a JSON array.
+    member="{column} IN (SELECT value FROM json_each(:{param}))",
+    # No row locks: BEGIN IMMEDIATE already runs one claim after another.
+    claim_lock="",
+    byte_order="",  # BINARY, the default collation
+    no_limit=-1,  # a negative LIMIT has no bound; SQLite refuses LIMIT NULL
+)
+
+POSTGRES = Dialect(
+    name="postgresql",
+    placeholder="${}",
+    now="now()",  # the time the transaction began, on the clock every node shares
+    member="{column} = ANY(CAST(:{param} AS text[]))",
+    # Claimers on different nodes each take a different row instead of waiting on one another.
+    claim_lock=" FOR UPDATE SKIP LOCKED",
+    byte_order=' COLLATE "C"',  # as SQLite sorts, whatever the database's locale
+    no_limit=None,  # LIMIT NULL has no bound; PostgreSQL refuses a negative LIMIT
+)
+
+# The fence, where the dialects lock differently.
+#
+# SQLite: every write is a BEGIN IMMEDIATE transaction holding the database's one write lock
+# from its start, so raising is a plain conditional UPDATE, and a fenced write reads the epoch
+# (``fence_epoch``), then writes its rows one by one (``record_cluster_view``, once a row).
+#
+# PostgreSQL: the fence row is the lock, and each fence statement is a single statement
+# committed on its own: a transaction spanning round trips would hold the row's lock while its
+# process was paused (SIGSTOP, a GC pause), and the next primary's raise would wait for it to
+# wake. The times are clock_timestamp(), read after the lock was taken (now() is when the
+# transaction began, which may be before it waited), so that they order as the writes did.
+
+_NODE_STATE_UPSERT = (
+    "ON CONFLICT (node_id) DO UPDATE SET state = excluded.state, epoch = excluded.epoch,"
+    " holder = excluded.holder, updated_at = excluded.updated_at"
+)
+
+_RAISE_FENCE: dict[schema.Dialect, str] = {
+    "sqlite": (
+        "UPDATE fence SET epoch = :epoch, holder = :holder, updated_at = :now"
+        " WHERE id = 1 AND epoch < :epoch"
+    ),
+    # Lock first, then compute the row: a plain UPDATE would evaluate clock_timestamp() before
+    # waiting for a writer's FOR SHARE lock, and date the raise too early.
+    "postgresql": """
+        WITH locked AS (SELECT id FROM fence WHERE id = 1 AND epoch < :epoch FOR UPDATE)
+        UPDATE fence SET epoch = :epoch, holder = :holder, updated_at = clock_timestamp()
+        FROM locked WHERE fence.id = locked.id RETURNING fence.epoch""",
+}
+
+_RECORD_CLUSTER_VIEW: dict[schema.Dialect, str] = {
+    "sqlite": (
+        "INSERT INTO cluster_view (node_id, state, epoch, holder, updated_at)"
+        f" VALUES (:node_id, :state, :epoch, :holder, :now) {_NODE_STATE_UPSERT}"
+    ),
+    # FOR SHARE holds the fence row until this statement commits: a raise_fence that comes
+    # after waits for these writes, and one that committed before is seen (the locked row is
+    # re-read), so the condition fails and nothing is written. Answers 1 if the epoch held.
+    "postgresql": f"""
+        WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE),
+        written AS (
+            INSERT INTO cluster_view (node_id, state, epoch, holder, updated_at)
+            SELECT s.node_id, s.state, :epoch, :holder, clock_timestamp()
+            FROM unnest(CAST(:nodes AS text[]), CAST(:states AS text[])) AS s (node_id, state)
+            CROSS JOIN f
+            {_NODE_STATE_UPSERT}
+            RETURNING 1
+        )
+        SELECT count(*) FROM f""",
+}
+
+# list_tasks filters, in the order their flags key Statements.task_page's table.
+_PAGE_TESTS = ("status = :status", "agent = :agent", "session_id = :session_id", "seq < :before")
+
+_REQUEUE = (
+    "UPDATE tasks SET status = 'queued', attempt = attempt + 1, node_id = NULL,"
+    " started_at = NULL, updated_at = :now"
+)
+_REQUEUABLE = sql_in(predecessors(TaskStatus.QUEUED))
+
+
+class Statements:
+    """Every statement of the store, rendered for one dialect (``SQLITE_SQL``,
+    ``POSTGRES_SQL``). Statements that change one task answer it (``RETURNING``) only if the
+    lifecycle allowed the move, so a refused move is no row."""
+
+    def __init__(self, d: Dialect) -> None:
+        q = d.render
+        self.dialect = d
+
+        # schema and liveness
+        self.ping = q("SELECT 1")
+        self.schema_version = q("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        self.applied_migrations = q("SELECT version FROM schema_migrations")
+        self.record_migration = q(
+            "INSERT INTO schema_migrations (version, description, applied_at)"
+            " VALUES (:version, :description, :now)"
+        )
+
+        # tasks
+        self.task_by_id = q(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = :id")
+        self.task_by_key = q(f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = :key")
+        # No row if another transaction inserted the key since task_by_key looked (possible on
+        # PostgreSQL; SQLite's BEGIN IMMEDIATE rules it out): the caller reads that task.
+        self.insert_task = q(
+            "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key,"
+            " priority, status, target_node, attempt, created_at, updated_at)"
+            " VALUES (:id, :agent, :prompt, :input, :session_id, :key, :priority, 'queued',"
+            " :target_node, 1, :now, :now)"
+            f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"
+        )
+        self.claim_task = q(
+            "UPDATE tasks SET status = 'assigned', node_id = :node_id, updated_at = :now"
+            " WHERE seq = (SELECT seq FROM tasks WHERE status = 'queued'"
+            f" AND {d.is_in('agent', 'agents')}"
+            " AND (target_node IS NULL OR target_node = :node_id)"
+            f" ORDER BY priority DESC, seq ASC LIMIT 1{d.claim_lock})"
+            f" RETURNING {TASK_COLUMNS}"
+        )
+        self.mark_running = q(
+            "UPDATE tasks SET status = 'running', started_at = :now, updated_at = :now"
+            " WHERE id = :id AND attempt = :attempt"
+            f" AND status IN {sql_in(predecessors(TaskStatus.RUNNING))}"
+            f" RETURNING {TASK_COLUMNS}"
+        )
+        # One statement per terminal state, since each may be entered from different states.
+        self.finish_task = {
+            status: q(
+                f"UPDATE tasks SET status = '{status.value}', result = :result, error = :error,"
+                " finished_at = :now, updated_at = :now WHERE id = :id AND attempt = :attempt"
+                f" AND status IN {sql_in(predecessors(status))} RETURNING {TASK_COLUMNS}"
+            )
+            for status in TaskStatus
+            if status.terminal
+        }
+        self.cancel_task = q(
+            "UPDATE tasks SET status = 'cancelled', finished_at = :now, updated_at = :now"
+            f" WHERE id = :id AND status IN {sql_in(predecessors(TaskStatus.CANCELLED))}"
+            f" RETURNING {TASK_COLUMNS}"
+        )
+        self.requeue_task = q(
+            f"{_REQUEUE} WHERE id = :id AND attempt = :attempt AND status IN {_REQUEUABLE}"
+            f" RETURNING {TASK_COLUMNS}"
+        )
+        self.requeue_node_tasks = q(
+            f"{_REQUEUE} WHERE node_id = :node_id AND status IN {_REQUEUABLE}"
+            f" RETURNING {TASK_COLUMNS}"
+        )
+        self.count_tasks = q("SELECT COUNT(*) FROM tasks WHERE status = :status")
+        # list_tasks: one statement for each set of filters, keyed by which are given.
+        self._task_pages = {
+            flags: q(_task_page(flags))
+            for flags in itertools.product((False, True), repeat=len(_PAGE_TESTS))
+        }
+
+        # sessions and conversation history
+        self.session_exists = q("SELECT 1 FROM sessions WHERE id = :id")
+        self.insert_session = q(
+            "INSERT INTO sessions (id, title, metadata, created_at, updated_at)"
+            " VALUES (:id, :title, :metadata, :now, :now) RETURNING *"
+        )
+        self.session_by_id = q("SELECT * FROM sessions WHERE id = :id")
+        self.list_sessions = q(
+            "SELECT * FROM sessions ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset"
+        )
+        self.insert_message = q(
+            "INSERT INTO messages (session_id, role, content, task_id, created_at)"
+            " VALUES (:session_id, :role, :content, :task_id, :now) RETURNING *"
+        )
+        self.touch_session = q("UPDATE sessions SET updated_at = :now WHERE id = :id")
+        # The newest first, so that LIMIT keeps the latest; the caller reverses them.
+        self.list_messages = q(
+            "SELECT * FROM messages WHERE session_id = :session_id ORDER BY id DESC LIMIT :limit"
+        )
+
+        # nodes and agents
+        self.upsert_node = q(
+            "INSERT INTO nodes (id, role, address, version, status, last_seen)"
+            " VALUES (:id, :role, :address, :version, :status, :last_seen)"
+            " ON CONFLICT (id) DO UPDATE SET role = excluded.role,"
+            " address = excluded.address, version = excluded.version,"
+            " status = excluded.status, last_seen = excluded.last_seen"
+        )
+        self.list_nodes = q("SELECT * FROM nodes ORDER BY id")
+        self.delete_agents = q("DELETE FROM agents WHERE node_id = :node_id")
+        self.insert_agent = q(
+            "INSERT INTO agents (node_id, name, kind, description, updated_at)"
+            " VALUES (:node_id, :name, :kind, :description, :now)"
+        )
+        self.list_agents = q("SELECT * FROM agents ORDER BY name, node_id")
+
+        # the fence
+        self.fence_epoch = q("SELECT epoch FROM fence WHERE id = 1")
+        self.fence = q("SELECT epoch, holder, updated_at FROM fence WHERE id = 1")
+        self.raise_fence = q(_RAISE_FENCE[d.name])
+        self.record_cluster_view = q(_RECORD_CLUSTER_VIEW[d.name])
+        self.cluster_view = q(f"SELECT * FROM cluster_view ORDER BY node_id{d.byte_order}")
+
+        # configuration
+        self.put_config = q(
+            "INSERT INTO config (key, value, updated_at) VALUES (:key, :value, :now)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at"
+        )
+        self.get_config = q("SELECT value FROM config WHERE key = :key")
+
+    def task_page(self, filt: TaskFilter, limit: int, cursor: str | None) -> Bound:
+        """The SELECT for one page of ``list_tasks``, newest first, and its arguments. It
+        fetches one row more than ``limit`` to tell whether another page follows."""
+        check_limit(limit)
+        filters: dict[str, object] = {
+            "status": None if filt.status is None else filt.status.value,
+            "agent": filt.agent,
+            "session_id": filt.session_id,
+            "before": None if cursor is None else decode_cursor(cursor),
+        }
+        query = self._task_pages[tuple(value is not None for value in filters.values())]
+        given = {name: value for name, value in filters.items() if value is not None}
+        return query.bind(limit=limit + 1, **given)
+
+
+def _task_page(flags: tuple[bool, ...]) -> str:
+    tests = [test for test, given in zip(_PAGE_TESTS, flags, strict=True) if given]
+    where = " WHERE " + " AND ".join(tests) if tests else ""
+    return f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY seq DESC LIMIT :limit"
+
+
+SQLITE_SQL = Statements(SQLITE)
+POSTGRES_SQL = Statements(POSTGRES)
