@@ -27,17 +27,16 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from brio.core import lease as core_lease
+from brio.core.membership import Peer
 from brio.core.routing import Local, RouteError
-from brio.mesh import pb
+from brio.mesh import methods, pb
+from brio.mesh.assembly import Mesh
 from brio.mesh.lease import (
-    RENEW,
-    VOTE,
     renew_reply_pb,
     renew_request_from,
     vote_reply_pb,
     vote_request_from,
 )
-from brio.mesh.node import MeshNode
 from brio.mesh.transport import Caller, MeshCallError, Service
 from brio.tasks.supervisor import Busy
 
@@ -46,12 +45,12 @@ log = logging.getLogger(__name__)
 Code = pb.MeshErrorCode
 
 
-def _error(node: MeshNode, code: pb.MeshErrorCode, message: str) -> pb.MeshResponse:
-    return pb.MeshResponse(error=pb.MeshError(code=code, message=message), node_id=node.node_id)
+def _error(mesh: Mesh, code: pb.MeshErrorCode, message: str) -> pb.MeshResponse:
+    return pb.MeshResponse(error=pb.MeshError(code=code, message=message), node_id=mesh.node_id)
 
 
-def _ok(node: MeshNode, value: Any) -> pb.MeshResponse:
-    return pb.MeshResponse(json=json.dumps(value), node_id=node.node_id)
+def _ok(mesh: Mesh, value: Any) -> pb.MeshResponse:
+    return pb.MeshResponse(json=json.dumps(value), node_id=mesh.node_id)
 
 
 def _payload(request: pb.MeshRequest) -> dict[str, Any]:
@@ -82,55 +81,31 @@ def _budget(request: pb.MeshRequest, timeout: float | None) -> float:
 
 
 class MeshHandlers:
-    def __init__(self, node: MeshNode) -> None:
-        self.node = node
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
 
     def services(self) -> list[Service]:
-        max_bytes = self.node.config.mesh.max_message_bytes
-        stats = self.node.stats
+        max_bytes = self.mesh.config.mesh.max_message_bytes
+        stats = self.mesh.stats
         mesh = Service(
             {
-                "/brio.mesh.v1.Mesh/Call": (self.call, pb.MeshRequest, pb.MeshResponse),
-                "/brio.mesh.v1.Mesh/Heartbeat": (
-                    self.heartbeat,
-                    pb.HeartbeatRequest,
-                    pb.HeartbeatResponse,
-                ),
-                VOTE: (self.vote, pb.LeaseVoteRequest, pb.LeaseVoteReply),
-                RENEW: (self.renew, pb.LeaseRenewRequest, pb.LeaseRenewReply),
+                methods.CALL: self.call,
+                methods.HEARTBEAT: self.heartbeat,
+                methods.VOTE: self.vote,
+                methods.RENEW: self.renew,
             },
             max_bytes,
             stats,
         )
         admin = Service(
             {
-                "/brio.mesh.v1.MeshAdmin/Status": (
-                    self.status,
-                    pb.StatusRequest,
-                    pb.StatusResponse,
-                ),
-                "/brio.mesh.v1.MeshAdmin/Ping": (self.ping, pb.PingRequest, pb.PingResponse),
-                "/brio.mesh.v1.MeshAdmin/Topology": (
-                    self.topology,
-                    pb.TopologyRequest,
-                    pb.TopologyResponse,
-                ),
-                "/brio.mesh.v1.MeshAdmin/Stats": (self.stats, pb.StatsRequest, pb.StatsResponse),
-                "/brio.mesh.v1.MeshAdmin/Drain": (
-                    self.drain,
-                    pb.NodeRequest,
-                    pb.ActionResponse,
-                ),
-                "/brio.mesh.v1.MeshAdmin/Leave": (
-                    self.leave,
-                    pb.NodeRequest,
-                    pb.ActionResponse,
-                ),
-                "/brio.mesh.v1.MeshAdmin/Remove": (
-                    self.remove,
-                    pb.NodeRequest,
-                    pb.ActionResponse,
-                ),
+                methods.STATUS: self.status,
+                methods.PING: self.ping,
+                methods.TOPOLOGY: self.topology,
+                methods.STATS: self.stats,
+                methods.DRAIN: self.drain,
+                methods.LEAVE: self.leave,
+                methods.REMOVE: self.remove,
             },
             max_bytes,
             stats,
@@ -156,9 +131,9 @@ class MeshHandlers:
                 f"the certificate is for {caller.cert_node_id!r} but the heartbeat says "
                 f"it is from {sender.node_id!r}",
             )
-        if sender.node_id != self.node.node_id:
-            self.node.heartbeat_received(sender)
-        return pb.HeartbeatResponse(responder=self.node.node_info())
+        if sender.node_id != self.mesh.node_id:
+            self.mesh.peers.heartbeat_received(sender)
+        return pb.HeartbeatResponse(responder=self.mesh.local.info())
 
     async def vote(
         self, request: pb.LeaseVoteRequest, caller: Caller, timeout: float | None
@@ -188,11 +163,11 @@ class MeshHandlers:
                 Status.PERMISSION_DENIED,
                 f"the certificate is for {caller.cert_node_id!r} but the {field} is {sender!r}",
             )
-        lease = self.node.lease
+        lease = self.mesh.lease
         if lease is None:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
-                f"{self.node.node_id} takes no part in the lease (not a voter or coordinator)",
+                f"{self.mesh.node_id} takes no part in the lease (not a voter or coordinator)",
             )
         reply = lease.handle(sender, message)
         if reply is None and isinstance(message, core_lease.VoteRequest):
@@ -202,35 +177,35 @@ class MeshHandlers:
     async def call(
         self, request: pb.MeshRequest, caller: Caller, timeout: float | None
     ) -> pb.MeshResponse:
-        node = self.node
+        mesh = self.mesh
         budget = _budget(request, timeout)
         if budget <= 0:
-            return _error(node, Code.DEADLINE_EXCEEDED, "the request's deadline has passed")
+            return _error(mesh, Code.DEADLINE_EXCEEDED, "the request's deadline has passed")
         with trio.move_on_after(budget) as scope:
             try:
                 return await self._call(request, caller, budget)
             except ValueError as exc:
-                return _error(node, Code.BAD_REQUEST, str(exc))
+                return _error(mesh, Code.BAD_REQUEST, str(exc))
             except Busy as exc:
-                return _error(node, Code.UNAVAILABLE, str(exc))
+                return _error(mesh, Code.UNAVAILABLE, str(exc))
             except MeshCallError as exc:
-                return _error(node, Code.UNAVAILABLE, str(exc))
+                return _error(mesh, Code.UNAVAILABLE, str(exc))
             except Exception as exc:
                 log.exception("mesh call %s on %s failed", request.method, request.target)
-                return _error(node, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+                return _error(mesh, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
         assert scope.cancelled_caught
-        return _error(node, Code.DEADLINE_EXCEEDED, f"no answer within {budget:.3g}s")
+        return _error(mesh, Code.DEADLINE_EXCEEDED, f"no answer within {budget:.3g}s")
 
     async def _call(
         self, request: pb.MeshRequest, caller: Caller, budget: float
     ) -> pb.MeshResponse:
-        node = self.node
+        mesh = self.mesh
         method = request.method
         if method == "task.events":
             origin = caller.node_id
-            if origin is None or node.peer_by_id(origin) is None:
+            if origin is None or mesh.membership.by_node_id(origin) is None:
                 return _error(
-                    node, Code.PERMISSION_DENIED, "task events are taken only from mesh peers"
+                    mesh, Code.PERMISSION_DENIED, "task events are taken only from mesh peers"
                 )
             events = _payload(request).get("events")
             if not isinstance(events, list) or not all(
@@ -238,36 +213,36 @@ class MeshHandlers:
                 for e in events
             ):
                 raise ValueError("payload.events: expected a list of {type, task_id, data}")
-            return _ok(node, {"published": node.publish_remote(origin, events)})
+            return _ok(mesh, {"published": mesh.forwarder.publish_remote(origin, events)})
         if method not in ("agent.invoke", "task.run", "task.cancel"):
             raise ValueError(
                 f"method: unknown {method!r}; expected agent.invoke, task.run, task.cancel "
                 "or task.events"
             )
         try:
-            where = node.route(request.target)
+            where = mesh.router.route(request.target)
         except RouteError as exc:
-            return _error(node, Code.UNKNOWN_NODE, str(exc))
+            return _error(mesh, Code.UNKNOWN_NODE, str(exc))
         if not isinstance(where, Local):
             # One hop at most: the forwarded request names the agent alone, so the next
             # node runs it or refuses it.
             if method != "agent.invoke":
                 return _error(
-                    node,
+                    mesh,
                     Code.UNKNOWN_NODE,
-                    f"target {request.target!r} is not on this node ({node.node_id})",
+                    f"target {request.target!r} is not on this node ({mesh.node_id})",
                 )
-            timeout = min(budget, node.config.mesh.call_timeout)  # every call has a deadline
-            return await node.call_node(
+            timeout = min(budget, mesh.config.mesh.call_timeout)  # every call has a deadline
+            return await mesh.calls.call_node(
                 where.node_id, method, where.agent, _payload(request), timeout=timeout
             )
         agent = where.agent
-        if agent not in node.agents and method == "agent.invoke":
-            known = ", ".join(sorted(node.agents)) or "none"
+        if agent not in mesh.local.agents and method == "agent.invoke":
+            known = ", ".join(sorted(mesh.local.agents)) or "none"
             return _error(
-                node,
+                mesh,
                 Code.UNKNOWN_AGENT,
-                f"unknown agent {agent!r} on {node.node_id}; known agents: {known}",
+                f"unknown agent {agent!r} on {mesh.node_id}; known agents: {known}",
             )
         payload = _payload(request)
         if method == "agent.invoke":
@@ -278,26 +253,24 @@ class MeshHandlers:
             if not isinstance(input_, dict):
                 raise ValueError("payload.input: expected a JSON object")
             try:
-                result = await node.supervisor.invoke(agent, prompt, input_)
+                result = await mesh.supervisor.invoke(agent, prompt, input_)
             except Busy:
                 raise
             except Exception as exc:
-                return _error(node, Code.AGENT_FAILED, f"{type(exc).__name__}: {exc}")
-            return _ok(node, {"result": result})
+                return _error(mesh, Code.AGENT_FAILED, f"{type(exc).__name__}: {exc}")
+            return _ok(mesh, {"result": result})
         task_id = _string(payload, "task_id")
         if method == "task.run":
-            node.supervisor.wake()
-            return _ok(node, {"accepted": True, "task_id": task_id})
-        return _ok(node, {"stopped": node.supervisor.cancel_local(task_id), "task_id": task_id})
+            mesh.supervisor.wake()
+            return _ok(mesh, {"accepted": True, "task_id": task_id})
+        return _ok(mesh, {"stopped": mesh.supervisor.cancel_local(task_id), "task_id": task_id})
 
     # --- MeshAdmin -----------------------------------------------------------------------
 
-    def _peer(self, node_id: str) -> Any:
-        peer = self.node.peer_by_id(node_id)
+    def _peer(self, node_id: str) -> Peer:
+        peer = self.mesh.membership.by_node_id(node_id)
         if peer is None:
-            known = sorted(
-                [self.node.node_id] + [p.node_id for p in self.node.membership.peers() if p.node_id]
-            )
+            known = self.mesh.peers.known_ids()
             raise GRPCError(
                 Status.NOT_FOUND, f"unknown node {node_id!r}; known nodes: {', '.join(known)}"
             )
@@ -306,24 +279,22 @@ class MeshHandlers:
     async def status(
         self, request: pb.StatusRequest, caller: Caller, timeout: float | None
     ) -> pb.StatusResponse:
-        node = self.node
-        lease = node.lease.status_pb() if node.lease is not None else None
+        mesh = self.mesh
+        lease = mesh.lease.status_pb() if mesh.lease is not None else None
         if not request.node_id:
             return pb.StatusResponse(
-                node=node.node_info(),
-                peers=[node.peer_status(p) for p in node.membership.peers()],
+                node=mesh.local.info(),
+                peers=[peer_status(p) for p in mesh.membership.peers()],
                 lease=lease,
             )
-        if request.node_id == node.node_id:
-            return pb.StatusResponse(node=node.node_info(), peers=[], lease=lease)
+        if request.node_id == mesh.node_id:
+            return pb.StatusResponse(node=mesh.local.info(), peers=[], lease=lease)
         peer = self._peer(request.node_id)
-        row = node.peer_status(peer)
+        row = peer_status(peer)
         info = pb.NodeInfo(node_id=row.node_id, role=row.role, address=row.address)
         remote_lease = None
         try:
-            remote = await node.admin_call(
-                request.node_id, "Status", pb.StatusRequest(), pb.StatusResponse
-            )
+            remote = await mesh.calls.call(request.node_id, methods.STATUS, pb.StatusRequest())
             if remote.node is not None:
                 info = remote.node
             remote_lease = remote.lease
@@ -340,20 +311,20 @@ class MeshHandlers:
         count = request.count or 4
         if count > 100:
             raise GRPCError(Status.INVALID_ARGUMENT, f"count: at most 100, got {count}")
-        address, rtts, lost = await self.node.ping(request.node_id, count)
+        address, rtts, lost = await self.mesh.peers.ping(request.node_id, count)
         return pb.PingResponse(node_id=request.node_id, address=address, rtt_ms=rtts, lost=lost)
 
     async def topology(
         self, request: pb.TopologyRequest, caller: Caller, timeout: float | None
     ) -> pb.TopologyResponse:
-        node = self.node
-        nodes = [node.node_info()]
+        mesh = self.mesh
+        nodes = [mesh.local.info()]
         edges: list[pb.Edge] = []
         unreachable: list[str] = []
-        for peer in node.membership.peers():
+        for peer in mesh.membership.peers():
             edges.append(
                 pb.Edge(
-                    from_node=node.node_id,
+                    from_node=mesh.node_id,
                     to_node=peer.node_id or peer.address,
                     status=str(peer.state),
                     latency_ms=(peer.latency or 0) * 1000,
@@ -362,10 +333,8 @@ class MeshHandlers:
 
         async def fetch(node_id: str) -> None:
             try:
-                with trio.fail_after(min(5.0, node.config.mesh.call_timeout)):
-                    view = await node.admin_call(
-                        node_id, "Status", pb.StatusRequest(), pb.StatusResponse
-                    )
+                with trio.fail_after(min(5.0, mesh.config.mesh.call_timeout)):
+                    view = await mesh.calls.call(node_id, methods.STATUS, pb.StatusRequest())
             except (MeshCallError, LookupError, trio.TooSlowError):
                 unreachable.append(node_id)
                 return
@@ -382,7 +351,7 @@ class MeshHandlers:
                 )
 
         async with trio.open_nursery() as nursery:
-            for peer in node.membership.peers():
+            for peer in mesh.membership.peers():
                 if peer.node_id is not None:
                     nursery.start_soon(fetch, peer.node_id)
         nodes.sort(key=lambda n: n.node_id)
@@ -392,44 +361,44 @@ class MeshHandlers:
     async def stats(
         self, request: pb.StatsRequest, caller: Caller, timeout: float | None
     ) -> pb.StatsResponse:
-        node = self.node
-        if request.node_id and request.node_id != node.node_id:
+        mesh = self.mesh
+        if request.node_id and request.node_id != mesh.node_id:
             self._peer(request.node_id)
             try:
-                reply: pb.StatsResponse = await node.admin_call(
-                    request.node_id, "Stats", pb.StatsRequest(), pb.StatsResponse
+                reply: pb.StatsResponse = await mesh.calls.call(
+                    request.node_id, methods.STATS, pb.StatsRequest()
                 )
             except MeshCallError as exc:
                 raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
             return reply
-        counts = node.counters
-        info = node.node_info()
-        s = node.stats
+        counts = mesh.forwarder.counts
+        info = mesh.local.info()
+        s = mesh.stats
         return pb.StatsResponse(
-            node_id=node.node_id,
-            role=node.role,
+            node_id=mesh.node_id,
+            role=mesh.local.role,
             workload=info.workload,
-            uptime_seconds=node.uptime(),
-            tasks_succeeded=counts.tasks_succeeded,
-            tasks_failed=counts.tasks_failed,
-            tasks_cancelled=counts.tasks_cancelled,
+            uptime_seconds=mesh.local.uptime(),
+            tasks_succeeded=counts.succeeded,
+            tasks_failed=counts.failed,
+            tasks_cancelled=counts.cancelled,
             calls_received=s.calls_received,
             calls_sent=s.calls_sent,
             call_errors=s.call_errors,
-            heartbeats_received=node.counters.heartbeats_received,
+            heartbeats_received=mesh.peers.heartbeats_received,
             bytes_received=s.bytes_received,
             bytes_sent=s.bytes_sent,
-            agents=sorted(node.agents),
+            agents=sorted(mesh.local.agents),
             refused_connections=s.refused_connections,
             oversized_requests=s.oversized_requests,
             malformed_requests=s.malformed_requests,
         )
 
     def _authorize_action(self, request: pb.NodeRequest, caller: Caller, action: str) -> str:
-        node = self.node
-        target = request.node_id or node.node_id
-        on_self = target == node.node_id and caller.node_id == node.node_id
-        if not on_self and not node.is_coordinator(caller.node_id):
+        mesh = self.mesh
+        target = request.node_id or mesh.node_id
+        on_self = target == mesh.node_id and caller.node_id == mesh.node_id
+        if not on_self and not mesh.peers.is_coordinator(caller.node_id):
             who = caller.node_id or "an unidentified caller"
             raise GRPCError(
                 Status.PERMISSION_DENIED,
@@ -454,3 +423,27 @@ class MeshHandlers:
     ) -> pb.ActionResponse:
         self._authorize_action(request, caller, "remove")
         raise GRPCError(Status.UNIMPLEMENTED, "remove comes with distributed scheduling")
+
+
+def peer_status(peer: Peer) -> pb.PeerStatus:
+    """A row of ``mesh status``: the table's view of one peer, with wall-clock times."""
+    now = trio.current_time()
+    facts = peer.facts
+    last_seen = 0
+    if peer.last_seen is not None:
+        last_seen = int((time.time() - (now - peer.last_seen)) * 1000)
+    return pb.PeerStatus(
+        node_id=peer.node_id or "",
+        address=peer.address,
+        role=peer.role or "",
+        status=str(peer.state),
+        last_seen_unix_ms=last_seen,
+        latency_ms=(peer.latency or 0.0) * 1000,
+        missed_heartbeats=peer.missed,
+        workload=pb.Load(active=facts.active, queued=facts.queued, max_agents=facts.max_agents)
+        if facts
+        else None,
+        draining=facts.draining if facts else False,
+        version=facts.version if facts else "",
+        agents=list(facts.agents) if facts else [],
+    )

@@ -28,15 +28,13 @@ import trio
 
 from brio.config.model import LeaseConfig
 from brio.core import lease as core
-from brio.mesh import pb
+from brio.mesh import methods, pb
 from brio.mesh.lease_state import load_lease_state, save_lease_state
+from brio.mesh.methods import Method
 from brio.mesh.primary import FenceLost
 from brio.tasks.mesh_view import LeaseView
 
 log = logging.getLogger(__name__)
-
-VOTE = "/brio.mesh.v1.Mesh/Vote"
-RENEW = "/brio.mesh.v1.Mesh/Renew"
 
 #: Primary work stops this long before the lease ends (on top of the drift margin).
 PRIMARY_MARGIN = 0.05
@@ -44,8 +42,8 @@ MISMATCH_LOG_EVERY = 60.0
 
 
 class LeaseTransport(Protocol):
-    async def call_peer(
-        self, node_id: str, path: str, request: Any, reply_type: type[Any], timeout: float
+    async def call(
+        self, node_id: str, method: Method, request: Any, timeout: float | None = None
     ) -> Any:
         """Call a peer by node id; raise an exception if that is not possible."""
 
@@ -220,10 +218,10 @@ class LeaseDriver:
             scope.cancel()  # marks it finished, so that an extension starts a fresh one
 
     async def _send(self, to: str, message: core.Message) -> None:
-        path, request, reply_type = _to_pb(message)
+        method, request = _to_pb(message)
         timeout = self.settings.renew_interval
         try:
-            answer = await self.transport.call_peer(to, path, request, reply_type, timeout)
+            answer = await self.transport.call(to, method, request, timeout)
         except Exception as exc:  # unreachable, unknown, refused: the core sees silence
             log.debug("lease: %s to %s: %s", type(message).__name__, to, exc)
             return
@@ -264,7 +262,7 @@ def _sender(message: core.Message) -> str:
             return message.voter
 
 
-def _to_pb(message: core.Message) -> tuple[str, Any, type[Any]]:
+def _to_pb(message: core.Message) -> tuple[Method, Any]:
     match message:
         case core.VoteRequest():
             request = pb.LeaseVoteRequest(
@@ -274,7 +272,7 @@ def _to_pb(message: core.Message) -> tuple[str, Any, type[Any]]:
                 round=message.round,
                 voters_digest=message.voters_digest,
             )
-            return VOTE, request, pb.LeaseVoteReply
+            return methods.VOTE, request
         case core.RenewRequest():
             renew = pb.LeaseRenewRequest(
                 term=message.term,
@@ -282,7 +280,7 @@ def _to_pb(message: core.Message) -> tuple[str, Any, type[Any]]:
                 round=message.round,
                 voters_digest=message.voters_digest,
             )
-            return RENEW, renew, pb.LeaseRenewReply
+            return methods.RENEW, renew
     raise TypeError(f"{type(message).__name__} is not a request")
 
 

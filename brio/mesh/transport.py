@@ -40,6 +40,7 @@ from grpclib.protocol import H2Protocol
 
 from brio import aio
 from brio.config.model import split_host_port
+from brio.mesh.methods import Method
 from brio.mesh.tls import node_id_from_cert
 
 log = logging.getLogger(__name__)
@@ -308,20 +309,20 @@ TrioHandler = Callable[[Any, Caller, float | None], Awaitable[Any]]
 
 @dataclass
 class Service:
-    """A grpclib servable made of trio handlers: ``{"/pkg.Service/Method": (handler, in, out)}``."""
+    """A grpclib servable made of trio handlers, one per ``brio.mesh.methods.Method``."""
 
-    methods: Mapping[str, tuple[TrioHandler, type[Any], type[Any]]]
+    methods: Mapping[Method, TrioHandler]
     max_bytes: int
     stats: TransportStats
     _mapping: dict[str, grpclib.const.Handler] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        for path, (handler, req_type, resp_type) in self.methods.items():
-            self._mapping[path] = grpclib.const.Handler(
-                self._wrap(path, handler, req_type),
+        for method, handler in self.methods.items():
+            self._mapping[method.path] = grpclib.const.Handler(
+                self._wrap(method.path, handler, method.request),
                 grpclib.const.Cardinality.UNARY_UNARY,
-                req_type,
-                resp_type,
+                method.request,
+                method.reply,
             )
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:

@@ -17,7 +17,7 @@ import trio
 from brio import aio
 from brio.core.lease import voters_digest
 from brio.mesh import pb
-from brio.mesh.lease import RENEW, VOTE
+from brio.mesh.methods import RENEW, VOTE, Method
 from brio.mesh.tls import client_context
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
 from brio.node.root import NodeHandle
@@ -31,13 +31,13 @@ LEASE = {"lease_duration": 0.6, "election_timeout": [0.1, 0.2]}
 
 
 async def lease_call(
-    address: str, path: str, request: Any, reply_type: type[Any], as_node: str, tls: Any = None
+    address: str, method: Method, request: Any, as_node: str, tls: Any = None
 ) -> Any:
     """The reply, or the MeshCallError that the call raised (returned, not raised)."""
     async with aio.open_loop():
         pool = ChannelPool(tls, as_node, TransportStats())
         try:
-            return await pool.unary(address, path, request, reply_type, 10)
+            return await pool.unary(address, method.path, request, method.reply, 10)
         except MeshCallError as exc:
             return exc
         finally:
@@ -70,27 +70,21 @@ async def test_a_vote_is_on_disk_when_the_reply_arrives(tmp_path: Path, postgres
     voters = ["c1", "c2", "w1"]
     async with started(worker_voting_with(tmp_path, postgres_url, voters)) as (w1,):
         assert w1.mesh_address is not None
-        early = await lease_call(
-            w1.mesh_address, VOTE, vote(1, "c1", voters), pb.LeaseVoteReply, "c1"
-        )
+        early = await lease_call(w1.mesh_address, VOTE, vote(1, "c1", voters), "c1")
         assert not early.granted and "restarted" in early.reason  # one lease after start
         await trio.sleep(0.7)
-        reply = await lease_call(
-            w1.mesh_address, VOTE, vote(1, "c1", voters), pb.LeaseVoteReply, "c1"
-        )
+        reply = await lease_call(w1.mesh_address, VOTE, vote(1, "c1", voters), "c1")
         assert reply.granted and reply.term == 1 and reply.voter == "w1"
         saved = json.loads((tmp_path / "w1" / "lease-state.json").read_text())
         assert (saved["term"], saved["voted_for"]) == (1, "c1")
         # The same term for someone else: refused (promised to c1, and voted for c1).
-        other = await lease_call(
-            w1.mesh_address, VOTE, vote(1, "c2", voters), pb.LeaseVoteReply, "c2"
-        )
+        other = await lease_call(w1.mesh_address, VOTE, vote(1, "c2", voters), "c2")
         assert not other.granted
         # c1 renews as primary of term 1: acknowledged.
         renew = pb.LeaseRenewRequest(
             term=1, leader="c1", round=2, voters_digest=voters_digest(voters)
         )
-        ack = await lease_call(w1.mesh_address, RENEW, renew, pb.LeaseRenewReply, "c1")
+        ack = await lease_call(w1.mesh_address, RENEW, renew, "c1")
         assert ack.ok and ack.round == 2
         assert w1.mesh is not None and w1.mesh.lease_view().primary == "c1"
 
@@ -103,9 +97,7 @@ async def test_another_voter_set_is_refused_and_logged(
         assert w1.mesh_address is not None
         await trio.sleep(0.7)
         theirs = ["c1", "w1", "w2"]
-        reply = await lease_call(
-            w1.mesh_address, VOTE, vote(1, "c1", theirs), pb.LeaseVoteReply, "c1"
-        )
+        reply = await lease_call(w1.mesh_address, VOTE, vote(1, "c1", theirs), "c1")
         assert not reply.granted and reply.reason == "voter sets differ"
     assert any("runs with another voter set" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "w1" / "lease-state.json").exists()
@@ -114,14 +106,10 @@ async def test_another_voter_set_is_refused_and_logged(
 async def test_a_node_outside_the_lease_says_so(tmp_path: Path, postgres_url: str) -> None:
     async with started(worker_voting_with(tmp_path, postgres_url, ["c1", "c2", "c3"])) as (w1,):
         assert w1.mesh_address is not None
-        error = await lease_call(
-            w1.mesh_address, VOTE, vote(1, "c1", ["c1", "c2", "c3"]), pb.LeaseVoteReply, "c1"
-        )
+        error = await lease_call(w1.mesh_address, VOTE, vote(1, "c1", ["c1", "c2", "c3"]), "c1")
         assert isinstance(error, MeshCallError) and error.status == "FAILED_PRECONDITION"
         assert "takes no part in the lease" in str(error)
-        error = await lease_call(
-            w1.mesh_address, VOTE, pb.LeaseVoteRequest(), pb.LeaseVoteReply, "c1"
-        )
+        error = await lease_call(w1.mesh_address, VOTE, pb.LeaseVoteRequest(), "c1")
         assert isinstance(error, MeshCallError) and error.status == "INVALID_ARGUMENT"
         assert "candidate: required" in str(error)
 
@@ -147,7 +135,6 @@ async def test_a_certificate_must_match_the_candidate(tmp_path: Path, postgres_u
             w1.mesh_address,
             VOTE,
             vote(1, "c1", ["c1", "c2", "w1"]),
-            pb.LeaseVoteReply,
             "c2",
             client_tls,
         )

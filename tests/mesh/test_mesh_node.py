@@ -367,8 +367,8 @@ async def test_a_configured_role_wins_over_what_heartbeats_claim(
     async with started(liar_cfg, coord_cfg) as (_liar, coord):
         await wait_healthy(coord, "w1")
         assert coord.mesh is not None
-        assert not coord.mesh.is_coordinator("w1")
-        assert coord.mesh.is_coordinator("c1")
+        assert not coord.mesh.peers.is_coordinator("w1")
+        assert coord.mesh.peers.is_coordinator("c1")
         async with aio.open_loop():
             pool = ChannelPool(None, "w1", TransportStats())  # claims to be w1 (no mTLS here)
             try:

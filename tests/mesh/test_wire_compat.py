@@ -164,7 +164,7 @@ async def test_heartbeat_call_and_status(tmp_path: Path, stubs: Stubs) -> None:
         # the stock client's heartbeat made it a peer in the node's table
         assert "stock-client" in [p.node_id for p in status.peers]
         assert node.handle.mesh is not None
-        assert node.handle.mesh.counters.heartbeats_received == 1
+        assert node.handle.mesh.peers.heartbeats_received == 1
 
 
 async def test_grpcio_deadlines(tmp_path: Path, stubs: Stubs) -> None:
@@ -230,7 +230,7 @@ async def test_mutual_tls(tmp_path: Path, stubs: Stubs, caplog: pytest.LogCaptur
         reply = await in_thread(lambda: heartbeat(with_cert))
         assert reply.responder.node_id == NODE_ID
         assert node.handle.mesh is not None
-        assert node.handle.mesh.peer_by_id("stock-client") is not None
+        assert node.handle.mesh.membership.by_node_id("stock-client") is not None
 
         def impostor() -> grpc.RpcError:
             # the stock client's certificate, but a heartbeat in another node's name
@@ -242,5 +242,5 @@ async def test_mutual_tls(tmp_path: Path, stubs: Stubs, caplog: pytest.LogCaptur
         error = await in_thread(impostor)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
         assert "stock-client" in (error.details() or "")
-        assert node.handle.mesh.peer_by_id("node-x") is None
+        assert node.handle.mesh.membership.by_node_id("node-x") is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -1,0 +1,134 @@
+"""The mesh's parts, built (not started) together because they refer to one another.
+
+``Mesh.build`` wires them; the node's root (``brio.node.root``) starts each one as a sibling
+in its own nursery, in this order, and stops them in reverse:
+
+| part        | class                   | job                                              |
+|-------------|-------------------------|--------------------------------------------------|
+| mesh server | `MeshListener`          | serve `Mesh` and `MeshAdmin` on `listen_addr`    |
+| peer calls  | `PeerCalls`             | channels to peers; best-effort notices           |
+| peers       | `Peers`                 | one heartbeat task per peer → `Membership`       |
+| discovery   | `run_discovery`         | static, DNS or Kubernetes → `Peers.found`        |
+| forwarder   | `EventForwarder`        | task events of work run here → coordinators      |
+| queue count | `QueueCounter`          | the queue length heartbeats report               |
+| lease       | `LeaseDriver`           | vote, campaign; the `primary` nursery (`Primary`)|
+
+``Mesh`` also answers what the HTTP API asks of the mesh (``brio.tasks.mesh_view.MeshView``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from brio.agents.registry import RegisteredAgent
+from brio.config.model import BrioConfig
+from brio.core.membership import DetectorSettings, Membership
+from brio.mesh.calls import PeerCalls
+from brio.mesh.forwarder import EventForwarder
+from brio.mesh.lease import LeaseDriver, settings_from
+from brio.mesh.local import LocalNode, QueueCounter
+from brio.mesh.peers import Peers, detector_settings
+from brio.mesh.primary import Primary
+from brio.mesh.router import MeshRouter
+from brio.mesh.tls import client_context
+from brio.mesh.transport import ChannelPool, TransportStats
+from brio.store.base import Store
+from brio.tasks.events import EventBus
+from brio.tasks.mesh_view import LeaseView
+from brio.tasks.supervisor import Supervisor
+
+
+@dataclass
+class Mesh:
+    config: BrioConfig
+    local: LocalNode
+    settings: DetectorSettings
+    membership: Membership
+    stats: TransportStats
+    calls: PeerCalls
+    peers: Peers
+    forwarder: EventForwarder
+    queue_counter: QueueCounter
+    router: MeshRouter
+    supervisor: Supervisor
+    lease: LeaseDriver | None
+    primary: Primary | None
+
+    @classmethod
+    def build(
+        cls,
+        config: BrioConfig,
+        *,
+        store: Store,
+        supervisor: Supervisor,
+        bus: EventBus,
+        agents: dict[str, RegisteredAgent],
+    ) -> Mesh:
+        mesh = config.mesh
+        local = LocalNode(config, agents, supervisor)
+        settings = detector_settings(mesh)
+        membership = Membership(local.node_id, settings, local_address=local.address)
+        stats = TransportStats()
+        pool = ChannelPool(client_context(mesh.tls), local.node_id, stats)
+        calls = PeerCalls(
+            local.node_id,
+            membership,
+            pool,
+            call_timeout=mesh.call_timeout,
+            heartbeat_timeout=settings.heartbeat_timeout,
+        )
+        peers = Peers(mesh, membership, settings, local, calls)
+        primary: Primary | None = None
+        lease: LeaseDriver | None = None
+        voters = mesh.lease_voters()
+        candidate = local.role == "coordinator"
+        if candidate or local.node_id in voters:
+            lease_settings = settings_from(mesh.lease)
+            if candidate:
+                primary = Primary(
+                    local.node_id, store, peers.cluster_view, lease_settings.renew_interval
+                )
+            lease = LeaseDriver(
+                local.node_id,
+                config=mesh.lease,
+                voters=voters,
+                candidates=mesh.lease_candidates(),
+                candidate=candidate,
+                data_dir=config.data_dir,
+                transport=calls,
+                primary=primary.run if primary else None,
+                warning=mesh.lease_voters_warning(),
+            )
+        return cls(
+            config=config,
+            local=local,
+            settings=settings,
+            membership=membership,
+            stats=stats,
+            calls=calls,
+            peers=peers,
+            forwarder=EventForwarder(local.node_id, bus, membership, calls),
+            queue_counter=QueueCounter(local, store, settings.heartbeat_interval),
+            router=MeshRouter(local.node_id, membership, calls),
+            supervisor=supervisor,
+            lease=lease,
+            primary=primary,
+        )
+
+    @property
+    def node_id(self) -> str:
+        return self.local.node_id
+
+    # --- MeshView (/health) -----------------------------------------------------------------
+
+    def lease_view(self) -> LeaseView:
+        if self.lease is not None:
+            return self.lease.view()
+        return LeaseView("worker", 0, None, None, voter=False)
+
+    def connected_peers(self) -> int:
+        return self.peers.connected()
+
+    def last_heartbeat(self) -> datetime | None:
+        return self.peers.last_heartbeat()
