@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,26 @@ async def test_shutdown_requeues_running_tasks_on_postgresql(
         finally:
             await fresh.close()
     assert back is not None and back.status.value == "queued" and back.attempt == 2
+
+
+async def test_values_postgresql_cannot_hold_are_422_naming_the_field(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Issue 11: on PostgreSQL these were 503s (the store refused them); the API refuses them
+    first, as on SQLite, so a 503 means only that the store is unreachable."""
+    config = node_config(tmp_path, database={"url": postgres_url})
+    async with running_node(config) as node:
+        seq = base64.urlsafe_b64encode(b"brio-task-seq:9223372036854775808").decode().rstrip("=")
+        resp = await node.client.get("/api/tasks", params={"cursor": seq})
+        assert resp.status_code == 422 and resp.json()["error"]["details"] == {"field": "cursor"}
+        resp = await node.client.get("/api/sessions", params={"offset": "9223372036854775808"})
+        assert resp.status_code == 422
+        assert resp.json()["error"]["details"][0]["field"] == "offset"
+        headers = {"Content-Type": "application/json"}
+        for body, field in [
+            (b'{"agent": "echo", "prompt": "", "input": {"a": 1e400}}', "input.a"),
+            (b'{"agent": "echo", "prompt": "", "input": {"s": "\\ud800"}}', "input.s"),
+        ]:
+            resp = await node.client.post("/api/tasks", content=body, headers=headers)
+            assert resp.status_code == 422, body
+            assert resp.json()["error"]["details"][0]["field"] == field
