@@ -13,6 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import tomli_w
+
 from brio.certs import CA_DAYS, NODE_DAYS, CertsError, describe, issue_node_cert, make_ca
 
 DEFAULT_DIR = "./certs"
@@ -81,20 +83,18 @@ def _issue(args: argparse.Namespace) -> int:
     print(f"wrote {paths.cert} ({describe(paths.cert)})")
     print(f"wrote {paths.key} (private key, mode 0600)")
     print()
+    node_id = tomli_w.dumps({"node_id": args.node_id}).strip()
     print(
         f"copy {paths.cert.name}, {paths.key.name} and {ca_file.name} to the node, set "
-        f"[mesh] node_id = {_toml_str(args.node_id)} there, and use (with the paths on the node):"
+        f"[mesh] {node_id} there, and use (with the paths on the node):"
     )
     print()
-    print("[mesh.tls]")
-    print("enabled = true")
-    print(f"cert_file = {_toml_str(str(paths.cert.resolve()))}")
-    print(f"key_file = {_toml_str(str(paths.key.resolve()))}")
-    print(f"ca_file = {_toml_str(str(ca_file.resolve()))}")
-    print("verify_client = true")
+    tls = {
+        "enabled": True,
+        "cert_file": str(paths.cert.resolve()),
+        "key_file": str(paths.key.resolve()),
+        "ca_file": str(ca_file.resolve()),
+        "verify_client": True,
+    }
+    print(tomli_w.dumps({"mesh": {"tls": tls}}), end="")
     return 0
-
-
-def _toml_str(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
