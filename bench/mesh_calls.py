@@ -130,7 +130,7 @@ async def _case(name: str, transport: str, callers: int, seconds: float, one: On
 
 
 def _call_request() -> pb.MeshRequest:
-    """What ``MeshNode.call_node`` sends for an ``agent.invoke`` (the baseline sends it too)."""
+    """What ``PeerCalls.call_node`` sends for an ``agent.invoke`` (the baseline sends it too)."""
     return pb.MeshRequest(
         target="echo",
         method="agent.invoke",

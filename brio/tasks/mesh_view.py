@@ -1,6 +1,6 @@
 """What the HTTP API may ask of the mesh (``/health``): role, lease, peers, last heartbeat.
 
-``brio.mesh.node.MeshNode`` answers it when ``[mesh] enabled``; ``SingleNode`` otherwise.
+``brio.mesh.assembly.Mesh`` answers it when ``[mesh] enabled``; ``SingleNode`` otherwise.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
 
 
 class MeshRouting(Protocol):
-    """What task submission needs of the mesh (``brio.mesh.node.MeshNode`` provides it)."""
+    """What task submission needs of the mesh (``brio.mesh.router.MeshRouter`` provides it)."""
 
     node_id: str
 
