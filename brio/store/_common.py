@@ -25,6 +25,7 @@ from brio.store.base import (
     MessageRecord,
     NodeRecord,
     NodeStateRecord,
+    QueuedRecord,
     SessionRecord,
     TaskRecord,
 )
@@ -91,6 +92,18 @@ def check_cluster_view(epoch: int, states: list[tuple[str, str]]) -> None:
 def task_input(value: JSON) -> JSON:
     """A task's input as stored: ``None`` means no input, which is an empty object."""
     return {} if value is None else value
+
+
+def queued_record(row: Any) -> QueuedRecord:
+    return QueuedRecord(
+        id=row["id"],
+        agent=row["agent"],
+        attempt=row["attempt"],
+        priority=row["priority"],
+        seq=row["seq"],
+        session_id=row["session_id"],
+        target_node=row["target_node"],
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,28 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuedRecord:
+    """What the scheduler needs of a queued task."""
+
+    id: str
+    agent: str
+    attempt: int
+    priority: int
+    seq: int
+    session_id: str | None
+    target_node: str | None  # the pin of a "node/agent" target
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One task placed on one node, for this attempt."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     status: TaskStatus | None = None
     agent: str | None = None
@@ -185,6 +207,25 @@ class Store(Protocol):
         """Requeue every assigned or running task of ``node_id`` (attempt + 1)."""
 
     async def count_tasks(self, status: TaskStatus) -> int: ...
+
+    # the scheduler (the primary) and the workers it assigns to
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        """The first ``limit`` queued tasks, priority first, then age."""
+
+    async def node_loads(self) -> dict[str, int]:
+        """Tasks assigned to or running on each node."""
+
+    async def assign_tasks(self, epoch: int, batch: list[Assignment]) -> list[TaskRecord]:
+        """queued -> assigned on each assignment's node, for that attempt, in one write that
+        lands only while the fence is at ``epoch``. The tasks that moved (a task cancelled
+        or requeued meanwhile is skipped); none at all if the fence moved."""
+
+    async def requeue_nodes_tasks(self, epoch: int, node_ids: list[str]) -> list[TaskRecord]:
+        """Every assigned or running task of these nodes -> queued with attempt + 1, while
+        the fence is at ``epoch`` (the primary redistributing a failed node's work)."""
+
+    async def claim_assigned(self, node_id: str, agents: list[str], limit: int) -> list[TaskRecord]:
+        """Up to ``limit`` tasks assigned to ``node_id`` -> running, priority then age."""
 
     # sessions and conversation history
     async def create_session(

@@ -38,18 +38,21 @@ from brio.store._common import (
     check_terminal,
     encode_cursor,
     new_id,
+    queued_record,
     redact_url,
     task_input,
 )
 from brio.store.base import (
     JSON,
     AgentRecord,
+    Assignment,
     FenceRecord,
     MessageRecord,
     NewTask,
     NodeRecord,
     NodeStateRecord,
     NotFound,
+    QueuedRecord,
     SessionRecord,
     StoreError,
     TaskFilter,
@@ -279,6 +282,42 @@ class PostgresStore:
     async def count_tasks(self, status: TaskStatus) -> int:
         sql, args = SQL.count_tasks.bind(status=status.value)
         return int(await self._read(lambda conn: conn.fetchval(sql, *args)))
+
+    # the scheduler
+
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        sql, args = SQL.queued_tasks.bind(limit=limit)
+        return [queued_record(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
+
+    async def node_loads(self) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.fetch(SQL.node_loads.text))
+        return {row["node_id"]: int(row["load"]) for row in rows}
+
+    async def assign_tasks(self, epoch: int, batch: list[Assignment]) -> list[TaskRecord]:
+        if not batch:
+            return []
+        sql, args = SQL.assign_tasks.bind(
+            epoch=epoch,
+            ids=[a.task_id for a in batch],
+            attempts=[a.attempt for a in batch],
+            nodes=[a.node_id for a in batch],
+        )
+        # one statement, committed on its own (see the fence in brio.store.sql)
+        return [_ROWS.task(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
+
+    async def requeue_nodes_tasks(self, epoch: int, node_ids: list[str]) -> list[TaskRecord]:
+        if not node_ids:
+            return []
+        sql, args = SQL.requeue_nodes_tasks.bind(epoch=epoch, nodes=node_ids)
+        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+        return sorted((_ROWS.task(row) for row in rows), key=lambda task: task.seq)
+
+    async def claim_assigned(self, node_id: str, agents: list[str], limit: int) -> list[TaskRecord]:
+        if not agents or limit <= 0:
+            return []
+        sql, args = SQL.claim_assigned.bind(node_id=node_id, agents=agents, limit=limit)
+        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+        return sorted((_ROWS.task(row) for row in rows), key=lambda t: (-t.priority, t.seq))
 
     # sessions and conversation history
 

@@ -186,6 +186,41 @@ _RECORD_CLUSTER_VIEW: dict[schema.Dialect, str] = {
         SELECT count(*) FROM f""",
 }
 
+# The scheduler's fenced writes: assignments of a batch and the requeue of failed nodes'
+# tasks, each one statement that lands only while the fence holds the primary's epoch
+# (brio.tasks.placer). SQLite checks the fence first inside its BEGIN IMMEDIATE transaction,
+# as record_cluster_view does; PostgreSQL joins the FOR SHARE-locked fence row. The batch's
+# columns are named a_* so that RETURNING's task columns are never ambiguous.
+_ASSIGN_SET = "UPDATE tasks SET status = 'assigned', node_id = a_node, updated_at = :now"
+_ASSIGN_WHERE = "tasks.id = a_id AND tasks.attempt = a_attempt AND tasks.status = 'queued'"
+_ASSIGN: dict[schema.Dialect, str] = {
+    "sqlite": f"""
+        {_ASSIGN_SET}
+        FROM (SELECT json_extract(value, '$[0]') AS a_id, json_extract(value, '$[1]') AS a_attempt,
+                     json_extract(value, '$[2]') AS a_node FROM json_each(:batch))
+        WHERE {_ASSIGN_WHERE} RETURNING {TASK_COLUMNS}""",
+    "postgresql": f"""
+        WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE)
+        {_ASSIGN_SET}
+        FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:nodes AS text[]))
+             AS a (a_id, a_attempt, a_node) CROSS JOIN f
+        WHERE {_ASSIGN_WHERE} RETURNING {TASK_COLUMNS}""",
+}
+
+_REQUEUE_NODES_WHERE = "WHERE {nodes} AND status IN " + sql_in(predecessors(TaskStatus.QUEUED))
+_REQUEUE_NODES: dict[schema.Dialect, str] = {
+    "sqlite": (
+        "UPDATE tasks SET status = 'queued', attempt = attempt + 1, node_id = NULL,"
+        f" started_at = NULL, updated_at = :now {_REQUEUE_NODES_WHERE} RETURNING {TASK_COLUMNS}"
+    ),
+    "postgresql": (
+        "WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE)"
+        " UPDATE tasks SET status = 'queued', attempt = attempt + 1, node_id = NULL,"
+        f" started_at = NULL, updated_at = :now FROM f {_REQUEUE_NODES_WHERE}"
+        f" RETURNING {TASK_COLUMNS}"
+    ),
+}
+
 # list_tasks filters, in the order their flags key Statements.task_page's table.
 _PAGE_TESTS = ("status = :status", "agent = :agent", "session_id = :session_id", "seq < :before")
 
@@ -264,6 +299,29 @@ class Statements:
             f" RETURNING {TASK_COLUMNS}"
         )
         self.count_tasks = q("SELECT COUNT(*) FROM tasks WHERE status = :status")
+        # the scheduler: what waits, where the load is, and its fenced writes
+        self.queued_tasks = q(
+            "SELECT id, agent, attempt, priority, seq, session_id, target_node FROM tasks"
+            " WHERE status = 'queued' ORDER BY priority DESC, seq ASC LIMIT :limit"
+        )
+        self.node_loads = q(
+            "SELECT node_id, COUNT(*) AS load FROM tasks"
+            f" WHERE status IN {sql_in(predecessors(TaskStatus.QUEUED))}"
+            " AND node_id IS NOT NULL GROUP BY node_id"
+        )
+        self.assign_tasks = q(_ASSIGN[d.name])
+        self.requeue_nodes_tasks = q(
+            _REQUEUE_NODES[d.name].format(nodes=d.is_in("node_id", "nodes"))
+        )
+        # a worker takes the tasks assigned to it straight into running, a batch at a time
+        self.claim_assigned = q(
+            "UPDATE tasks SET status = 'running', started_at = :now, updated_at = :now"
+            " WHERE seq IN (SELECT seq FROM tasks WHERE status = 'assigned'"
+            f" AND node_id = :node_id AND {d.is_in('agent', 'agents')}"
+            f" ORDER BY priority DESC, seq ASC LIMIT :limit{d.claim_lock})"
+            f" RETURNING {TASK_COLUMNS}"
+        )
+
         # list_tasks: one statement for each set of filters, keyed by which are given.
         self._task_pages = {
             flags: q(_task_page(flags))

@@ -37,17 +37,20 @@ from brio.store._common import (
     check_terminal,
     encode_cursor,
     new_id,
+    queued_record,
     task_input,
 )
 from brio.store.base import (
     JSON,
     AgentRecord,
+    Assignment,
     FenceRecord,
     MessageRecord,
     NewTask,
     NodeRecord,
     NodeStateRecord,
     NotFound,
+    QueuedRecord,
     SessionRecord,
     StoreError,
     TaskFilter,
@@ -316,6 +319,53 @@ class SQLiteStore:
     async def count_tasks(self, status: TaskStatus) -> int:
         stmt = SQL.count_tasks.bind(status=status.value)
         return await self._run(lambda conn: int(conn.execute(*stmt).fetchone()[0]))
+
+    # the scheduler
+
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        stmt = SQL.queued_tasks.bind(limit=limit)
+        rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
+        return [queued_record(row) for row in rows]
+
+    async def node_loads(self) -> dict[str, int]:
+        rows = await self._run(lambda conn: conn.execute(SQL.node_loads.text).fetchall())
+        return {row["node_id"]: int(row["load"]) for row in rows}
+
+    async def assign_tasks(self, epoch: int, batch: list[Assignment]) -> list[TaskRecord]:
+        if not batch:
+            return []
+        rows = json.dumps([[a.task_id, a.attempt, a.node_id] for a in batch])
+
+        def assign(conn: sqlite3.Connection) -> list[TaskRecord]:
+            # BEGIN IMMEDIATE holds the write lock: no raise_fence lands between check and write
+            if conn.execute(SQL.fence_epoch.text).fetchone()[0] != epoch:
+                return []
+            stmt = SQL.assign_tasks.bind(batch=rows, now=_now())
+            return [_ROWS.task(row) for row in conn.execute(*stmt).fetchall()]
+
+        return await self._transaction(assign)
+
+    async def requeue_nodes_tasks(self, epoch: int, node_ids: list[str]) -> list[TaskRecord]:
+        if not node_ids:
+            return []
+        nodes = json.dumps(node_ids)
+
+        def requeue(conn: sqlite3.Connection) -> list[TaskRecord]:
+            if conn.execute(SQL.fence_epoch.text).fetchone()[0] != epoch:
+                return []
+            stmt = SQL.requeue_nodes_tasks.bind(nodes=nodes, now=_now())
+            return [_ROWS.task(row) for row in conn.execute(*stmt).fetchall()]
+
+        return sorted(await self._transaction(requeue), key=lambda task: task.seq)
+
+    async def claim_assigned(self, node_id: str, agents: list[str], limit: int) -> list[TaskRecord]:
+        if not agents or limit <= 0:
+            return []
+        stmt = SQL.claim_assigned.bind(
+            node_id=node_id, agents=json.dumps(agents), limit=limit, now=_now()
+        )
+        rows = await self._transaction(lambda conn: conn.execute(*stmt).fetchall())
+        return sorted((_ROWS.task(row) for row in rows), key=lambda t: (-t.priority, t.seq))
 
     # sessions and conversation history
 
