@@ -23,6 +23,7 @@ from brio.api.openapi import openapi_document
 from brio.api.routes import agents, health, sessions, tasks, ws
 from brio.api.routes.ws import MAX_SUBSCRIBED_IDS
 from brio.api.routing import Reply, Route, Router, install, json_response
+from brio.api.server import BODY_TIMEOUT
 from brio.store.base import StoreError
 
 __all__ = ["MAX_SUBSCRIBED_IDS", "ApiDeps", "create_app", "routes_of"]
@@ -63,6 +64,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
     server = deps.config.server
     app = QuartTrio("brio")
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
     @app.errorhandler(ApiError)
@@ -71,12 +73,17 @@ def create_app(deps: ApiDeps) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.code or 500, "http_error"
-        )
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "too_large",
+        }.get(exc.code or 500, "http_error")
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"the request body is larger than {server.max_body_bytes} bytes"
+        if exc.code == 408:
+            message = f"the request body did not arrive within {BODY_TIMEOUT:g} seconds"
         headers = {}
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:  # RFC 9110: 405 has Allow
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))

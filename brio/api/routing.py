@@ -162,6 +162,7 @@ def documented(route: Route, config: BrioConfig) -> dict[int, Answer]:
     _merge(answers, 422, Answer("A NUL character in the URL (invalid_request)"))
     if route.body is not None:
         _merge(answers, 413, Answer("Body larger than [server] max_body_bytes"))
+        _merge(answers, 408, Answer("The body did not arrive in time (request_timeout)"))
     if route.auth and config.server.auth_token is not None:
         _merge(answers, 401, Answer("Missing or wrong bearer token"))
     if config.mesh.role != "coordinator" and any(
