@@ -263,7 +263,7 @@ class Scheduler:
         session = task.session_id if s.session_affinity else None
         if session is not None:
             stuck = self._sticky.get((session, agent))
-            if stuck is not None:
+            if stuck is not None and now < stuck.placed + s.affinity_ttl:
                 node = next((n for n in pool if n.node_id == stuck.node_id), None)
                 if node is not None and room(node):
                     self._stick(task, node.node_id, now)
