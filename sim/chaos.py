@@ -113,6 +113,8 @@ class Chaos:
                 return self._drift(episode.kind)
             case Fault.CRASH:
                 return self._crash(self._victim(prefer_primary=0.5))
+            case Fault.DISK_LOSS:
+                return self._crash(self._victim(prefer_primary=0.5), lose_disk=True)
             case Fault.PAUSE:
                 return self._pause(self._victim(prefer_primary=0.6), episode)
 
@@ -208,19 +210,33 @@ class Chaos:
                 node.clock.set_rate(world.loop.now, rates[name])
                 node.retime()
 
-    def _crash(self, victim: SimNode) -> Undo:
+    def _crash(self, victim: SimNode, *, lose_disk: bool = False) -> Undo:
         world = self._world
         if not victim.up:
             return _nothing
         world.lose_primary(victim)
         victim.crash()
-        world.note(victim.name, "crashes")
+        if lose_disk and self._may_lose_disk(victim):
+            victim.lose_disk()
+            world.note(victim.name, "crashes and loses its disk")
+        elif lose_disk:
+            world.note(victim.name, "crashes, keeping its disk (a majority would have no record)")
+        else:
+            world.note(victim.name, "crashes")
 
         def undo() -> None:
             if not victim.up:
                 self._restart(victim)
 
         return undo
+
+    def _may_lose_disk(self, victim: SimNode) -> bool:
+        """The fault model: fewer than a majority of the voters are without a record at any
+        time. Beyond it no rule can be safe (a whole majority may have forgotten the term it
+        elected), nor live (a node without a record needs the records of a majority)."""
+        nodes = self._world.nodes.values()
+        without = sum(1 for n in nodes if n.persisted is None and n is not victim)
+        return without + 1 < len(self._world.nodes) // 2 + 1
 
     def _restart(self, node: SimNode) -> None:
         kept = node.persisted

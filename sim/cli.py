@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
-from sim.config import DEFAULT_FAULTS, Fault, SimConfig, Unsafe
+from sim.config import DEFAULT_FAULTS, EVENTS_PER_NODE_SECOND, Fault, SimConfig, Unsafe
 from sim.progress import Progress
 from sim.report import banner, render, summarize
 from sim.stats import SeedResult
@@ -164,6 +164,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="KNOB",
         help="TEST ONLY: switch one safety measure off (repeatable): " + ", ".join(Unsafe),
     )
+    p.add_argument(
+        "--max-events",
+        type=_number(int, 1),
+        metavar="N",
+        help="stop a seed after N events and report it as an event-budget violation: a "
+        f"livelock (default {EVENTS_PER_NODE_SECOND} per node and simulated second, "
+        f"{DEFAULTS.event_budget:,} for the defaults, where a seed takes about 10,000)",
+    )
     p.add_argument("--trace", action="store_true", help="print every seed's whole event trace")
     p.add_argument(
         "--json", action="store_true", help="print one JSON summary object instead of text"
@@ -194,6 +202,7 @@ def config_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> SimConf
         election_timeout=args.election_timeout,
         max_clock_drift=args.max_clock_drift,
         unsafe=frozenset(Unsafe(u) for u in args.unsafe),
+        max_events=args.max_events,
     )
     if config.fault_end < 1.0:
         p.error(
@@ -221,6 +230,8 @@ def flags(config: SimConfig) -> list[str]:
         out += ["--election-timeout", ",".join(repr(t) for t in config.election_timeout)]
     if config.max_clock_drift != DEFAULTS.max_clock_drift:
         out += ["--max-clock-drift", repr(config.max_clock_drift)]
+    if config.max_events is not None:
+        out += ["--max-events", str(config.max_events)]
     for knob in sorted(config.unsafe):
         out += ["--unsafe", str(knob)]
     return out

@@ -26,6 +26,7 @@ class Fault(StrEnum):
     DRIFT = "drift"  # clock rates at the very edges of the max_clock_drift bound
     DRIFT_BEYOND = "drift-beyond"  # clock rates further apart than the bound allows
     CRASH = "crash"  # a node dies (memory lost, persisted vote kept) and restarts later
+    DISK_LOSS = "disk-loss"  # a crash that loses the persisted vote too (a wiped data dir)
     PAUSE = "pause"  # a node stops (GC, SIGSTOP) while time goes on, then acts on stale beliefs
 
 
@@ -40,6 +41,7 @@ class Unsafe(StrEnum):
     NO_DRIFT_MARGIN = "no-drift-margin"
     NO_RESTART_WAIT = "no-restart-wait"
     NO_FENCE_CHECK = "no-fence-check"
+    NO_AMNESIA_GUARD = "no-amnesia-guard"
 
 
 def knobs_for(unsafe: frozenset[Unsafe]) -> SafetyKnobs:
@@ -48,6 +50,7 @@ def knobs_for(unsafe: frozenset[Unsafe]) -> SafetyKnobs:
         drift_margin=Unsafe.NO_DRIFT_MARGIN not in unsafe,
         restart_wait=Unsafe.NO_RESTART_WAIT not in unsafe,
         fence_check=Unsafe.NO_FENCE_CHECK not in unsafe,
+        amnesia_guard=Unsafe.NO_AMNESIA_GUARD not in unsafe,
     )
 
 
@@ -64,6 +67,10 @@ DETECTOR = DetectorSettings(
 )
 
 
+#: The default event budget, per node and simulated second.
+EVENTS_PER_NODE_SECOND = 1000
+
+
 @dataclass(frozen=True)
 class SimConfig:
     nodes: int = 5
@@ -74,6 +81,17 @@ class SimConfig:
     election_timeout: tuple[float, float] = (1.0, 2.5)
     max_clock_drift: float = 0.05
     unsafe: frozenset[Unsafe] = field(default_factory=frozenset)
+    #: Events one seed may take before it is stopped as a livelock (``event-budget``);
+    #: None: ``EVENTS_PER_NODE_SECOND`` per node and simulated second (see ``event_budget``).
+    max_events: int | None = None
+
+    @property
+    def event_budget(self) -> int:
+        """A normal seed takes about 17 events per node and simulated second (10,000 for the
+        default 5 nodes over 120 s); the default budget is 60 times that."""
+        if self.max_events is not None:
+            return self.max_events
+        return math.ceil(EVENTS_PER_NODE_SECOND * self.nodes * self.duration)
 
     @property
     def lease(self) -> LeaseSettings:

@@ -25,6 +25,7 @@ DURATIONS: dict[Fault, tuple[float, float]] = {
     Fault.DRIFT: (1.0, 6.0),
     Fault.DRIFT_BEYOND: (2.0, 8.0),
     Fault.CRASH: (0.1, 3.0),
+    Fault.DISK_LOSS: (0.1, 3.0),
     Fault.PAUSE: (0.06, 2.4),
 }
 
@@ -55,7 +56,7 @@ def plan(
     while start < fault_end:
         kind = rng.choice(kinds)
         low, high = DURATIONS[kind]
-        if kind is Fault.CRASH and rng.random() < 0.5:
+        if kind in (Fault.CRASH, Fault.DISK_LOSS) and rng.random() < 0.5:
             low, high = QUICK_RESTART
         length = rng.uniform(low, high) * lease_duration
         episodes.append(Episode(kind, start, min(start + length, fault_end)))

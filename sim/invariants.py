@@ -6,6 +6,15 @@
    restarts included: the record lives here, not in the node that forgets.
 4. ``stale-write``: the store's accepted epochs (fence raises and writes) never go down.
 
+A node that lost its disk (``disk-loss``) has forgotten its votes, and may give a vote again in
+a term it voted in before, harmlessly when that earlier vote cannot count any more. Across a
+lost disk, ``double-vote`` is a vote for another candidate in a term that the candidate of the
+lost vote won: the very vote that mattered, given twice.
+
+A seed that runs past ``max_events`` events is stopped as ``event-budget``: a livelock (events
+that keep scheduling events without the clock getting anywhere) is reported like a violation,
+with its replay, instead of running forever.
+
 Liveness (``liveness-primary``, ``liveness-membership``) is judged by the world after the
 faults heal, and reported the same way.
 """
@@ -18,6 +27,8 @@ from sim.store import Accepted
 
 #: The invariants judged only after the heal, on seeds that ran to the end.
 LIVENESS = frozenset({"liveness-primary", "liveness-membership"})
+#: A seed stopped for running past its event budget: neither safe nor unsafe, but reported.
+BUDGET = "event-budget"
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,8 @@ class Checker:
     def __init__(self) -> None:
         self.violation: Violation | None = None
         self._primary_of: dict[int, str] = {}
-        self._votes: dict[tuple[str, int], str] = {}
+        self._votes: dict[tuple[str, int, int], str] = {}  # (voter, disk, term) -> candidate
+        self._lost: dict[tuple[str, int], list[tuple[int, str]]] = {}  # (voter, term) -> votes
         self._store_epoch = 0
 
     def _fail(self, invariant: str, time: float, detail: str) -> None:
@@ -66,15 +78,46 @@ class Checker:
                 now,
                 f"{node} became primary for epoch {epoch}, which {first} already held",
             )
+        for (voter, term), votes in self._lost.items():
+            if term == epoch:
+                for disk, lost_for in votes:
+                    if lost_for == node and any(d > disk and c != node for d, c in votes):
+                        self._fail(
+                            "double-vote",
+                            now,
+                            f"{node} became primary for epoch {epoch} with a vote {voter} "
+                            "lost with its disk, and gave again to another",
+                        )
 
-    def voted(self, now: float, voter: str, term: int, candidate: str) -> None:
-        first = self._votes.setdefault((voter, term), candidate)
+    def voted(self, now: float, voter: str, term: int, candidate: str, disk: int = 0) -> None:
+        """``voter`` granted ``candidate`` its vote in ``term``, with its ``disk``-th disk."""
+        first = self._votes.setdefault((voter, disk, term), candidate)
         if first != candidate:
             self._fail(
                 "double-vote",
                 now,
                 f"{voter} voted for {candidate} in term {term}, having voted for {first}",
             )
+        votes = self._lost.setdefault((voter, term), [])
+        winner = self._primary_of.get(term)
+        for earlier, lost_for in votes:
+            if earlier < disk and lost_for != candidate and lost_for == winner:
+                self._fail(
+                    "double-vote",
+                    now,
+                    f"{voter} voted for {candidate} in term {term} after losing its disk, "
+                    f"having voted for {lost_for}, primary of that term",
+                )
+        if (disk, candidate) not in votes:
+            votes.append((disk, candidate))
+
+    def livelock(self, now: float, events: int, duration: float) -> None:
+        self._fail(
+            BUDGET,
+            now,
+            f"the seed used up its budget of {events} events {now:.6f} s into its {duration:g} s: "
+            "a livelock? (--max-events sets the budget)",
+        )
 
     def store_accepted(self, entry: Accepted) -> None:
         if entry.epoch < self._store_epoch:

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Protocol
 
 from brio.core.lease import (
+    UNKNOWN_VOTE,
     Action,
     BecamePrimary,
     DigestMismatch,
@@ -107,6 +108,7 @@ class SimNode:
         )
         # What survives a crash.
         self.persisted: Persisted | None = None
+        self.disks = 0  # disks lost so far: a vote lost with one may be given again
         self.incarnation = 0
         self._token = 0
         # What a crash wipes (set by start).
@@ -197,6 +199,12 @@ class SimNode:
         self.fenced = False
         self.host.lease_changed(self)
 
+    def lose_disk(self) -> None:
+        """The data dir is gone (down already): the next start has no record at all."""
+        assert not self.up
+        self.persisted = None
+        self.disks += 1
+
     # ---------------------------------------------------------------- inbound calls
 
     def handle(self, sender: str, request: Request) -> Reply | None:
@@ -263,7 +271,7 @@ class SimNode:
         seen = (self.lease.term, self.lease.voted_for)
         if seen != self._vote_seen:
             self._vote_seen = seen
-            if seen[1] is not None:  # its own vote as a candidate included
+            if seen[1] not in (None, UNKNOWN_VOTE):  # its own vote as a candidate included
                 self.host.voted(self.name, seen[0], seen[1])
         self._arm_lease()
         self.host.lease_changed(self)

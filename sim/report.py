@@ -53,6 +53,7 @@ def summarize(
             "election_timeout": list(config.election_timeout),
             "max_clock_drift": config.max_clock_drift,
             "heal_window": config.heal_window,
+            "max_events": config.event_budget,
         },
         "unsafe": sorted(str(u) for u in config.unsafe),
         "faults_injected": dict(sorted(faults.items())),

@@ -84,6 +84,9 @@ class World:
             item = self.loop.pop(config.duration)
             if item is None:
                 break
+            if self.events >= config.event_budget:
+                self.checker.livelock(self.loop.now, self.events, config.duration)
+                break
             target, action = item
             if target is not None and self.nodes[target].paused:
                 self.nodes[target].held.append(action)
@@ -241,7 +244,7 @@ class World:
             self.primaries.discard(node.name)
 
     def voted(self, voter: str, term: int, candidate: str) -> None:
-        self.checker.voted(self.loop.now, voter, term, candidate)
+        self.checker.voted(self.loop.now, voter, term, candidate, disk=self.nodes[voter].disks)
 
     def became_primary(self, node: SimNode, epoch: int) -> None:
         self.elections += 1

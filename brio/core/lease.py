@@ -16,6 +16,15 @@ instead of heartbeats alone:
   ``max_clock_drift``. It renews every third of the lease.
 - **Pre-vote and check-quorum.** A candidate first asks whether it could win, without bumping any
   term; a primary whose lease runs out (a majority did not answer in time) steps down.
+- **No record, no vote.** A node that starts with nothing persisted may have lost its record
+  (a wiped data dir), and with it the votes it gave. After its restart wait it asks the other
+  voters for their terms (a pre-vote request, which changes nobody's state) and grants no vote,
+  pre-vote or vote of its own until ``len(voters) - majority + 1`` of them answered from a
+  record (or all of them answered and every term is 0: a cluster's first start). It then takes
+  the highest term heard as its own, with its vote in that term unknown (``UNKNOWN_VOTE``), so
+  it votes only in later terms. Every term won with a vote it lost is among them: the winner's
+  round closed before the restart wait ended, and the answering voters overlap that majority
+  (docs/lease.md).
 
 Voters are a fixed set of node ids (every message carries a digest of it: two majorities of
 different sets may share nobody); candidates are the coordinators. The driver feeds events in
@@ -71,9 +80,17 @@ class SafetyKnobs:
     drift_margin: bool = True
     restart_wait: bool = True
     fence_check: bool = True  # read by the simulated store (brio.core.fence)
+    amnesia_guard: bool = True  # a node without a vote record learns the terms before voting
 
 
 ALL_ON = SafetyKnobs()
+
+#: The refusal of a node that has no vote record yet: a learning node does not count such an
+#: answer as a record, only its term.
+NO_RECORD = "no vote record: learning the cluster's terms"
+#: ``voted_for`` once a node without a record has learned the highest term: it may have voted
+#: in that term before it lost its record, for someone it cannot know. Never a node id.
+UNKNOWN_VOTE = "(unknown)"
 
 
 def voters_digest(voters: Iterable[str]) -> str:
@@ -228,6 +245,11 @@ class Lease:
         self._now = now
         self.term = persisted.term if persisted else 0
         self.voted_for = persisted.voted_for if persisted else None
+        # No record: maybe a wiped data dir, votes forgotten. Learn the terms before voting.
+        self._amnesiac = persisted is None and knobs.amnesia_guard and (self.is_voter or candidate)
+        self._others = self.voters - {node_id}
+        self._heard: dict[str, tuple[int, bool]] = {}  # voter -> (term, answered from a record)
+        self._first_query: int | None = None
         self.role = Role.FOLLOWER
         self.primary: str | None = None
         # The promise we hold: not to vote for anyone but promised_to before promise_until.
@@ -241,12 +263,24 @@ class Lease:
         self._lease_until = -math.inf
         self._next_renew = math.inf
         self._election_at = self._vote_after + self._timeout()
+        self._query_at = self._vote_after if self._amnesiac else math.inf
 
     # ---------------------------------------------------------------- queries
 
     @property
     def majority(self) -> int:
         return len(self.voters) // 2 + 1
+
+    @property
+    def amnesiac(self) -> bool:
+        """Started without a vote record, and not yet learned the terms: it takes no part."""
+        return self._amnesiac
+
+    @property
+    def records_needed(self) -> int:
+        """How many other voters a node without a record must hear from a record: enough to
+        overlap, without us, every majority that may have counted a vote we lost."""
+        return len(self.voters) - self.majority + 1
 
     @property
     def lease_until(self) -> float | None:
@@ -263,6 +297,8 @@ class Lease:
 
     def next_deadline(self) -> float:
         """When to call ``tick`` next (local clock)."""
+        if self._amnesiac:
+            return self._query_at
         if self.role is Role.PRIMARY:
             return min(self._next_renew, self._lease_until)
         return self._election_at if self.is_candidate else math.inf
@@ -274,6 +310,8 @@ class Lease:
 
     def tick(self, now: float) -> list[Action]:
         now = self._advance(now)
+        if self._amnesiac:
+            return self._query(now) if now >= self._query_at else []
         if self.role is Role.PRIMARY:
             if now >= self._lease_until:
                 return self._step_down("lease expired: a majority did not answer in time")
@@ -347,6 +385,10 @@ class Lease:
     def _on_vote_reply(self, now: float, reply: VoteReply) -> list[Action]:
         if reply.voter not in self.voters:
             return []
+        if self._amnesiac and self._answers_query(reply):
+            learnt = self._heard_from(reply)
+            if learnt:
+                return learnt
         if reply.term > self.term and not reply.granted:
             return self._adopt_term(reply.term) + self._follow(None)
         if self.role is not Role.CANDIDATE or not reply.granted or reply.round != self._round:
@@ -449,6 +491,8 @@ class Lease:
         candidate = request.candidate
         if not self.is_voter:
             return [Send(candidate, reply(False, "not a voter"))]
+        if self._amnesiac:  # before anything else, so that a learning node can tell
+            return [Send(candidate, reply(False, NO_RECORD))]
         # Neither refusal below adopts the candidate's term: doing so would depose a primary
         # that a majority still renews (leader stickiness).
         if now < self._vote_after:
@@ -496,7 +540,7 @@ class Lease:
         return [*actions, Send(leader, reply(True))]
 
     def _may_vote(self, now: float, candidate: str) -> bool:
-        if now < self._vote_after:
+        if self._amnesiac or now < self._vote_after:
             return False
         return self._promised_to in (None, candidate) or now >= self._promise_until
 
@@ -505,6 +549,51 @@ class Lease:
         if self._promised_to != to or until > self._promise_until:
             self._promised_to = to
             self._promise_until = until
+
+    # ---------------------------------------------------------------- no record
+
+    def _query(self, now: float) -> list[Action]:
+        """Ask the other voters for their terms: a pre-vote request, which changes nothing
+        at the voter, and whose answer (granted or not) carries the voter's term."""
+        if not self._others:  # a lone voter has nobody to learn from: the fence guards it
+            return self._learn()
+        self._round += 1
+        if self._first_query is None:
+            self._first_query = self._round
+        self._query_at = now + self.settings.renew_interval  # until enough have answered
+        request = VoteRequest(self.term + 1, self.node_id, True, self._round, self.digest)
+        return [Send(peer, request) for peer in sorted(self._others)]
+
+    def _answers_query(self, reply: VoteReply) -> bool:
+        # Only answers to queries sent after the restart wait: they were given after every
+        # round that may have counted a vote we lost had closed.
+        first = self._first_query
+        return reply.pre_vote and first is not None and reply.round >= first
+
+    def _heard_from(self, reply: VoteReply) -> list[Action]:
+        term, recorded = self._heard.get(reply.voter, (0, False))
+        self._heard[reply.voter] = (max(term, reply.term), recorded or reply.reason != NO_RECORD)
+        records = sum(1 for _, recorded in self._heard.values() if recorded)
+        # A cluster's first start: every other voter answered, and nobody knows of a term.
+        first_start = len(self._heard) == len(self._others) and all(
+            t == 0 for t, _ in self._heard.values()
+        )
+        if records >= self.records_needed or first_start:
+            return self._learn()
+        return []
+
+    def _learn(self) -> list[Action]:
+        """Take the highest term heard, and a vote unknown in it: vote only in later terms."""
+        highest = max((t for t, _ in self._heard.values()), default=0)
+        self._amnesiac = False
+        self._heard = {}
+        self._query_at = math.inf
+        if highest >= self.term:
+            self.term = highest
+            self.voted_for = UNKNOWN_VOTE if highest > 0 else None
+        # else: a term we adopted since, above any a majority held: no vote of ours counted
+        # in it (and we have cast none since the start).
+        return self._persist()
 
     # ---------------------------------------------------------------- shared
 
@@ -534,7 +623,9 @@ class Lease:
         return actions
 
     def _persist(self) -> list[Action]:
-        if not self.knobs.persist_votes:
+        # Without a record, nothing is written: a record of a term alone would read, after
+        # another restart, as "no vote in it", which we cannot know.
+        if not self.knobs.persist_votes or self._amnesiac:
             return []
         return [Persist(self.term, self.voted_for)]
 

@@ -5,15 +5,19 @@ unless one end is cut off), with every clock at true time. ``LeaseMachine`` runs
 voters and one to three candidates over an adversarial network that Hypothesis drives: it
 delivers any message in flight in any order, drops and duplicates them, cuts links, lets true
 time pass with the world paused or running (random latency and loss), ticks nodes, and crashes
-and restarts them from what they persisted, possibly half-way through the actions of one event.
+and restarts them from what they persisted, possibly half-way through the actions of one event,
+or with nothing at all (a lost disk, for fewer than a majority of the voters at a time).
 Each node's clock runs at its own rate within the drift bound, and may change pace within it.
 A few rules aim at the primary (cut it off, restart everyone else, skew the clocks against it):
 without them the violations that each safety measure prevents are found too rarely.
 
 After every event it checks: never two primaries with unexpired leases in true time, at most one
-node primary per epoch, at most one candidate granted a vote per voter and term, and terms that
-never go down on a node. Switching off one of ``SafetyKnobs`` (``run_lease_machine(knobs)``, in a
-scratch run) makes it fail: each of ``persist_votes``, ``drift_margin`` and ``restart_wait``.
+node primary per epoch, at most one candidate granted a vote per voter and term (while its disk
+lasts), and terms that never go down on a node with a record. Switching off one of
+``SafetyKnobs`` (``run_lease_machine(knobs)``, in a scratch run) makes it fail: each of
+``persist_votes``, ``drift_margin`` and ``restart_wait``; ``amnesia_guard`` is not found here in
+400 examples (it needs a partition to keep a candidate a term behind while its rival wins):
+``tests/sim/test_teeth.py`` shows it.
 Timings are short (a one-second lease) so that nothing here resembles production defaults.
 """
 
@@ -39,6 +43,8 @@ from hypothesis.stateful import (
 
 from brio.core.lease import (
     ALL_ON,
+    NO_RECORD,
+    UNKNOWN_VOTE,
     Action,
     BecamePrimary,
     DigestMismatch,
@@ -67,6 +73,9 @@ EPS = 0.1  # max clock drift
 SETTINGS = LeaseSettings(lease_duration=D, election_timeout=(0.2, 0.5), max_clock_drift=EPS)
 VOTERS = ("a", "b", "c")
 DIGEST = voters_digest(VOTERS)
+#: The record of a node that has never voted (a data dir set up before): the examples start
+#: from it; ``persisted=None`` is a node without a record (a first start, or a lost data dir).
+NEVER_VOTED = Persisted(0, None)
 
 
 def make(
@@ -77,7 +86,7 @@ def make(
     peers: Iterable[str] = (),
     candidate: bool = True,
     lease_settings: LeaseSettings = SETTINGS,
-    persisted: Persisted | None = None,
+    persisted: Persisted | None = NEVER_VOTED,
     knobs: SafetyKnobs = ALL_ON,
 ) -> Lease:
     return Lease(
@@ -149,8 +158,11 @@ class Net:
                     self.tick(node_id, now)
         raise AssertionError("the deadlines do not move on")
 
-    def restart(self, node_id: str, now: float) -> Lease:
+    def restart(self, node_id: str, now: float, *, wiped: bool = False) -> Lease:
+        """Start ``node_id`` again from its disk (``wiped``: from nothing at all)."""
         old = self.nodes[node_id]
+        if wiped:
+            self.disk.pop(node_id, None)
         node = make(
             node_id,
             now=now,
@@ -158,7 +170,7 @@ class Net:
             peers=old.peers,
             candidate=old.is_candidate,
             lease_settings=old.settings,
-            persisted=self.disk.get(node_id),
+            persisted=None if wiped else self.disk.get(node_id, NEVER_VOTED),
             knobs=old.knobs,
         )
         self.nodes[node_id] = node
@@ -533,6 +545,141 @@ def test_a_voter_that_grants_a_vote_waits_for_its_promise_before_campaigning() -
     assert b.next_deadline() >= 2.0 + D
 
 
+# -- a lost vote record (issue 11, item 7) -------------------------------------------------------
+
+
+def granted_votes(net: Net) -> list[tuple[str, int, str]]:
+    """(voter, term, candidate) of every real vote granted, in order."""
+    return [
+        (src, a.message.term, a.to)
+        for src, a in net.log
+        if isinstance(a, Send)
+        and isinstance(a.message, VoteReply)
+        and a.message.granted
+        and not a.message.pre_vote
+    ]
+
+
+def lose_b_after_it_elected_a(knobs: SafetyKnobs = ALL_ON) -> tuple[Net, float, int]:
+    """``b`` votes ``a`` primary of epoch 1 while ``c`` is cut off (and stays at term 0), then
+    loses its data dir and restarts with nothing, and ``a`` goes away. Returns the net, when
+    ``a`` won, and where ``b``'s new life starts in the log."""
+    net = Net(
+        make("a", knobs=knobs), make("b", candidate=False, knobs=knobs), make("c", knobs=knobs)
+    )
+    net.cut = {"c"}
+    t0 = net.run_until(net.nodes["a"].next_deadline())
+    assert [(n, p.epoch) for n, p in net.became_primary()] == [("a", 1)]
+    assert net.disk["b"] == Persisted(1, "a")
+    net.restart("b", t0 + 0.1, wiped=True)  # lease-state.json is gone
+    net.cut = {"a"}
+    return net, t0, len(net.log)
+
+
+def test_a_voter_that_lost_its_vote_record_does_not_elect_a_second_primary_in_a_term() -> None:
+    """The issue's finding: before the fix, ``b`` granted ``c`` term 1 once its restart wait was
+    over, and ``a`` and ``c`` were both primary for epoch 1."""
+    net, t0, wiped = lose_b_after_it_elected_a()
+    net.run_until(t0 + 20 * D)
+    votes, epochs = granted_votes(net), [(n, p.epoch) for n, p in net.became_primary()]
+    assert ("b", 1, "c") not in votes, f"b voted twice in term 1: {votes}; primaries {epochs}"
+    # Without a, b cannot hear from a record of every other voter: it takes no part, so that
+    # nobody can be elected (c and b alone might be re-electing epoch 1).
+    assert epochs == [("a", 1)]
+    b = net.nodes["b"]
+    assert b.amnesiac and (b.term, b.voted_for) == (0, None) and "b" not in net.disk
+    refusal = only_reply(b.receive(t0 + 20 * D, "c", vote_request(1, "c")))
+    assert (refusal.granted, refusal.term, refusal.reason) == (False, 0, NO_RECORD)
+    assert b.term == 0  # the refusal adopted nothing
+    # a comes back: b hears term 1 from a record of a majority without it, takes term 1 with
+    # its vote in it unknown, and votes only in later terms. The next primary has epoch 2.
+    net.cut = set()
+    net.run_until(t0 + 40 * D)
+    assert not b.amnesiac
+    assert net.disk["b"].term >= 1
+    b_wrote = [a for src, a in net.log[wiped:] if src == "b" and isinstance(a, Persist)]
+    assert b_wrote[0] == Persist(1, UNKNOWN_VOTE)
+    epochs = [(n, p.epoch) for n, p in net.became_primary()]
+    assert epochs[0] == ("a", 1) and [e for _, e in epochs[1:]] == list(range(2, len(epochs) + 1))
+    assert all(term > 1 for voter, term, _ in granted_votes(net)[1:] if voter == "b")
+
+
+def test_without_the_amnesia_guard_a_wiped_voter_votes_twice_in_a_term() -> None:
+    net, t0, _ = lose_b_after_it_elected_a(SafetyKnobs(amnesia_guard=False))
+    net.run_until(t0 + 20 * D)
+    assert ("b", 1, "c") in granted_votes(net)
+    assert [(n, p.epoch) for n, p in net.became_primary()] == [("a", 1), ("c", 1)]
+
+
+def test_a_node_without_a_record_needs_records_from_a_majority_without_it() -> None:
+    five = ("a", "b", "c", "d", "e")
+    digest = voters_digest(five)
+    v = make("a", voters=five, candidate=False, persisted=None, now=0.0)
+    assert v.records_needed == 3 and v.amnesiac
+    assert v.next_deadline() == D  # the restart wait first, then the question
+    assert v.tick(D - 0.01) == []
+    query = sends(v.tick(D))
+    assert [s.to for s in query] == ["b", "c", "d", "e"]
+    assert {s.message for s in query} == {VoteRequest(1, "a", True, 1, digest)}
+
+    def answer(voter: str, term: int, reason: str = "term is stale") -> list[Action]:
+        return v.receive(D + 0.01, voter, VoteReply(term, voter, False, True, 1, digest, reason))
+
+    assert answer("b", 4) == []
+    assert answer("c", 2, NO_RECORD) == []  # another node without a record: its term only
+    assert answer("d", 3) == []
+    assert v.amnesiac and v.term == 4  # terms are adopted as always, but not written
+    # A third record: the highest term heard, with the vote in it unknown.
+    assert answer("e", 1) == [Persist(4, UNKNOWN_VOTE)]
+    assert not v.amnesiac
+    refusal = only_reply(v.receive(D + 0.02, "b", VoteRequest(4, "b", False, 1, digest)))
+    assert refusal.reason == f"voted for {UNKNOWN_VOTE}"
+    assert only_reply(v.receive(D + 0.02, "b", VoteRequest(5, "b", False, 1, digest))).granted
+
+
+def test_answers_to_a_question_asked_during_the_restart_wait_do_not_count() -> None:
+    v = make("a", candidate=False, persisted=None)
+    assert v.receive(D, "b", VoteReply(0, "b", True, True, 0, DIGEST)) == []
+    assert v.receive(D, "c", VoteReply(0, "c", True, True, 0, DIGEST)) == []
+    assert v.amnesiac
+
+
+def test_a_first_start_learns_term_0_when_everyone_answers() -> None:
+    """A new cluster: nobody has a record. Once enough have answered and every term is 0,
+    nobody can have voted: they take part as usual (elections from term 1)."""
+    net = Net(*(make(n, persisted=None) for n in VOTERS))
+    net.run_until(20 * D)
+    assert not any(n.amnesiac for n in net.nodes.values())
+    [(_, became)] = net.became_primary()
+    assert became.epoch == 1
+    assert all(p.term >= 1 for p in net.disk.values())
+    # One node short of that, with 3 voters: a node that cannot hear every other one waits.
+    net = Net(*(make(n, persisted=None) for n in VOTERS))
+    net.cut = {"c"}
+    net.run_until(20 * D)
+    assert net.became_primary() == []
+    assert all(n.amnesiac for n in net.nodes.values())
+
+
+def test_a_wiped_primary_learns_its_epoch_and_campaigns_past_it() -> None:
+    net = one_candidate()
+    t0 = elect_a(net)
+    a = net.restart("a", t0 + 0.1, wiped=True)
+    assert a.amnesiac and a.term == 0
+    assert not any(isinstance(x, Send) for x in a.tick(t0 + 0.5))  # no campaign, no question
+    net.run_until(t0 + 20 * D)
+    became = [p.epoch for _, p in net.became_primary()]
+    assert became[0] == 1 and became[1:] and min(became[1:]) >= 2
+
+
+def test_a_lone_voter_without_a_record_has_nobody_to_ask() -> None:
+    a = make("a", voters=["a"], persisted=None)
+    assert a.tick(D) == [Persist(0, None)]  # after the restart wait
+    assert not a.amnesiac
+    t = a.next_deadline()
+    assert a.tick(t) == [Persist(1, "a"), BecamePrimary(1, t + D * (1 - EPS))]
+
+
 # -- voter sets ----------------------------------------------------------------------------------
 
 
@@ -760,7 +907,9 @@ class LeaseMachine(RuleBasedStateMachine):
         self.net = random.Random(0)  # which latency each message gets, and which are lost
         # What happened, across restarts.
         self.primary_of: dict[int, str] = {}  # epoch -> the node that became primary in it
-        self.votes: dict[tuple[str, int], set[str]] = {}  # (voter, term) -> candidates granted
+        # (voter, disk, term) -> candidates granted; ``disk`` counts the voter's lost disks.
+        self.votes: dict[tuple[str, int, int], set[str]] = {}
+        self.disks: dict[str, int] = {}
         self.highest_term: dict[str, int] = {}
 
     @initialize(
@@ -802,7 +951,7 @@ class LeaseMachine(RuleBasedStateMachine):
             self.clocks[node_id] = Clock(rate, reading=offset)
             # Every start is a restart: some nodes come back from earlier terms.
             term = data.draw(st.integers(0, 2), label=f"term of {node_id}")
-            self.disk[node_id] = Persisted(term, None) if term else None
+            self.disk[node_id] = Persisted(term, None)
             # Started a while ago and heard nothing yet: its restart wait may be over already.
             ago = data.draw(st.sampled_from((0.0, D / 2, D)), label=f"{node_id} started ago")
             seed = data.draw(st.integers(0, 2**16), label=f"seed of {node_id}")
@@ -869,12 +1018,19 @@ class LeaseMachine(RuleBasedStateMachine):
             self.check()
 
     def voted(self, voter: str, term: int, candidate: str) -> None:
-        granted = self.votes.setdefault((voter, term), set())
+        """At most one candidate per voter and term, while its disk lasts (a vote lost with the
+        disk may be given again, but never so that two candidates win one term: see check)."""
+        if candidate == UNKNOWN_VOTE:
+            return
+        granted = self.votes.setdefault((voter, self.disks.get(voter, 0), term), set())
         granted.add(candidate)
         assert len(granted) == 1, f"{voter} voted for {sorted(granted)} in term {term}"
 
     def saw_term(self, node_id: str, term: int) -> None:
-        """A term the world has seen a node in: it must never find that node in an older one."""
+        """A term the world has seen a node in: it must never find that node in an older one
+        (a node without a record keeps its terms in memory only, and starts again from 0)."""
+        if self.nodes[node_id].amnesiac:
+            return
         previous = self.highest_term.get(node_id, 0)
         if self.knobs.persist_votes:
             assert term >= previous, f"{node_id} went from term {previous} back to {term}"
@@ -995,6 +1151,19 @@ class LeaseMachine(RuleBasedStateMachine):
         if due:
             node_id = due[node % len(due)]
             self.run_to(node_id, self.clocks[node_id].true(self.nodes[node_id].next_deadline()))
+
+    @rule(node=NODE, seed=st.integers(0, 2**16))
+    def wipe(self, node: int, seed: int) -> None:
+        """A node loses its data dir and restarts with no record at all."""
+        node_id = self.pick(node)
+        lost = sum(1 for n in self.voters if self.nodes[n].amnesiac)
+        if node_id in self.voters and lost + 1 >= len(self.voters) // 2 + 1:
+            return  # a majority without records at once: nothing could be safe (docs/lease.md)
+        event("wipe")
+        self.disk[node_id] = None
+        self.disks[node_id] = self.disks.get(node_id, 0) + 1
+        self.highest_term.pop(node_id, None)
+        self.start(node_id, seed)
 
     @rule(nodes=st.sets(NODE, min_size=1, max_size=3), seed=st.integers(0, 2**16))
     def crash(self, nodes: set[int], seed: int) -> None:

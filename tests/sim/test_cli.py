@@ -36,7 +36,7 @@ def test_json_summary_shape() -> None:
     assert summary["config"]["nodes"] == 5
     assert summary["config"]["faults"] == [
         "loss", "dup", "reorder", "delay", "partition", "oneway", "isolate", "drift",
-        "crash", "pause",
+        "crash", "disk-loss", "pause",
     ]  # fmt: skip
     assert set(summary["failover"]) == {"count", "p50", "p90", "p99", "max"}
     assert summary["liveness"]["checked"] == summary["liveness"]["held"] == 3
