@@ -1,16 +1,20 @@
 """Where each queued task goes: the primary's placement decision, as a pure function plus a
-little state (the balancer's cursor and counters, and which node each session is stuck to).
+little state (the balancers' cursors and counters, and which node each session is stuck to).
 
 ``plan`` walks the queue highest priority first, oldest (``seq``) first among equals, and for
 each task narrows the live nodes down to its candidates: the pinned node only (a
 ``node/agent`` target), the nodes that run the agent, those ``node_affinity`` allows, workers
 only when coordinators do not run agents, healthy and not draining, and with room
 (``load`` plus what this plan already gave it, below ``capacity``). The balancer picks among
-what is left. A task with no candidate gets a ``Wait`` whose reason names the first filter that
-left nothing, so the operator sees why; nothing is dropped: every queued task comes back
-exactly once, assigned or waiting. The walk is greedy: capacity only shrinks during a plan, so
-a task waiting for room is never overtaken by a later task of the same agent on a node it
-could have used (it may be by tasks that could only use other nodes).
+what is left; each agent has its own, so that every agent's tasks spread over its nodes.
+
+A task with no candidate gets a ``Wait`` whose reason names the first filter that left
+nothing, so the operator sees why; nothing is dropped: every queued task comes back exactly
+once, assigned or waiting. The walk is greedy: capacity only shrinks during a plan, so a task
+waiting for room is never overtaken by a later task (of any agent) on a node it could have
+used; it may be by tasks that go to nodes it cannot use. Greedy is not an optimal matching: a
+high-priority task may take the one node a later task could use while another node would have
+done for it. Fairness first; a better packing is not worth a harder rule to explain.
 
 Choices:
 
@@ -137,7 +141,10 @@ class Scheduler:
 
     def __init__(self, settings: SchedulerSettings) -> None:
         self._settings = settings
-        self._balancer = Balancer(settings.strategy, settings.weights)
+        # One balancer per agent: with a single rotation, alternating 'a' and 'b' tasks over
+        # two nodes would put every 'a' on one node and every 'b' on the other. Agents get a
+        # balancer only once some live node runs them, so this stays as small as the fleet.
+        self._balancers: dict[str, Balancer] = {}
         self._ring = HashRing()
         # Insertion order is placement order (a refresh re-inserts), and time never runs
         # backwards, so the expired entries are always at the front.
@@ -177,7 +184,8 @@ class Scheduler:
         self._advance(now)
         for key in [k for k, s in self._sticky.items() if s.node_id == node_id]:
             del self._sticky[key]
-        self._balancer.forget(node_id)
+        for balancer in self._balancers.values():
+            balancer.forget(node_id)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -197,6 +205,13 @@ class Scheduler:
     def _advance(self, now: float) -> float:
         self._clock = max(self._clock, now)
         return self._clock
+
+    def _balancer(self, agent: str) -> Balancer:
+        balancer = self._balancers.get(agent)
+        if balancer is None:
+            balancer = Balancer(self._settings.strategy, self._settings.weights)
+            self._balancers[agent] = balancer
+        return balancer
 
     def _expire(self, now: float) -> None:
         ttl = self._settings.affinity_ttl
@@ -252,7 +267,8 @@ class Scheduler:
         up = [n for n in runs if n.healthy and not n.draining]
         if not up:
             return Wait(task.task_id, _unavailable(agent, runs))
-        pool = self._balancer.eligible(up)
+        balancer = self._balancer(agent)
+        pool = balancer.eligible(up)
         if not pool:
             return Wait(
                 task.task_id,
@@ -280,7 +296,8 @@ class Scheduler:
             return Wait(
                 task.task_id,
                 f"every node that runs agent {agent!r} is at capacity "
-                f"({_names(f'{n.node_id} {usage(n)}' for n in pool)})",
+                f"({_names(f'{n.node_id} {usage(n)}' for n in pool)})"
+                + "".join(f"; {part}" for part in _set_aside(runs, pool)),
                 for_capacity=True,
             )
         if session is not None:
@@ -289,9 +306,7 @@ class Scheduler:
             self._stick(task, chosen, now)
             return chosen
         key = task.session_id if s.strategy == "consistent-hash" else None
-        return self._balancer.choose(
-            [replace(n, load=n.load + added[n.node_id]) for n in free], key=key
-        )
+        return balancer.choose([replace(n, load=n.load + added[n.node_id]) for n in free], key=key)
 
     def _place_pinned(
         self,
@@ -325,6 +340,24 @@ class Scheduler:
         if not room(node):
             return wait(f"which is at capacity ({usage(node)})", for_capacity=True)
         return node.node_id
+
+
+def _set_aside(runs: Sequence[Candidate], pool: Sequence[Candidate]) -> list[str]:
+    """Why the nodes in ``runs`` but not in ``pool`` were left out: draining, sick, weight 0."""
+    kept = {n.node_id for n in pool}
+    rest = [n for n in runs if n.node_id not in kept]
+    sick = [n for n in rest if not n.healthy]
+    draining = [n for n in rest if n.healthy and n.draining]
+    zero = [n for n in rest if n.healthy and not n.draining]
+    parts = []
+    if draining:
+        parts.append(_are(draining, "draining"))
+    if sick:
+        parts.append(_are(sick, "not healthy"))
+    if zero:
+        verb = "has" if len(zero) == 1 else "have"
+        parts.append(f"{_names(n.node_id for n in zero)} {verb} weight 0")
+    return parts
 
 
 def _unavailable(agent: str, nodes: Sequence[Candidate]) -> str:

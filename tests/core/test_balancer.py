@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from brio.core.balancer import STRATEGIES, Balancer, Candidate, HashRing
 
-FAST = settings(max_examples=80, deadline=None)
+FAST = settings(max_examples=60, deadline=None)
 SLOW = settings(max_examples=20, deadline=None)
 
 node_ids = st.text(alphabet="abcdefwxyz-0123456789", min_size=1, max_size=8)

@@ -23,7 +23,7 @@ from brio.core.scheduler import (
     Wait,
 )
 
-PROPS = settings(max_examples=100, deadline=None)
+PROPS = settings(max_examples=70, deadline=None)
 
 
 def node(
@@ -170,6 +170,37 @@ def test_every_node_at_capacity_lists_them() -> None:
     assert wait == Wait(
         "t", "every node that runs agent 'echo' is at capacity (w1 2/2, w2 3/1)", True
     )
+
+
+def test_at_capacity_also_says_why_the_other_nodes_were_left_out() -> None:
+    s = sched(strategy="weighted", weights={"w4": 0})
+    nodes = [
+        node("w1", load=4),
+        node("w2", draining=True),
+        node("w3", healthy=False),
+        node("w4"),
+        node("w5", healthy=False, draining=True),
+    ]
+    wait = only_wait(s.plan([task("t")], nodes, now=0.0))
+    assert wait.reason == (
+        "every node that runs agent 'echo' is at capacity (w1 4/4); w2 is draining; "
+        "w3, w5 are not healthy; w4 has weight 0"
+    )
+
+
+def test_each_agent_rotates_on_its_own() -> None:
+    # One shared cursor would send every 'echo' to w1 and every 'coder' to w2.
+    s = sched()
+    nodes = [node("w1", ["echo", "coder"], 100), node("w2", ["echo", "coder"], 100)]
+    queue = [task(f"t{i}", ["echo", "coder"][i % 2], seq=i) for i in range(8)]
+    plan = s.plan(queue, nodes, now=0.0)
+    by_agent = collections.Counter((t.agent, placed(plan)[t.task_id]) for t in queue)
+    assert by_agent == {
+        ("echo", "w1"): 2,
+        ("echo", "w2"): 2,
+        ("coder", "w1"): 2,
+        ("coder", "w2"): 2,
+    }
 
 
 def test_long_lists_are_cut_short() -> None:
