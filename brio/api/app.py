@@ -20,6 +20,7 @@ from brio.api import models
 from brio.api.deps import ApiDeps, token_ok
 from brio.api.errors import ApiError
 from brio.api.openapi import openapi_document
+from brio.api.origins import OriginPolicy
 from brio.api.routes import agents, health, sessions, tasks, ws
 from brio.api.routes.ws import MAX_SUBSCRIBED_IDS
 from brio.api.routing import Reply, Route, Router, install, json_response
@@ -105,6 +106,20 @@ def create_app(deps: ApiDeps) -> QuartTrio:
             return _error(
                 ApiError(422, "invalid_request", "NUL characters are not allowed in the URL")
             )
+        return None
+
+    origins = OriginPolicy(server.allowed_origins)
+
+    @app.before_request
+    async def _origin() -> Response | None:
+        """Browser writes from another origin are refused; reads are harmless (a page cannot
+        read the answer without CORS headers, which this API never sends)."""
+        if request.method in ("GET", "HEAD"):
+            return None
+        try:
+            origins.check(request.headers, request.scheme)
+        except ApiError as exc:
+            return _error(exc)
         return None
 
     coordinator_only = tuple(deps.config.mesh.access_control.coordinator_only_endpoints)

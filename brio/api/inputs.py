@@ -98,7 +98,26 @@ def parse_json_object(raw: bytes | str, where: str) -> dict[str, Any]:
     return data
 
 
+JSON = "application/json"
+
+
+def _announces_body() -> bool:
+    length = request.headers.get("Content-Length", "").strip()
+    return "Transfer-Encoding" in request.headers or (length not in ("", "0"))
+
+
 async def read_body(model: type[M], *, required: bool) -> M:
+    """The body as ``model``: JSON sent as ``application/json`` (415 otherwise, before it is
+    read, so a browser's ``text/plain`` form post never gets this far), then validated."""
+    if _announces_body() and request.mimetype != JSON:
+        given = request.headers.get("Content-Type", "")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the request body must be sent with Content-Type: {JSON}"
+            + (f", not {given!r}" if given else " (none was given)"),
+            {"expected": JSON, "content_type": given or None},
+        )
     raw = await request.get_data(cache=False, as_text=False)
     if not required and not raw.strip():
         return validate(model, {}, "request body")

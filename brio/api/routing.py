@@ -163,6 +163,13 @@ def documented(route: Route, config: BrioConfig) -> dict[int, Answer]:
     if route.body is not None:
         _merge(answers, 413, Answer("Body larger than [server] max_body_bytes"))
         _merge(answers, 408, Answer("The body did not arrive in time (request_timeout)"))
+        _merge(answers, 415, Answer("A body whose Content-Type is not application/json"))
+    if route.method != "GET" or route.path == "/ws":
+        _merge(
+            answers,
+            403,
+            Answer("A browser Origin not allowed ([server] allowed_origins; origin_not_allowed)"),
+        )
     if route.auth and config.server.auth_token is not None:
         _merge(answers, 401, Answer("Missing or wrong bearer token"))
     if config.mesh.role != "coordinator" and any(

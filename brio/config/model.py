@@ -91,6 +91,35 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_ws_message_bytes: int = Field(default=65_536, gt=0)
     shutdown_grace: Seconds = 10.0
+    # Browser origins (scheme://host[:port]) besides the node's own that may send writes and
+    # open /ws; requests without an Origin header (curl, the CLI) are not concerned.
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for item in value:
+            try:
+                parts = urlsplit(item)
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError:
+                parts = None
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+                or "@" in parts.netloc
+            ):
+                raise ValueError(
+                    f"{item!r}: an origin is scheme://host[:port] with scheme http or https "
+                    "and no path ('http://localhost:3000', 'https://app.example.com')"
+                )
+        return value
 
 
 class PeerConfig(Section):

@@ -17,6 +17,7 @@ from brio.api import models
 from brio.api.deps import ApiDeps, token_ok
 from brio.api.errors import ApiError
 from brio.api.inputs import parse_json_object, validate
+from brio.api.origins import OriginPolicy
 from brio.api.routing import Reply, Router, json_response
 from brio.tasks.events import Subscription
 
@@ -38,6 +39,8 @@ router = Router()
     auth=True,
 )
 async def ws_without_upgrade(deps: ApiDeps) -> Reply:
+    policy = OriginPolicy(deps.config.server.allowed_origins)
+    policy.check(request.headers, request.scheme)
     if not token_ok(deps.token, request.headers, request.args):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
     raise ApiError(426, "upgrade_required", "/ws is a WebSocket: send an upgrade request")
@@ -45,9 +48,14 @@ async def ws_without_upgrade(deps: ApiDeps) -> Reply:
 
 def install_websocket(app: QuartTrio, deps: ApiDeps) -> None:
     max_bytes = deps.config.server.max_ws_message_bytes
+    origins = OriginPolicy(deps.config.server.allowed_origins)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:
+        try:  # any page may open a WebSocket to localhost: browsers send their Origin
+            origins.check(websocket.headers, websocket.scheme)
+        except ApiError as refused:
+            return json_response(refused.body(), 403)
         if not token_ok(deps.token, websocket.headers, websocket.args):
             failure = ApiError(401, "unauthorized", "missing or wrong bearer token")
             return json_response(failure.body(), 401)
