@@ -33,6 +33,9 @@ MAX_NUMBER = sys.float_info.max
 # SQLite and PostgreSQL take 64-bit integers; far below that, and more sessions than any node
 # will hold.
 MAX_OFFSET = 2**31 - 1
+# The longest task or session id (and idempotency key) the API takes anywhere: in a body, a
+# path, or a WebSocket subscription. The node makes UUIDs (36 characters).
+MAX_ID = 200
 
 # Exactly the cursors ``brio.store._common.encode_cursor`` hands out for seq 1 … 10**18 - 1: the
 # URL-safe unpadded base64 of ``brio-task-seq:<decimal without leading zeros>``. Decimal digits
@@ -137,8 +140,8 @@ class TaskCreate(Body):
     agent: str = text(200, 1, description="the agent's name, or node-id/agent in a mesh")
     prompt: str = text(1_000_000)
     input: JsonObject = Field(default_factory=dict)
-    session_id: str | None = text(200, 1, default=None)
-    idempotency_key: str | None = text(200, 1, default=None)
+    session_id: str | None = text(MAX_ID, 1, default=None)
+    idempotency_key: str | None = text(MAX_ID, 1, default=None)
     priority: JsonInt = Field(default=0, ge=-1000, le=1000)
 
 
@@ -165,11 +168,11 @@ class MessageListQuery(Query):
 
 
 class TaskRef(Query):
-    task_id: str = text(min_length=1)
+    task_id: str = text(MAX_ID, 1)
 
 
 class SessionRef(Query):
-    session_id: str = text(min_length=1)
+    session_id: str = text(MAX_ID, 1)
 
 
 class AgentRef(Query):
@@ -330,6 +333,9 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+WsId = Annotated[str, text(MAX_ID, 1)]
+
+
 class WsSubscribe(BaseModel):
     """A WebSocket client message: subscribe to (or unsubscribe from) events.
 
@@ -339,6 +345,6 @@ class WsSubscribe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["subscribe", "unsubscribe"]
-    tasks: list[str] = Field(default_factory=list, max_length=1000)
-    sessions: list[str] = Field(default_factory=list, max_length=1000)
+    tasks: list[WsId] = Field(default_factory=list, max_length=1000)
+    sessions: list[WsId] = Field(default_factory=list, max_length=1000)
     all: bool = False

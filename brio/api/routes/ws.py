@@ -7,6 +7,7 @@ API's error shape rather than the framework's bare 400.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -22,6 +23,17 @@ from brio.api.routing import Reply, Router, json_response
 from brio.tasks.events import Subscription
 
 MAX_SUBSCRIBED_IDS = 10_000
+
+BUDGET_WINDOW = 10.0
+"""Seconds of the window the per-connection byte budgets below are counted over."""
+
+BUDGET_IN_BYTES = 4 * 1024 * 1024
+"""Bytes a client may send on one WebSocket per ``BUDGET_WINDOW``: 64 messages of the default
+``max_ws_message_bytes``, far more than subscribing needs; more closes it (1008)."""
+
+BUDGET_OUT_BYTES = 64 * 1024 * 1024
+"""Bytes the node sends on one WebSocket per ``BUDGET_WINDOW`` (events and replies); more
+closes it (1008). Replies are small acknowledgements, so only events come near it."""
 
 router = Router()
 
@@ -60,17 +72,72 @@ def install_websocket(app: QuartTrio, deps: ApiDeps) -> None:
             failure = ApiError(401, "unauthorized", "missing or wrong bearer token")
             return json_response(failure.body(), 401)
         await websocket.accept()
+        conn = _Connection()
         with deps.bus.subscribe() as sub:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_forward_events, sub, nursery.cancel_scope)
+                conn.done = nursery.cancel_scope
+                nursery.start_soon(_forward_events, conn, sub)
                 nursery.start_soon(_close_on_shutdown, deps.stopping, nursery.cancel_scope)
-                await _read_subscriptions(sub, max_bytes)
+                await _read_subscriptions(conn, sub, max_bytes)
                 nursery.cancel_scope.cancel()
         return None
 
 
-async def _send_ws(body: dict[str, Any]) -> None:
-    await websocket.send(json.dumps(body))
+@dataclass
+class _Budget:
+    """Bytes one direction of one connection may carry per ``BUDGET_WINDOW`` (a fixed
+    window, started by the first byte after the last one ended)."""
+
+    direction: str
+    limit: int
+    used: int = 0
+    since: float = field(default_factory=trio.current_time)
+
+    def spend(self, size: int) -> bool:
+        now = trio.current_time()
+        if now - self.since >= BUDGET_WINDOW:
+            self.since, self.used = now, 0
+        self.used += size
+        return self.used <= self.limit
+
+
+@dataclass
+class _Connection:
+    received: _Budget = field(default_factory=lambda: _Budget("received", BUDGET_IN_BYTES))
+    sent: _Budget = field(default_factory=lambda: _Budget("sent", BUDGET_OUT_BYTES))
+    done: trio.CancelScope = field(default_factory=trio.CancelScope)
+    closing: bool = False
+
+    async def send(self, text: str) -> bool:
+        """Send unless that overspends the sending budget (then close); False once closed."""
+        if self.closing:
+            return False
+        if not self.sent.spend(len(text.encode())):
+            await self.over_budget(self.sent)
+            return False
+        await websocket.send(text)
+        return True
+
+    async def over_budget(self, budget: _Budget) -> None:
+        limit = f"{budget.limit} bytes {budget.direction} per {BUDGET_WINDOW:g} s"
+        await self.close_with_error(
+            "byte_budget",
+            f"this WebSocket went over its byte budget: at most {limit} per connection",
+            {"direction": budget.direction, "limit_bytes": budget.limit, "window_s": BUDGET_WINDOW},
+            1008,
+            "byte budget exceeded",
+        )
+
+    async def close_with_error(
+        self, code: str, message: str, details: Any, close_code: int, reason: str
+    ) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        error = {"code": code, "message": message, "details": details}
+        await websocket.send(json.dumps({"type": "error", "error": error}))
+        await websocket.close(close_code, reason)
+        self.done.cancel()
 
 
 async def _close_on_shutdown(stopping: trio.Event, done: trio.CancelScope) -> None:
@@ -79,63 +146,67 @@ async def _close_on_shutdown(stopping: trio.Event, done: trio.CancelScope) -> No
     done.cancel()
 
 
-async def _forward_events(sub: Subscription, done: trio.CancelScope) -> None:
+async def _forward_events(conn: _Connection, sub: Subscription) -> None:
     async for event in sub.receive:
         sub.delivered(event)
-        await websocket.send(event.text)
+        if not await conn.send(event.text):
+            return
     if sub.overflowed:
-        await _send_ws(
-            {
-                "type": "error",
-                "error": {"code": "slow_consumer", "message": "too many unread events"},
-            }
+        await conn.close_with_error(
+            "slow_consumer", "too many unread events", None, 1008, "slow consumer"
         )
-        await websocket.close(1008, "slow consumer")
-    done.cancel()
+    conn.done.cancel()
 
 
-async def _read_subscriptions(sub: Subscription, max_bytes: int) -> None:
+async def _read_subscriptions(conn: _Connection, sub: Subscription, max_bytes: int) -> None:
     while True:
         raw = await websocket.receive()
         size = len(raw.encode() if isinstance(raw, str) else raw)
+        if not conn.received.spend(size):
+            await conn.over_budget(conn.received)
+            return
         if size > max_bytes:
-            await _send_ws(
-                {
-                    "type": "error",
-                    "error": {
-                        "code": "too_large",
-                        "message": f"messages are limited to {max_bytes} bytes",
-                    },
-                }
+            await conn.close_with_error(
+                "too_large",
+                f"messages are limited to {max_bytes} bytes",
+                None,
+                1009,
+                "message too big",
             )
-            await websocket.close(1009, "message too big")
             return
         try:
             msg = validate(models.WsSubscribe, parse_json_object(raw, "message"), "message")
         except ApiError as exc:
-            await _send_ws({"type": "error", **exc.body()})
+            if not await conn.send(json.dumps({"type": "error", **exc.body()})):
+                return
             continue
-        if msg.action == "subscribe":
-            wanted = len(sub.task_ids | set(msg.tasks)) + len(sub.session_ids | set(msg.sessions))
-            if wanted > MAX_SUBSCRIBED_IDS:
-                limit = f"at most {MAX_SUBSCRIBED_IDS} task and session ids per connection"
-                await _send_ws(
-                    {"type": "error", "error": {"code": "too_many_ids", "message": limit}}
-                )
-                continue
-            sub.everything = sub.everything or msg.all
-            sub.task_ids.update(msg.tasks)
-            sub.session_ids.update(msg.sessions)
-        else:
-            if msg.all:
-                sub.everything = False
-            sub.task_ids.difference_update(msg.tasks)
-            sub.session_ids.difference_update(msg.sessions)
-        await _send_ws(
-            {
-                "type": "subscribed",
-                "all": sub.everything,
-                "tasks": sorted(sub.task_ids),
-                "sessions": sorted(sub.session_ids),
+        reply = _apply(sub, msg)
+        if not await conn.send(json.dumps(reply)):
+            return
+
+
+def _apply(sub: Subscription, msg: models.WsSubscribe) -> dict[str, Any]:
+    """Change the subscription; the reply counts what it holds (never echoes it: a reply as
+    large as the subscription would let small messages ask for large answers)."""
+    if msg.action == "subscribe":
+        wanted = len(sub.task_ids | set(msg.tasks)) + len(sub.session_ids | set(msg.sessions))
+        if wanted > MAX_SUBSCRIBED_IDS:
+            limit = f"at most {MAX_SUBSCRIBED_IDS} task and session ids per connection"
+            return {
+                "type": "error",
+                "error": {"code": "too_many_ids", "message": limit, "details": None},
             }
-        )
+        sub.everything = sub.everything or msg.all
+        sub.task_ids.update(msg.tasks)
+        sub.session_ids.update(msg.sessions)
+    else:
+        if msg.all:
+            sub.everything = False
+        sub.task_ids.difference_update(msg.tasks)
+        sub.session_ids.difference_update(msg.sessions)
+    return {
+        "type": "subscribed",
+        "all": sub.everything,
+        "tasks": len(sub.task_ids),
+        "sessions": len(sub.session_ids),
+    }
