@@ -56,7 +56,7 @@ _PLAIN: Mapping[str, str] = {
     "missing": "this key is required but missing",
 }
 
-_SECRET_KEYS = frozenset({"auth_token", "api_key", "password"})
+_SECRET_KEYS = frozenset({"auth_token", "api_key", "password", "cluster_secret"})
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ NAMED_VARIABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "BRIO_MESH_K8S_LABEL_SELECTOR": ("mesh", "discovery", "k8s_label_selector"),
         "BRIO_DATABASE_URL": ("database", "url"),
         "BRIO_API_TOKEN": ("server", "auth_token"),
+        "BRIO_MESH_CLUSTER_SECRET": ("mesh", "cluster_secret"),
     }
 )
 

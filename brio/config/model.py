@@ -201,6 +201,11 @@ class FailureDetectionConfig(Section):
 
 #: Below this a lease expires on ordinary network delays: the primary renews every third of it.
 MIN_LEASE_DURATION = 0.3
+#: The highest lease term: what a PostgreSQL BIGINT (the fence) and a signed 64-bit int hold.
+MAX_TERM = 2**63 - 1
+#: The default ``[mesh.lease] max_term_jump``: at one election a second, about 28 hours of
+#: elections that a node missed; a larger jump is an attack or a bug.
+MAX_TERM_JUMP = 100_000
 
 
 class LeaseConfig(Section):
@@ -215,6 +220,9 @@ class LeaseConfig(Section):
     max_clock_drift: float = Field(default=0.05, ge=0, lt=0.5)
     # Node ids; None: this node plus every [[mesh.peers]] entry that names an id.
     voters: list[str] | None = None
+    # A lease message whose term is more than this above the receiver's own is refused and
+    # logged as an attack (terms grow by one per election; docs/lease.md, Authentication).
+    max_term_jump: int = Field(default=MAX_TERM_JUMP, ge=1, le=MAX_TERM)
 
     @field_validator("lease_duration")
     @classmethod
@@ -291,6 +299,8 @@ class MeshConfig(Section):
     max_agents: int = Field(default=32, ge=1)
     session_affinity: bool = False
     affinity_ttl: Seconds = 3600.0
+    # The guide: a coordinator "can run agents locally"; false keeps them for workers.
+    coordinators_run_agents: bool = True
     peers: list[PeerConfig] = Field(default_factory=list)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
@@ -298,6 +308,39 @@ class MeshConfig(Section):
     failure_detection: FailureDetectionConfig = Field(default_factory=FailureDetectionConfig)
     lease: LeaseConfig = Field(default_factory=LeaseConfig)
     access_control: AccessControlConfig = Field(default_factory=AccessControlConfig)
+    # Without TLS: the shared key that authenticates lease, admin and peer calls (an
+    # HMAC-SHA256 of each request); every node of the cluster needs the same one.
+    cluster_secret: SecretStr | None = None
+    # A multi-node mesh with neither TLS nor cluster_secret starts only with this set:
+    # anyone who can reach the mesh port can then act as any node.
+    insecure: bool = False
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether this node expects peers: a static list or a discovery method."""
+        return bool(self.peers) or self.discovery.method != "static"
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether peers' calls are authenticated: mTLS, or a cluster secret."""
+        tls = self.tls.enabled and self.tls.verify_client
+        return tls or self.cluster_secret is not None
+
+    def insecure_warning(self) -> str | None:
+        """The loud warning of a mesh whose calls nobody authenticates, or None."""
+        if not self.enabled or not self.multi_node or self.authenticated:
+            return None
+        if self.tls.enabled:
+            return (
+                "[mesh.tls] verify_client = false and no [mesh] cluster_secret: peers' "
+                "lease and admin calls are not authenticated; anyone who can reach the mesh "
+                "port can act as any node. Set verify_client = true or cluster_secret"
+            )
+        return (
+            "INSECURE MESH: [mesh] insecure = true, without [mesh.tls] or [mesh] "
+            "cluster_secret: anyone who can reach the mesh port can act as any node "
+            "(name a primary, drain nodes, run agents). Set cluster_secret or enable TLS"
+        )
 
     @field_validator("listen_addr")
     @classmethod
@@ -491,6 +534,19 @@ def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
                 (("mesh", "enabled"), cause),
             )
         )
+    unauthenticated = not mesh.tls.enabled and mesh.cluster_secret is None
+    if mesh.enabled and multi_node and unauthenticated and not mesh.insecure:
+        found.append(
+            Conflict(
+                ("mesh", "cluster_secret"),
+                "a multi-node mesh without TLS needs a shared secret to authenticate its "
+                "nodes' calls: set [mesh] cluster_secret (or BRIO_MESH_CLUSTER_SECRET; e.g. "
+                "'openssl rand -hex 32', the same on every node), or enable [mesh.tls], or "
+                "set [mesh] insecure = true to run unauthenticated",
+                (("mesh", "enabled"), ("mesh", "tls", "enabled"), ("mesh", "insecure")),
+            )
+        )
+    secret = mesh.cluster_secret
     tls = mesh.tls
     tls_on = (("mesh", "tls", "enabled"),)
     if tls.enabled and tls.cert_file is None:
@@ -528,6 +584,8 @@ def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
                 (("mesh", "discovery", "method"),),
             )
         )
+    if secret is not None and not secret.get_secret_value().strip():
+        found.append(Conflict(("mesh", "cluster_secret"), "must not be blank"))
     token = config.server.auth_token
     if token is not None and not token.get_secret_value():
         found.append(

@@ -11,20 +11,24 @@ in its own nursery, in this order, and stops them in reverse:
 | discovery   | `run_discovery`         | static, DNS or Kubernetes → `Peers.found`        |
 | forwarder   | `EventForwarder`        | task events of work run here → coordinators      |
 | queue count | `QueueCounter`          | the queue length heartbeats report               |
-| lease       | `LeaseDriver`           | vote, campaign; the `primary` nursery (`Primary`)|
+| lease       | `LeaseDriver`           | vote, campaign; the `primary` nursery (`Primary`:|
+|             |                         | the cluster view and the `Placer`)               |
 
 ``Mesh`` also answers what the HTTP API asks of the mesh (``brio.tasks.mesh_view.MeshView``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 from brio.agents.registry import RegisteredAgent
 from brio.config.model import BrioConfig
 from brio.core.membership import DetectorSettings, Membership
+from brio.core.scheduler import Scheduler
 from brio.mesh.calls import PeerCalls
+from brio.mesh.directory import MeshDirectory
 from brio.mesh.forwarder import EventForwarder
 from brio.mesh.lease import LeaseDriver, settings_from
 from brio.mesh.local import LocalNode, QueueCounter
@@ -32,11 +36,14 @@ from brio.mesh.peers import Peers, detector_settings
 from brio.mesh.primary import Primary
 from brio.mesh.router import MeshRouter
 from brio.mesh.tls import client_context
-from brio.mesh.transport import ChannelPool, TransportStats
+from brio.mesh.transport import ChannelPool, ClusterAuth, TransportStats
 from brio.store.base import Store
 from brio.tasks.events import EventBus
 from brio.tasks.mesh_view import LeaseView
+from brio.tasks.placer import Placer, scheduler_settings
 from brio.tasks.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Mesh:
     supervisor: Supervisor
     lease: LeaseDriver | None
     primary: Primary | None
+    placer: Placer | None
 
     @classmethod
     def build(
@@ -69,7 +77,10 @@ class Mesh:
         local = LocalNode(config, agents, supervisor)
         settings = detector_settings(mesh)
         membership = Membership(local.node_id, settings, local_address=local.address)
-        stats = TransportStats()
+        secret = mesh.cluster_secret
+        stats = TransportStats(auth=ClusterAuth(secret.get_secret_value()) if secret else None)
+        if (insecure := mesh.insecure_warning()) is not None:
+            log.warning("mesh: %s", insecure)
         pool = ChannelPool(client_context(mesh.tls), local.node_id, stats)
         calls = PeerCalls(
             local.node_id,
@@ -79,6 +90,13 @@ class Mesh:
             heartbeat_timeout=settings.heartbeat_timeout,
         )
         peers = Peers(mesh, membership, settings, local, calls)
+        directory = MeshDirectory(
+            local,
+            membership,
+            calls,
+            unknown_grace=settings.heartbeat_interval * (settings.suspicion_threshold + 1),
+        )
+        placer: Placer | None = None
         primary: Primary | None = None
         lease: LeaseDriver | None = None
         voters = mesh.lease_voters()
@@ -86,8 +104,9 @@ class Mesh:
         if candidate or local.node_id in voters:
             lease_settings = settings_from(mesh.lease)
             if candidate:
+                placer = Placer(store, Scheduler(scheduler_settings(config)), directory, bus)
                 primary = Primary(
-                    local.node_id, store, peers.cluster_view, lease_settings.renew_interval
+                    local.node_id, store, peers.cluster_view, lease_settings.renew_interval, placer
                 )
             lease = LeaseDriver(
                 local.node_id,
@@ -100,6 +119,7 @@ class Mesh:
                 primary=primary.run if primary else None,
                 warning=mesh.lease_voters_warning(),
             )
+        mesh_view_lease = lease.view if lease is not None else _no_lease
         return cls(
             config=config,
             local=local,
@@ -110,7 +130,8 @@ class Mesh:
             peers=peers,
             forwarder=EventForwarder(local.node_id, bus, membership, calls),
             queue_counter=QueueCounter(local, store, settings.heartbeat_interval),
-            router=MeshRouter(local.node_id, membership, calls),
+            router=MeshRouter(local, membership, calls, lease_view=mesh_view_lease, placer=placer),
+            placer=placer,
             supervisor=supervisor,
             lease=lease,
             primary=primary,
@@ -125,10 +146,14 @@ class Mesh:
     def lease_view(self) -> LeaseView:
         if self.lease is not None:
             return self.lease.view()
-        return LeaseView("worker", 0, None, None, voter=False)
+        return _no_lease()
 
     def connected_peers(self) -> int:
         return self.peers.connected()
 
     def last_heartbeat(self) -> datetime | None:
         return self.peers.last_heartbeat()
+
+
+def _no_lease() -> LeaseView:
+    return LeaseView("worker", 0, None, None, voter=False)

@@ -9,7 +9,8 @@ status naming the field at fault (admin); nothing a caller sends can raise past 
 | method         | payload (JSON)                    | answer (JSON)            |
 |----------------|-----------------------------------|--------------------------|
 | `agent.invoke` | `{"prompt": str, "input": {...}}` | `{"result": ...}`        |
-| `task.run`     | `{"task_id": str}`                | `{"accepted": true}`     |
+| `task.run`     | `{"task_ids": [str]}` (or `task_id`) | `{"accepted": true}`  |
+| `task.queued`  | `{}` (from a coordinator)         | `{"woken": bool}`        |
 | `task.cancel`  | `{"task_id": str}`                | `{"stopped": bool}`      |
 | `task.events`  | `{"events": [...]}`               | `{"published": n}`       |
 """
@@ -154,21 +155,56 @@ class MeshHandlers:
         return renew_reply_pb(reply)
 
     def _lease(
-        self, sender: str, field: str, caller: Caller, message: core_lease.Message
+        self,
+        sender: str,
+        field: str,
+        caller: Caller,
+        message: core_lease.VoteRequest | core_lease.RenewRequest,
     ) -> core_lease.Message | None:
+        """Hand a lease request to the driver once its sender is checked: a configured
+        candidate, the one the certificate names (mTLS) and the caller's own name, with a
+        term in bounds. Anything else is refused and logged as a forgery (DESIGN.md §3)."""
         if not sender:
             raise GRPCError(Status.INVALID_ARGUMENT, f"{field}: required")
+        refusal: tuple[Status, str] | None = None
         if caller.cert_node_id is not None and caller.cert_node_id != sender:
-            raise GRPCError(
+            refusal = (
                 Status.PERMISSION_DENIED,
                 f"the certificate is for {caller.cert_node_id!r} but the {field} is {sender!r}",
             )
         lease = self.mesh.lease
         if lease is None:
+            if refusal is not None:
+                raise GRPCError(*refusal)
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
                 f"{self.mesh.node_id} takes no part in the lease (not a voter or coordinator)",
             )
+        kind = type(message).__name__
+        where = f"{caller.address[0]}" if caller.address else "an unknown address"
+        if refusal is not None or lease.core is None:  # not running: nothing is acted on
+            pass
+        elif caller.claimed_node_id is not None and caller.node_id != sender:
+            refusal = (
+                Status.PERMISSION_DENIED,
+                f"the caller names itself {caller.node_id!r} but the {field} is {sender!r}",
+            )
+        elif not (
+            lease.may_send(sender, message)
+            # a voter not in [[mesh.peers]], whose heartbeats (authenticated with mTLS or the
+            # secret) say it is a coordinator; a role written in [[mesh.peers]] wins
+            or (sender in lease.voters and self.mesh.peers.is_coordinator(sender))
+        ):
+            known = ", ".join(sorted(lease.candidates)) or "none"
+            refusal = (
+                Status.PERMISSION_DENIED,
+                f"{sender!r} is not a configured candidate (coordinators: {known})",
+            )
+        elif (bound := lease.term_refusal(message)) is not None:
+            refusal = (Status.INVALID_ARGUMENT, bound)
+        if refusal is not None:
+            lease.log_refusal(kind, sender, where, refusal[1])
+            raise GRPCError(*refusal)
         reply = lease.handle(sender, message)
         if reply is None and isinstance(message, core_lease.VoteRequest):
             raise GRPCError(Status.UNAVAILABLE, "the lease is not running yet")
@@ -214,10 +250,20 @@ class MeshHandlers:
             ):
                 raise ValueError("payload.events: expected a list of {type, task_id, data}")
             return _ok(mesh, {"published": mesh.forwarder.publish_remote(origin, events)})
+        if method == "task.queued":
+            # a coordinator took a task: if we are the primary, place it now
+            if not mesh.peers.is_coordinator(caller.node_id):
+                return _error(
+                    mesh, Code.PERMISSION_DENIED, "task.queued is taken only from coordinators"
+                )
+            woken = mesh.placer is not None and mesh.lease_view().role == "primary"
+            if woken and mesh.placer is not None:
+                mesh.placer.wake()
+            return _ok(mesh, {"woken": woken})
         if method not in ("agent.invoke", "task.run", "task.cancel"):
             raise ValueError(
-                f"method: unknown {method!r}; expected agent.invoke, task.run, task.cancel "
-                "or task.events"
+                f"method: unknown {method!r}; expected agent.invoke, task.run, task.cancel, "
+                "task.events or task.queued"
             )
         try:
             where = mesh.router.route(request.target)
@@ -259,10 +305,17 @@ class MeshHandlers:
             except Exception as exc:
                 return _error(mesh, Code.AGENT_FAILED, f"{type(exc).__name__}: {exc}")
             return _ok(mesh, {"result": result})
-        task_id = _string(payload, "task_id")
-        if method == "task.run":
+        if method == "task.run":  # work was assigned to us: claim it now
+            ids = payload.get("task_ids")
+            if ids is None:
+                task_id = _string(payload, "task_id")
+                mesh.supervisor.wake()
+                return _ok(mesh, {"accepted": True, "task_id": task_id})
+            if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+                raise ValueError("payload.task_ids: expected a list of non-empty strings")
             mesh.supervisor.wake()
-            return _ok(mesh, {"accepted": True, "task_id": task_id})
+            return _ok(mesh, {"accepted": True, "tasks": len(ids)})
+        task_id = _string(payload, "task_id")
         return _ok(mesh, {"stopped": mesh.supervisor.cancel_local(task_id), "task_id": task_id})
 
     # --- MeshAdmin -----------------------------------------------------------------------
@@ -397,6 +450,12 @@ class MeshHandlers:
     def _authorize_action(self, request: pb.NodeRequest, caller: Caller, action: str) -> str:
         mesh = self.mesh
         target = request.node_id or mesh.node_id
+        if mesh.config.mesh.authenticated and caller.cert_node_id is None and not caller.signed:
+            # the transport refuses these already; a claimed id alone never authorizes
+            raise GRPCError(
+                Status.UNAUTHENTICATED,
+                f"{action} needs a caller proven by its certificate or the cluster secret",
+            )
         on_self = target == mesh.node_id and caller.node_id == mesh.node_id
         if not on_self and not mesh.peers.is_coordinator(caller.node_id):
             who = caller.node_id or "an unidentified caller"

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import trio
 
-from brio.config.model import LeaseConfig
+from brio.config.model import MAX_TERM, LeaseConfig
 from brio.core import lease as core
 from brio.mesh import methods, pb
 from brio.mesh.lease_state import load_lease_state, save_lease_state
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Primary work stops this long before the lease ends (on top of the drift margin).
 PRIMARY_MARGIN = 0.05
 MISMATCH_LOG_EVERY = 60.0
+#: A refused (forged) lease message is logged at most this often per sender address and reason.
+REFUSAL_LOG_EVERY = 10.0
 
 
 class LeaseTransport(Protocol):
@@ -81,8 +83,11 @@ class LeaseDriver:
         self._wake = trio.Event()
         self._primary_scope: trio.CancelScope | None = None
         self._mismatch_logged: dict[str, float] = {}
+        self._refusal_logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self.max_term_jump = config.max_term_jump
         self.elections_won = 0
         self.step_downs = 0
+        self.refused = 0  # lease messages refused as forged or out of bounds
 
     # --- queries --------------------------------------------------------------------------
 
@@ -146,10 +151,58 @@ class LeaseDriver:
             self._nursery = None
 
     def handle(self, sender: str, message: core.Message) -> core.Message | None:
-        """Feed an incoming request to the core; the reply to return, if any."""
+        """Feed an incoming request to the core; the reply to return, if any.
+
+        The caller (``brio.mesh.handlers``) has checked who sent it (``refusal``) first."""
         if self.core is None:
             return None
         return self._execute(self.core.receive(trio.current_time(), sender, message), sender)
+
+    def may_send(self, sender: str, message: core.VoteRequest | core.RenewRequest) -> bool:
+        """Whether ``sender`` may send this request at all: a renewal or a vote request from
+        a configured candidate (a coordinator), a pre-vote also from a voter (a node that lost
+        its vote record asks every voter for its term that way; a pre-vote changes nothing)."""
+        if sender in self.candidates:
+            return True
+        pre_vote = isinstance(message, core.VoteRequest) and message.pre_vote
+        return pre_vote and sender in self.voters
+
+    def term_refusal(self, message: core.Message) -> str | None:
+        """Why a message's term is out of bounds, or None: above what the fence (a BIGINT)
+        and the wire hold, or more than ``[mesh.lease] max_term_jump`` above ours."""
+        if message.term > MAX_TERM:
+            return f"term {message.term} is above the highest term, {MAX_TERM} (2^63 - 1)"
+        ours = self.core.term if self.core is not None else 0
+        if message.term - ours > self.max_term_jump:
+            return (
+                f"term {message.term} jumps {message.term - ours} above ours ({ours}); "
+                f"at most {self.max_term_jump} ([mesh.lease] max_term_jump)"
+            )
+        return None
+
+    def log_refusal(self, kind: str, sender: str, where: str, reason: str) -> None:
+        """A forged or out-of-bounds lease message: an attack or a badly misconfigured node.
+        Logged as such, at most once per ``REFUSAL_LOG_EVERY`` per address and reason."""
+        self.refused += 1
+        key = (where, reason.split(" ", 1)[0] + kind)
+        now = trio.current_time()
+        last, hushed = self._refusal_logged.get(key, (-math.inf, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusal_logged[key] = (last, hushed + 1)
+            return
+        if len(self._refusal_logged) > 1000:
+            self._refusal_logged.clear()
+        self._refusal_logged[key] = (now, 0)
+        more = f" (and {hushed} more since)" if hushed else ""
+        log.warning(
+            "lease: refused a %s from %s naming %r: %s; a forged lease message (an attack) "
+            "or a misconfigured node%s",
+            kind,
+            where,
+            sender,
+            reason,
+            more,
+        )
 
     # --- actions --------------------------------------------------------------------------
 
@@ -223,12 +276,29 @@ class LeaseDriver:
         try:
             answer = await self.transport.call(to, method, request, timeout)
         except Exception as exc:  # unreachable, unknown, refused: the core sees silence
-            log.debug("lease: %s to %s: %s", type(message).__name__, to, exc)
+            if getattr(exc, "status", None) in _REFUSED:
+                # not silence but a refusal: another cluster secret, a certificate that
+                # does not fit... nothing heals that, so it must not hide at DEBUG
+                self.log_refused_by(to, type(message).__name__, exc)
+            else:
+                log.debug("lease: %s to %s: %s", type(message).__name__, to, exc)
             return
         reply = _from_pb(answer)
         if reply is None or _sender(reply) != to or self.core is None:
             return
+        refusal = self.term_refusal(reply)
+        if refusal is not None:
+            self.log_refusal(type(reply).__name__, to, to, refusal)
+            return
         self._execute(self.core.receive(trio.current_time(), to, reply))
+
+    def log_refused_by(self, peer: str, kind: str, exc: Exception) -> None:
+        now = trio.current_time()
+        key = f"refused-by:{peer}"
+        if now - self._mismatch_logged.get(key, -math.inf) < MISMATCH_LOG_EVERY:
+            return
+        self._mismatch_logged[key] = now
+        log.error("lease: %s refused our %s: %s", peer, kind, exc)
 
     def _log_mismatch(self, peer: str, theirs: str, ours: str) -> None:
         now = trio.current_time()
@@ -246,6 +316,9 @@ class LeaseDriver:
 
 
 # --- wire form ------------------------------------------------------------------------------
+
+#: gRPC statuses by which a peer refuses our lease messages (rather than failing to answer).
+_REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"})
 
 
 def _is_reply(message: core.Message) -> bool:

@@ -17,10 +17,15 @@ grpclib lives on asyncio and the node on trio; everything here is entered throug
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import hmac
 import ipaddress
 import logging
+import math
 import ssl
 import struct
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -40,6 +45,7 @@ from grpclib.protocol import H2Protocol
 
 from brio import aio
 from brio.config.model import split_host_port
+from brio.mesh import methods
 from brio.mesh.methods import Method
 from brio.mesh.tls import node_id_from_cert
 
@@ -50,12 +56,100 @@ Resp = TypeVar("Resp", bound=betterproto2.Message)
 
 #: Metadata key by which a caller names itself (authenticated only with mTLS; see Caller).
 NODE_ID_HEADER = "brio-node-id"
+#: Metadata key of a request's cluster-secret signature (``ClusterAuth``).
+AUTH_HEADER = "brio-auth"
+#: How far a signed request's timestamp may be from the receiver's clock, in seconds. A
+#: signature is accepted once: a copy replayed within this window is refused too.
+MAX_AUTH_SKEW = 30.0
+
+#: Methods that a node with a cluster secret serves only to callers who sign with it: all of
+#: ``Mesh`` (lease, heartbeats, calls) and the admin actions that change the cluster. The
+#: read-only admin methods (status, ping, topology, stats) stay open to ``brio mesh``.
+SIGNED_METHODS = frozenset(
+    m.path
+    for m in (
+        methods.CALL,
+        methods.HEARTBEAT,
+        methods.VOTE,
+        methods.RENEW,
+        methods.DRAIN,
+        methods.LEAVE,
+        methods.REMOVE,
+    )
+)
+
+
+class ClusterAuth:
+    """HMAC-SHA256 signatures of mesh requests with the shared ``[mesh] cluster_secret``.
+
+    A signature covers the method path, the caller's claimed node id, a timestamp (Unix ms)
+    and the serialized request, so that it cannot be moved to another method, node or
+    message; the timestamp must be within ``MAX_AUTH_SKEW`` of the receiver's clock and
+    each signature is accepted once, so that a captured request cannot be replayed. The
+    header is ``v1 <unix ms> <hex digest>``. Answers are not signed: against someone on the
+    network path (not just able to reach the port) use mTLS.
+    """
+
+    def __init__(self, secret: str, *, max_skew: float = MAX_AUTH_SKEW) -> None:
+        self._key = secret.encode()
+        self.max_skew = max_skew
+        self._seen: dict[bytes, float] = {}
+        self._expiry: collections.deque[tuple[float, bytes]] = collections.deque()
+
+    def _digest(self, path: str, node_id: str, stamp: str, body: bytes) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in (b"brio-mesh-v1", path.encode(), node_id.encode(), stamp.encode()):
+            mac.update(len(part).to_bytes(4, "big") + part)
+        mac.update(body)
+        return mac.digest()
+
+    def sign(self, path: str, node_id: str, body: bytes, now: float | None = None) -> str:
+        stamp = str(int((time.time() if now is None else now) * 1000))
+        return f"v1 {stamp} {self._digest(path, node_id, stamp, body).hex()}"
+
+    def verify(
+        self, path: str, node_id: str, body: bytes, header: str | None, now: float | None = None
+    ) -> str | None:
+        """None when ``header`` is a fresh, valid signature of this request; else why not."""
+        if not header:
+            return "the request is not signed with the cluster secret"
+        parts = header.split(" ")
+        if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
+            return "the cluster-secret signature is malformed"
+        _, stamp, given = parts
+        try:
+            digest = bytes.fromhex(given)
+        except ValueError:
+            return "the cluster-secret signature is malformed"
+        now = time.time() if now is None else now
+        skew = int(stamp) / 1000 - now
+        if abs(skew) > self.max_skew:
+            return (
+                f"the signature's timestamp is {skew:+.0f} s from this node's clock (at most "
+                f"±{self.max_skew:g} s: an old request replayed, or a clock that is off)"
+            )
+        if not hmac.compare_digest(digest, self._digest(path, node_id, stamp, body)):
+            return "the cluster-secret signature does not match (another secret?)"
+        self._forget(now)
+        if digest in self._seen:
+            return "this signed request was seen before (a replay)"
+        forget_at = now + 2 * self.max_skew
+        self._seen[digest] = forget_at
+        self._expiry.append((forget_at, digest))
+        return None
+
+    def _forget(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] < now:
+            _, digest = self._expiry.popleft()
+            self._seen.pop(digest, None)
 
 
 @dataclass
 class TransportStats:
-    """Counters for ``mesh stats`` (and the metrics endpoint later)."""
+    """Counters for ``mesh stats`` (and the metrics endpoint later), and what the node's
+    server and clients share: the cluster secret's signer (``auth``), None without one."""
 
+    auth: ClusterAuth | None = None
     calls_received: int = 0
     calls_sent: int = 0
     call_errors: int = 0
@@ -64,15 +158,18 @@ class TransportStats:
     refused_connections: int = 0
     oversized_requests: int = 0
     malformed_requests: int = 0
+    unauthenticated_requests: int = 0
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request. ``cert_node_id`` is proven by mTLS; ``claimed_node_id`` is not."""
+    """Who sent a request. ``cert_node_id`` is proven by mTLS; ``claimed_node_id`` is not,
+    but with ``signed`` the caller holds the cluster secret (and signed that claim)."""
 
     address: tuple[str, int] | None
     cert_node_id: str | None
     claimed_node_id: str | None
+    signed: bool = False
 
     @property
     def node_id(self) -> str | None:
@@ -106,7 +203,10 @@ class _CountingCodec(ProtoCodec):
         self._stats = stats
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        data: bytes = super().encode(message, message_type)
+        # bytes: a message serialized (and signed) by ChannelPool.unary, sent as it is
+        data: bytes = (
+            message if isinstance(message, bytes) else super().encode(message, message_type)
+        )
         self._stats.bytes_sent += len(data) + 5
         return data
 
@@ -202,10 +302,8 @@ class MeshServer(grpclib.server.Server):
             protocol.goaway()
 
 
-async def _recv_capped(
-    stream: grpclib.server.Stream[Any, Any], message_type: type[Req], max_bytes: int
-) -> tuple[Req, int]:
-    """Read one request, refusing a declared size above ``max_bytes`` before reading it."""
+async def _recv_capped(stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> bytes:
+    """Read one request's bytes, refusing a declared size above ``max_bytes`` before reading."""
     h2_stream = stream._stream
     truncated = GRPCError(Status.INVALID_ARGUMENT, "the request message is truncated")
     try:
@@ -229,6 +327,10 @@ async def _recv_capped(
         raise truncated from None
     if len(body) < length:
         raise truncated
+    return body
+
+
+def _parse(body: bytes, message_type: type[Req]) -> Req:
     try:
         message = message_type.parse(body)
         # betterproto2 does not check wire types on parse: a string field sent as a varint
@@ -240,7 +342,7 @@ async def _recv_capped(
         raise GRPCError(
             Status.INVALID_ARGUMENT, f"the request is not a valid {message_type.__name__}: {wrong}"
         )
-    return message, 5 + length
+    return message
 
 
 #: Field type hints per message class (computing them is slow and they never change).
@@ -288,19 +390,26 @@ def _has_type(value: Any, hint: Any) -> bool:
     return isinstance(hint, type) and isinstance(value, hint)
 
 
-def _caller(stream: grpclib.server.Stream[Any, Any]) -> Caller:
+def _header(stream: grpclib.server.Stream[Any, Any], key: str) -> str | None:
+    metadata: Mapping[str, Any] = stream.metadata or {}
+    value = metadata.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _caller(stream: grpclib.server.Stream[Any, Any], signed: bool = False) -> Caller:
     peer = stream.peer
     addr = peer.addr()
-    claimed = None
-    metadata: Mapping[str, Any] = stream.metadata or {}
-    value = metadata.get(NODE_ID_HEADER)
-    if isinstance(value, str) and value:
-        claimed = value
     return Caller(
         address=(str(addr[0]), int(addr[1])) if addr else None,
         cert_node_id=node_id_from_cert(peer.cert()),
-        claimed_node_id=claimed,
+        claimed_node_id=_header(stream, NODE_ID_HEADER),
+        signed=signed,
     )
+
+
+def _peer_host(stream: grpclib.server.Stream[Any, Any]) -> str:
+    addr = stream.peer.addr()
+    return str(addr[0]) if addr else "an unknown address"
 
 
 #: A handler: ``(request, caller, seconds left or None) -> response``, run as a trio task.
@@ -331,23 +440,77 @@ class Service:
     def _wrap(
         self, path: str, handler: TrioHandler, req_type: type[Any]
     ) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
+        signed_only = path in SIGNED_METHODS
+
         async def serve(stream: grpclib.server.Stream[Any, Any]) -> None:
             self.stats.calls_received += 1
             try:
-                request, size = await _recv_capped(stream, req_type, self.max_bytes)
+                body = await _recv_capped(stream, self.max_bytes)
+                signed = self._authenticate(stream, path, body, signed_only)
+                request = _parse(body, req_type)
             except GRPCError as exc:
                 if exc.status is Status.RESOURCE_EXHAUSTED:
                     self.stats.oversized_requests += 1
+                elif exc.status is Status.UNAUTHENTICATED:
+                    self.stats.unauthenticated_requests += 1
                 else:
                     self.stats.malformed_requests += 1
-                log.info("refused a mesh request to %s: %s", path, exc.message)
+                if exc.status is not Status.UNAUTHENTICATED:
+                    log.info("refused a mesh request to %s: %s", path, exc.message)
                 raise
-            self.stats.bytes_received += size
+            self.stats.bytes_received += 5 + len(body)
             timeout = stream.deadline.time_remaining() if stream.deadline else None
-            response = await aio.run_trio(handler, request, _caller(stream), timeout)
+            response = await aio.run_trio(handler, request, _caller(stream, signed), timeout)
             await stream.send_message(response)  # counted by the codec
 
         return serve
+
+    def _authenticate(
+        self, stream: grpclib.server.Stream[Any, Any], path: str, body: bytes, required: bool
+    ) -> bool:
+        """Check the cluster-secret signature (before the request is even parsed); whether
+        the request is signed. Unsigned is refused for ``SIGNED_METHODS`` when the node has a
+        secret; a bad signature is refused on any method."""
+        auth = self.stats.auth
+        header = _header(stream, AUTH_HEADER)
+        if auth is None or (header is None and not required):
+            return False
+        problem = auth.verify(path, _header(stream, NODE_ID_HEADER) or "", body, header)
+        if problem is None:
+            return True
+        _refusals.warn(
+            (_peer_host(stream), problem[:24]),
+            "refused a mesh request to %s from %s: %s ([mesh] cluster_secret)",
+            path,
+            _peer_host(stream),
+            problem,
+        )
+        raise GRPCError(Status.UNAUTHENTICATED, problem)
+
+
+class RateLimitedLog:
+    """Log a warning at most once per ``every`` seconds per key, with how many were hushed:
+    a flood of forged requests must not become a flood of log lines."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[Any, tuple[float, int]] = {}
+
+    def warn(self, key: Any, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last, hushed = self._last.get(key, (-math.inf, 0))
+        if now - last < self.every:
+            self._last[key] = (last, hushed + 1)
+            return
+        if len(self._last) > 1000:  # many keys (addresses): start over rather than grow
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if hushed:
+            message += f" (and {hushed} more like it in the last {now - last:.0f} s)"
+        log.warning(message, *args)
+
+
+_refusals = RateLimitedLog()
 
 
 async def start_server(
@@ -429,6 +592,10 @@ class ChannelPool:
         """Call ``path`` on ``address`` and return the answer, or raise ``MeshCallError``."""
         channel = await self._channel(address)
         headers = {NODE_ID_HEADER: self._local, **(metadata or {})}
+        outgoing: betterproto2.Message | bytes = request
+        if self.stats.auth is not None:
+            outgoing = bytes(request)  # signed as sent: the codec passes these bytes on
+            headers[AUTH_HEADER] = self.stats.auth.sign(path, headers[NODE_ID_HEADER], outgoing)
         self.stats.calls_sent += 1
 
         async def request_once() -> Resp:
@@ -440,7 +607,7 @@ class ChannelPool:
                 timeout=timeout,
                 metadata=headers,
             ) as stream:
-                await stream.send_message(request, end=True)
+                await stream.send_message(typing.cast(Any, outgoing), end=True)
                 reply = await stream.recv_message()
                 if reply is None:
                     raise GRPCError(Status.UNKNOWN, "the peer sent no answer")

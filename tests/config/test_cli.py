@@ -135,7 +135,7 @@ def test_show_toml_is_redacted_and_reloads(
     assert 'url = "postgresql://brio:***@db:5432/brio"' in out
     assert 'provider = "local"' in out  # the implicit choice is shown
     assert '{ id = "w1", address = "10.0.0.2:50051", role = "worker" }' in out  # the peer
-    assert "#   [mesh] advertise_addr\n" in out  # an unset key is named, not silently left out
+    assert "#   [mesh] advertise_addr, cluster_secret\n" in out  # unset keys are named
     # what is shown is valid TOML that loads to the same configuration (secrets aside)
     shown = write(tmp_path / "shown.toml", out)
     again = load_config(shown, {}).config

@@ -57,6 +57,7 @@ def test_every_named_variable(load_toml: Loader) -> None:
         "BRIO_MESH_K8S_LABEL_SELECTOR": "app=brio",
         "BRIO_DATABASE_URL": "postgresql://brio:pw@db/brio",
         "BRIO_API_TOKEN": "t0ken",
+        "BRIO_MESH_CLUSTER_SECRET": "cluster-s3cret",
     }
     assert set(env) == set(NAMED_VARIABLES)
     loaded = load_toml(FILE, env)
@@ -155,7 +156,8 @@ def test_cross_field_problem_names_env_sources(problems_of: ProblemsOf) -> None:
 
 
 def test_mesh_enabled_by_env_on_file_peers(problems_of: ProblemsOf) -> None:
-    (line,) = problems_of(FILE, {"BRIO_MESH_ENABLED": "1"})
+    env = {"BRIO_MESH_ENABLED": "1", "BRIO_MESH_CLUSTER_SECRET": "cluster-s3cret"}
+    (line,) = problems_of(FILE, env)
     assert line.endswith(
         "brio.toml, BRIO_MESH_ENABLED: [database] url: a multi-node mesh needs "
         "PostgreSQL: set [database] url = 'postgresql://...' (or BRIO_DATABASE_URL); [mesh] "

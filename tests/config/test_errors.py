@@ -215,7 +215,9 @@ def test_explicit_path_missing_or_directory(tmp_path: Path) -> None:
 
 # --- cross-field checks -------------------------------------------------------------------
 
-MESH_WITH_PEER = '[mesh]\nenabled = true\n\n[[mesh.peers]]\naddress = "10.0.1.2:50051"\n'
+MESH_WITH_PEER = (
+    '[mesh]\nenabled = true\ninsecure = true\n\n[[mesh.peers]]\naddress = "10.0.1.2:50051"\n'
+)
 
 
 def test_mesh_with_peers_on_sqlite(problems_of: ProblemsOf) -> None:
@@ -228,7 +230,7 @@ def test_mesh_with_peers_on_sqlite(problems_of: ProblemsOf) -> None:
 
 
 def test_mesh_with_discovery_on_sqlite(problems_of: ProblemsOf) -> None:
-    text = '[mesh]\nenabled = true\n[mesh.discovery]\nmethod = "kubernetes"\n'
+    text = '[mesh]\nenabled = true\ninsecure = true\n[mesh.discovery]\nmethod = "kubernetes"\n'
     line = only(problems_of(text))
     assert "a multi-node mesh needs PostgreSQL" in line
     assert "[mesh.discovery] method = 'kubernetes'" in line

@@ -306,14 +306,22 @@ KUBERNETES_ENV = {
     "BRIO_MESH_K8S_LABEL_SELECTOR": "app=brio-kernel",
 }
 
-NEEDS_ENV = {"aws_coordinator": {"DB_PASSWORD": "s3cret"}}
+#: A multi-node mesh without TLS needs a cluster secret (or ``insecure = true``); the guide's
+#: plaintext examples get it from the environment.
+SECRET_ENV = {"BRIO_MESH_CLUSTER_SECRET": "guide-cluster-secret-0123456789"}
+NEEDS_ENV = {
+    "aws_coordinator": {"DB_PASSWORD": "s3cret"},
+    "two_node_coordinator": SECRET_ENV,
+    "two_node_worker": SECRET_ENV,
+}
 
 
 @pytest.mark.parametrize("name", sorted(FRAGMENTS))
 def test_guide_fragment_loads(name: str, load_toml: Loader) -> None:
-    loaded = load_toml(FRAGMENTS[name], NEEDS_ENV.get(name, {}))
+    env = NEEDS_ENV.get(name, {})
+    loaded = load_toml(FRAGMENTS[name], env)
     assert loaded.source is not None
-    assert loaded.env_overrides == []
+    assert loaded.env_overrides == sorted(var for var in env if var.startswith("BRIO_"))
 
 
 def test_every_guide_fragment_is_covered() -> None:
@@ -392,8 +400,8 @@ def test_small_fragments_values(load_toml: Loader) -> None:
 
 
 def test_two_node_setup(load_toml: Loader) -> None:
-    coordinator = load_toml(TWO_NODE_COORDINATOR).config
-    worker = load_toml(TWO_NODE_WORKER).config
+    coordinator = load_toml(TWO_NODE_COORDINATOR, SECRET_ENV).config
+    worker = load_toml(TWO_NODE_WORKER, SECRET_ENV).config
     assert coordinator.logging.format == "json"
     assert worker.mesh.max_agents == 20
     assert coordinator.database_url == worker.database_url
@@ -401,13 +409,13 @@ def test_two_node_setup(load_toml: Loader) -> None:
 
 def test_bash_env_block_needs_postgres(problems_of: ProblemsOf) -> None:
     """The guide's env block alone is a two-peer mesh on the default SQLite: refused."""
-    (line,) = problems_of(None, BASH_ENV)
+    (line,) = problems_of(None, {**BASH_ENV, **SECRET_ENV})
     assert line.startswith("BRIO_MESH_ENABLED, BRIO_MESH_PEERS: [database] url: ")
     assert "a multi-node mesh needs PostgreSQL: set [database] url = 'postgresql://...'" in line
 
 
 def test_bash_env_block_with_database(load_toml: Loader) -> None:
-    env = {**BASH_ENV, "BRIO_DATABASE_URL": "postgresql://brio@db/brio"}
+    env = {**BASH_ENV, "BRIO_DATABASE_URL": "postgresql://brio@db/brio", **SECRET_ENV}
     loaded = load_toml(None, env)
     assert loaded.source is None
     assert loaded.config.mesh.node_id == "node-1"
@@ -418,7 +426,7 @@ def test_bash_env_block_with_database(load_toml: Loader) -> None:
 
 @pytest.mark.parametrize("env", [COMPOSE_COORDINATOR_ENV, COMPOSE_WORKER_ENV, KUBERNETES_ENV])
 def test_container_env_examples(env: dict[str, str], load_toml: Loader) -> None:
-    config = load_toml(None, env).config
+    config = load_toml(None, {**env, **SECRET_ENV}).config
     assert config.mesh.node_id == env["BRIO_NODE_ID"]
 
 
@@ -433,7 +441,8 @@ def test_brio_config_points_at_two_node_file(tmp_path: Path) -> None:
     """``export BRIO_CONFIG=/etc/brio/coordinator.toml`` as in the guide's start command."""
     path = tmp_path / "coordinator.toml"
     path.write_text(TWO_NODE_COORDINATOR, encoding="utf-8")
-    loaded = load_config(env={"BRIO_CONFIG": str(path), "HOME": str(tmp_path)})
+    env = {"BRIO_CONFIG": str(path), "HOME": str(tmp_path), **SECRET_ENV}
+    loaded = load_config(env=env)
     assert loaded.source == path
     assert loaded.config.mesh.node_id == "coordinator-1"
 

@@ -134,7 +134,7 @@ voters = ["c1", "c2", "w1"]
         (
             "voter = ['c1']",
             "[mesh.lease] voter: got ['c1']; unknown key (did you mean 'voters'?); known keys "
-            "are: lease_duration, election_timeout, max_clock_drift, voters",
+            "are: lease_duration, election_timeout, max_clock_drift, voters, max_term_jump",
         ),
     ],
 )

@@ -17,6 +17,7 @@ auth_token = "tok-SECRET"
 
 [mesh]
 enabled = true
+cluster_secret = "cluster-SECRET"
 [[mesh.peers]]
 address = "10.0.0.2:50051"
 
@@ -37,6 +38,7 @@ def test_redacted_hides_every_secret(load_toml: Loader) -> None:
     text = json.dumps(data)
     assert "SECRET" not in text
     assert data["server"]["auth_token"] == "***"
+    assert data["mesh"]["cluster_secret"] == "***"
     assert data["providers"]["openai"]["api_key"] == "***"
     assert data["database"]["url"] == (
         "postgresql://brio:***@db-cluster:5432/brio?sslmode=require&sslpassword=***"

@@ -24,14 +24,21 @@ from h2.connection import H2Connection
 from brio import aio
 from brio.config.model import split_host_port
 from brio.mesh import pb
-from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
+from brio.mesh.transport import (
+    AUTH_HEADER,
+    NODE_ID_HEADER,
+    ChannelPool,
+    ClusterAuth,
+    MeshCallError,
+    TransportStats,
+)
 from tests.api.conftest import Node, node_config, running_node
 
 NODE_ID = "abused"
 CALL = "/brio.mesh.v1.Mesh/Call"
 HEARTBEAT = "/brio.mesh.v1.Mesh/Heartbeat"
 # grpc-status codes
-OK, UNKNOWN, INVALID_ARGUMENT, RESOURCE_EXHAUSTED = 0, 2, 3, 8
+OK, UNKNOWN, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED = 0, 2, 3, 8, 16
 WAIT = 5.0  # seconds for any one answer from the node
 
 
@@ -94,7 +101,7 @@ class RawH2:
         if data:
             await self.stream.send_all(data)
 
-    async def start(self, path: str) -> int:
+    async def start(self, path: str, metadata: Iterable[tuple[str, str]] = ()) -> int:
         """Open a stream with the request headers of a gRPC call to ``path``."""
         stream_id: int = self.conn.get_next_available_stream_id()
         self.conn.send_headers(
@@ -106,6 +113,7 @@ class RawH2:
                 (":authority", self.authority),
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
+                *metadata,
             ],
         )
         self.replies[stream_id] = Reply()
@@ -121,9 +129,9 @@ class RawH2:
             self.conn.end_stream(stream_id)
         await self.flush()
 
-    async def call(self, path: str, body: bytes) -> Reply:
+    async def call(self, path: str, body: bytes, metadata: Iterable[tuple[str, str]] = ()) -> Reply:
         """One whole unary request (headers, body, end of stream); the full answer."""
-        stream_id = await self.start(path)
+        stream_id = await self.start(path, metadata)
         await self.send(stream_id, body, end=True)
         return await self.reply(stream_id)
 
@@ -208,7 +216,9 @@ async def abused_node(tmp_path: Path, **mesh: Any) -> AsyncIterator[Target]:
         assert aio.loop_is_open()
         address = node.handle.mesh_address
         assert address is not None
-        pool = ChannelPool(None, "tester", TransportStats())
+        secret = config.mesh.cluster_secret
+        auth = ClusterAuth(secret.get_secret_value()) if secret else None
+        pool = ChannelPool(None, "tester", TransportStats(auth=auth))
         try:
             yield Target(node, address, pool)
         finally:
@@ -398,4 +408,39 @@ async def test_addresses_outside_the_allow_list(
                 assert answer.responder is not None
                 assert answer.responder.node_id == NODE_ID
         assert target.stats.refused_connections == 3
+    no_tracebacks(caplog)
+
+
+async def test_with_a_cluster_secret_unsigned_and_replayed_requests_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "abuse-test-cluster-secret"
+    async with abused_node(tmp_path, cluster_secret=secret) as target:
+        await target.assert_healthy()  # brio's own client signs with the secret
+        body = bytes(heartbeat_request("t"))
+        async with RawH2.open(target.address) as h2c:
+            unsigned = await h2c.call(HEARTBEAT, grpc_frame(body), [(NODE_ID_HEADER, "t")])
+            assert unsigned.grpc_status == UNAUTHENTICATED, unsigned
+            assert "not signed" in unsigned.grpc_message
+            signed = [
+                (NODE_ID_HEADER, "t"),
+                (AUTH_HEADER, ClusterAuth(secret).sign(HEARTBEAT, "t", body)),
+            ]
+            first = await h2c.call(HEARTBEAT, grpc_frame(body), signed)
+            assert first.grpc_status == OK, first
+            replayed = await h2c.call(HEARTBEAT, grpc_frame(body), signed)
+            assert replayed.grpc_status == UNAUTHENTICATED, replayed
+            assert "replay" in replayed.grpc_message
+            wrong = [
+                (NODE_ID_HEADER, "t"),
+                (AUTH_HEADER, ClusterAuth("x").sign(HEARTBEAT, "t", body)),
+            ]
+            other = await h2c.call(HEARTBEAT, grpc_frame(body), wrong)
+            assert other.grpc_status == UNAUTHENTICATED, other
+            # a read-only admin call stays open to `brio mesh` without the secret
+            status = await h2c.call("/brio.mesh.v1.MeshAdmin/Status", grpc_frame(b""))
+            assert status.grpc_status == OK, status
+        assert target.stats.unauthenticated_requests == 3
+        await target.assert_healthy()
+    assert any("cluster_secret" in r.getMessage() for r in caplog.records)
     no_tracebacks(caplog)

@@ -119,9 +119,11 @@ def write_cluster(
     database: str,
     tls: dict[str, dict[str, Any]],
     tables: dict[str, dict[str, Any]],
+    mesh: dict[str, Any] | None = None,
 ) -> dict[str, MeshNode]:
     """Write one ``brio.toml`` per node: every node names every other as a peer (with id and
-    role), coordinators serve HTTP; ``tables`` are added to each file as they are."""
+    role), coordinators serve HTTP; ``tables`` are added to each file as they are, ``mesh``
+    keys to its ``[mesh]`` table. Without TLS, pass ``cluster_secret`` or ``insecure``."""
     mesh_ports = {n: free_port(ip) for n, ip in ips.items()}
     nodes: dict[str, MeshNode] = {}
     for node_id, ip in ips.items():
@@ -137,6 +139,7 @@ def write_cluster(
                 "node_id": node_id,
                 "role": roles[node_id],
                 "listen_addr": f"{ip}:{mesh_ports[node_id]}",
+                **(mesh or {}),
             },
             "mesh.tls": tls[node_id],
             "database": {"url": database},
