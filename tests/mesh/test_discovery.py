@@ -1,9 +1,9 @@
 """Peer discovery against real servers on loopback: a dnslib DNS server, a fake Kubernetes API.
 
-The DNS server runs in a thread (UDP, 127.0.0.1, a free port) with records the test changes
-while discovery runs. The Kubernetes API is ``http.server`` in a thread, speaking the real
-API's JSON (``PodList``, ``Status``), checking the bearer token and the ``labelSelector``;
-its TLS variant uses a ``trustme`` CA.
+The DNS server (``tests/dns.py``, fixture ``dns_server`` in conftest) runs in a thread (UDP,
+127.0.0.1, a free port) with records the test changes while discovery runs. The Kubernetes API
+is ``http.server`` in a thread, speaking the real API's JSON (``PodList``, ``Status``), checking
+the bearer token and the ``labelSelector``; its TLS variant uses a ``trustme`` CA.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import dnslib
 import pytest
 import trio
 import trustme
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from brio.config.load import load_config
 from brio.config.model import DiscoveryConfig, MeshConfig, PeerConfig
@@ -35,6 +34,7 @@ from brio.mesh.discovery import (
     resolve_dns,
     run_discovery,
 )
+from tests.dns import DnsServer
 
 REFRESH = 0.05
 LOGGER = "brio.mesh.discovery"
@@ -98,61 +98,6 @@ async def closed_tcp_port() -> int:
         await sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-# --- the DNS server ----------------------------------------------------------------------
-
-
-class Zone(BaseResolver):  # type: ignore[misc]
-    """An authoritative-looking zone whose records the test replaces at will."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.records: dict[str, list[Any]] = {}
-        self.servfail = False
-
-    def set(self, records: dict[str, list[Any]]) -> None:
-        with self.lock:
-            self.records = {name.lower().rstrip("."): list(rds) for name, rds in records.items()}
-
-    def resolve(self, request: Any, handler: Any) -> Any:
-        reply = request.reply()
-        qname = request.q.qname
-        qtype = dnslib.QTYPE[request.q.qtype]
-        with self.lock:
-            if self.servfail:
-                reply.header.rcode = dnslib.RCODE.SERVFAIL
-                return reply
-            rdatas = self.records.get(str(qname).lower().rstrip("."))
-        if rdatas is None:
-            reply.header.rcode = dnslib.RCODE.NXDOMAIN
-            return reply
-        for rdata in rdatas:
-            if type(rdata).__name__ == qtype:
-                reply.add_answer(dnslib.RR(qname, getattr(dnslib.QTYPE, qtype), rdata=rdata, ttl=5))
-        return reply
-
-
-@dataclass
-class DnsServer:
-    zone: Zone
-    address: str  # "127.0.0.1:PORT", as dns_servers takes it
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    zone = Zone()
-    quiet = DNSLogger(prefix=False, logf=lambda _text: None)
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
-    # like server.start_thread(), with a short poll so that stopping takes no 0.5 s
-    thread = threading.Thread(target=server.server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield DnsServer(zone, f"127.0.0.1:{server.server.server_address[1]}")
-    finally:
-        server.stop()
-        server.server.server_close()
-        thread.join(5)
 
 
 # --- DNS ---------------------------------------------------------------------------------

@@ -22,55 +22,13 @@ import pytest
 import trio
 
 from brio import aio
-from brio.config.model import BrioConfig
 from brio.mesh import pb
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
-from brio.node.root import NodeHandle, run_node
-from tests.mesh.test_discovery import DnsServer, dns_server  # noqa: F401 (fixture)
+from brio.node.root import NodeHandle
+from tests.dns import DnsServer
+from tests.mesh.helpers import FAST, mesh_config, started
 
 pytestmark = pytest.mark.postgres
-
-FAST = {
-    "heartbeat_interval": 0.1,
-    "heartbeat_timeout": 2.0,
-    "suspicion_threshold": 2,
-    "degraded_latency": 2.0,
-}
-
-
-def mesh_config(
-    tmp_path: Path, node_id: str, role: str, ip: str, db: str, **mesh: Any
-) -> BrioConfig:
-    server = mesh.pop("server", {"host": ip, "port": 0})
-    return BrioConfig.model_validate(
-        {
-            "data_dir": str(tmp_path / node_id),
-            "server": {"shutdown_grace": 1, **server},
-            "mesh": {
-                "enabled": True,
-                "node_id": node_id,
-                "role": role,
-                "listen_addr": f"{ip}:0",
-                "failure_detection": FAST,
-                **mesh,
-            },
-            "database": {"url": db},
-            "logging": {"level": "debug"},
-        }
-    )
-
-
-@asynccontextmanager
-async def started(*configs: BrioConfig) -> AsyncIterator[list[NodeHandle]]:
-    """Start nodes in order (each may name the ones before as peers); stop them all after."""
-    stops = [trio.Event() for _ in configs]
-    async with trio.open_nursery() as nursery:
-        handles = [await nursery.start(run_node, c, s) for c, s in zip(configs, stops, strict=True)]
-        try:
-            yield handles
-        finally:
-            for stop in reversed(stops):
-                stop.set()
 
 
 @asynccontextmanager
@@ -118,7 +76,7 @@ async def call(
 async def test_dns_discovery_finds_and_drops_peers(
     tmp_path: Path,
     postgres_url: str,
-    dns_server: DnsServer,  # noqa: F811
+    dns_server: DnsServer,
 ) -> None:
     coord_cfg = mesh_config(
         tmp_path,
