@@ -145,8 +145,10 @@ class LeaseDriver:
                 while True:
                     with trio.move_on_at(self.core.next_deadline()):
                         await self._wake.wait()
-                    self._wake = trio.Event()
+                    # _execute sets _wake for handlers that run between ticks; reset it after,
+                    # or the loop never waits again (synchronous, so no wake-up is lost)
                     self._execute(self.core.tick(trio.current_time()))
+                    self._wake = trio.Event()
         finally:
             self._nursery = None
 

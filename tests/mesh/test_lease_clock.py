@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -43,14 +42,6 @@ from brio.mesh.transport import MeshCallError
 class TimerLoopSpins(Exception):
     """The driver ticked over and over without time passing: its timer loop never blocks."""
 
-
-#: ``LeaseDriver.run`` resets ``_wake`` and then calls ``_execute``, which always sets it
-#: again: once the core's first deadline has passed, the loop never blocks (a core at 100 %
-#: CPU in production; ``autojump_clock`` never advances here). Resetting ``_wake`` after
-#: ``_execute`` instead makes every test in this module pass; strict, so that the fix
-#: shows up as XPASS and this marker goes.
-#: (No ``raises=``: pytest-trio hands every failure over in an ExceptionGroup.)
-pytestmark = pytest.mark.xfail(strict=True, reason="LeaseDriver.run spins once a deadline passed")
 
 NODES = ("c1", "c2", "c3")
 CONFIG = LeaseConfig()  # the defaults: a 5 s lease, election timeout [1.0, 2.5] s
