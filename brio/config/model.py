@@ -314,6 +314,12 @@ class MeshConfig(Section):
     # A multi-node mesh with neither TLS nor cluster_secret starts only with this set:
     # anyone who can reach the mesh port can then act as any node.
     insecure: bool = False
+    # What one connection to the mesh port may hold (brio.mesh.transport.ConnectionLimits).
+    max_streams_per_connection: int = Field(default=100, ge=1, le=10_000)
+    max_resets_per_second: int = Field(default=100, ge=1)
+    connection_idle_timeout: Seconds = 300.0
+    max_connections_per_address: int = Field(default=32, ge=1)
+    tls_handshake_timeout: Seconds = 5.0
 
     @property
     def multi_node(self) -> bool:

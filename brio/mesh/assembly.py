@@ -36,7 +36,7 @@ from brio.mesh.peers import Peers, detector_settings
 from brio.mesh.primary import Primary
 from brio.mesh.router import MeshRouter
 from brio.mesh.tls import client_context
-from brio.mesh.transport import ChannelPool, ClusterAuth, TransportStats
+from brio.mesh.transport import ChannelPool, ClusterAuth, ConnectionLimits, TransportStats
 from brio.store.base import Store
 from brio.tasks.events import EventBus
 from brio.tasks.mesh_view import LeaseView
@@ -78,7 +78,15 @@ class Mesh:
         settings = detector_settings(mesh)
         membership = Membership(local.node_id, settings, local_address=local.address)
         secret = mesh.cluster_secret
-        stats = TransportStats(auth=ClusterAuth(secret.get_secret_value()) if secret else None)
+        limits = ConnectionLimits(
+            max_streams_per_connection=mesh.max_streams_per_connection,
+            max_resets_per_second=mesh.max_resets_per_second,
+            idle_timeout=mesh.connection_idle_timeout,
+            max_connections_per_address=mesh.max_connections_per_address,
+            tls_handshake_timeout=mesh.tls_handshake_timeout,
+        )
+        auth = ClusterAuth(secret.get_secret_value()) if secret else None
+        stats = TransportStats(auth=auth, limits=limits)
         if (insecure := mesh.insecure_warning()) is not None:
             log.warning("mesh: %s", insecure)
         pool = ChannelPool(client_context(mesh.tls), local.node_id, stats)

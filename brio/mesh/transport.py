@@ -17,7 +17,9 @@ grpclib lives on asyncio and the node on trio; everything here is entered throug
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -36,12 +38,16 @@ import betterproto2
 import grpclib.const
 import grpclib.exceptions
 import grpclib.server
+import h2.events
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.settings import SettingCodes
 
 from brio import aio
 from brio.config.model import split_host_port
@@ -144,12 +150,33 @@ class ClusterAuth:
             self._seen.pop(digest, None)
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one HTTP/2 connection to the mesh port may hold (issue 11: one connection that
+    opened and reset 20,000 streams froze a node for 13 s; half-open TLS handshakes were
+    held for 60 s). ``[mesh]`` keys of the same names set them."""
+
+    #: SETTINGS_MAX_CONCURRENT_STREAMS, and the handlers in flight per connection: a stream
+    #: beyond it is refused (RST_STREAM REFUSED_STREAM), counted against the resets below.
+    max_streams_per_connection: int = 100
+    #: Stream resets (by the client, or refusals by us) a connection may cause per second,
+    #: with a burst of twice that; beyond it: GOAWAY ENHANCE_YOUR_CALM and close.
+    max_resets_per_second: int = 100
+    #: A connection with no stream in flight and nothing received for this long is closed.
+    idle_timeout: float = 300.0
+    #: Connections at once from one IP address (after the TLS handshake); more are closed.
+    max_connections_per_address: int = 32
+    #: A TLS handshake that takes longer is abandoned (asyncio's default is 60 s).
+    tls_handshake_timeout: float = 5.0
+
+
 @dataclass
 class TransportStats:
     """Counters for ``mesh stats`` (and the metrics endpoint later), and what the node's
     server and clients share: the cluster secret's signer (``auth``), None without one."""
 
     auth: ClusterAuth | None = None
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     calls_received: int = 0
     calls_sent: int = 0
     call_errors: int = 0
@@ -159,6 +186,9 @@ class TransportStats:
     oversized_requests: int = 0
     malformed_requests: int = 0
     unauthenticated_requests: int = 0
+    refused_streams: int = 0  # REFUSED_STREAM: more streams in flight than the limit
+    calmed_connections: int = 0  # GOAWAY ENHANCE_YOUR_CALM: too many stream resets
+    idle_closed_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -234,37 +264,138 @@ def address_allowed(host: str, allowed: Networks) -> bool:
 
 
 class _GuardedProtocol(H2Protocol):
-    """grpclib's HTTP/2 protocol, refusing addresses outside the allow-list at accept."""
+    """grpclib's HTTP/2 protocol, refusing addresses outside the allow-list (or over the
+    per-address cap) at accept, and holding each connection to ``ConnectionLimits``."""
 
     refused = False
+    closing = False
+    host = ""
 
     def __init__(self, server: MeshServer, *args: Any) -> None:
         super().__init__(*args)
         self._server = server
+        self.limits = server.stats.limits
+        self.last_activity = time.monotonic()
+        rate = self.limits.max_resets_per_second
+        self._reset_tokens = float(2 * rate)
+        self._reset_checked = self.last_activity
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if peer else ""
-        if not address_allowed(host, self._server.allowed):
+        server = self._server
+        if not address_allowed(host, server.allowed):
             self.refused = True
-            self._server.stats.refused_connections += 1
+            server.stats.refused_connections += 1
             log.warning(
                 "refused a mesh connection from %s: not in [mesh.access_control] allowed_cidrs",
                 host or "an unknown address",
             )
             transport.abort()
             return
+        if server.by_address[host] >= self.limits.max_connections_per_address:
+            self.refused = True
+            server.stats.refused_connections += 1
+            _refusals.warn(
+                (host, "per-address"),
+                "refused a mesh connection from %s: it has %d open already "
+                "([mesh] max_connections_per_address)",
+                host,
+                server.by_address[host],
+            )
+            transport.abort()
+            return
+        self.host = host
+        server.by_address[host] += 1
+        self.last_activity = time.monotonic()
         super().connection_made(transport)
-        self._server.protocols.add(self)
+        self.connection._connection.update_settings(
+            {SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_streams_per_connection}
+        )
+        self.connection.flush()
+        server.protocols.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if not self.refused:
-            super().data_received(data)
+        if self.refused or self.closing:
+            return
+        self.last_activity = time.monotonic()
+        try:
+            events = self.connection.feed(data)
+        except (H2ProtocolError, grpclib.exceptions.ProtocolError):  # h2 queued a GOAWAY
+            log.debug("HTTP/2 protocol error from %s", self.host, exc_info=True)
+            self._close(None)
+            return
+        self.connection.flush()
+        limit = self.limits.max_streams_per_connection
+        for event in events:
+            if (
+                isinstance(event, h2.events.RequestReceived)
+                and len(self.processor.streams) >= limit
+            ):
+                # handlers of reset streams may still be finishing: refuse rather than pile up
+                self._server.stats.refused_streams += 1
+                with contextlib.suppress(H2ProtocolError):  # already reset by the client
+                    self.connection._connection.reset_stream(
+                        event.stream_id, ErrorCodes.REFUSED_STREAM
+                    )
+                if not self._take_reset():
+                    return
+                continue
+            reset = isinstance(event, h2.events.StreamReset) and event.remote_reset
+            if reset and not self._take_reset():
+                return
+            self.processor.process(event)
+        self.connection.flush()
+
+    def _take_reset(self) -> bool:
+        """Spend one reset from the connection's budget (a token bucket); False, and the
+        connection is being closed, when it is spent: the HTTP/2 "rapid reset" attack."""
+        now = time.monotonic()
+        rate = self.limits.max_resets_per_second
+        self._reset_tokens = min(
+            2.0 * rate, self._reset_tokens + (now - self._reset_checked) * rate
+        )
+        self._reset_checked = now
+        self._reset_tokens -= 1
+        if self._reset_tokens >= 0:
+            return True
+        self._server.stats.calmed_connections += 1
+        _refusals.warn(
+            (self.host, "resets"),
+            "closed a mesh connection from %s: more than %d stream resets a second "
+            "(HTTP/2 rapid reset; [mesh] max_resets_per_second)",
+            self.host,
+            rate,
+        )
+        self._close(ErrorCodes.ENHANCE_YOUR_CALM)
+        return False
+
+    def _close(self, error: ErrorCodes | None) -> None:
+        """GOAWAY (``error``, or whatever h2 queued), stop the handlers, close the socket."""
+        self.closing = True
+        connection = self.connection
+        try:
+            if error is not None:
+                connection._connection.close_connection(error_code=error)
+            connection.flush()
+        except Exception:  # a connection already half gone: closing it is all that is left
+            log.debug("GOAWAY failed", exc_info=True)
+        self.processor.close("closed by the server")
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._server.protocols.discard(self)
+        if self.host:
+            self._server.by_address[self.host] -= 1
+            if self._server.by_address[self.host] <= 0:
+                del self._server.by_address[self.host]
         if not self.refused:
             super().connection_lost(exc)
+
+    def idle(self, now: float) -> bool:
+        """No stream in flight, and nothing received for ``idle_timeout``."""
+        streams = getattr(self, "processor", None)
+        busy = streams is not None and bool(streams.streams)
+        return not busy and now - self.last_activity > self.limits.idle_timeout
 
     def goaway(self) -> None:
         """Tell the client we are going (GOAWAY), then close the socket."""
@@ -276,7 +407,9 @@ class _GuardedProtocol(H2Protocol):
             connection.flush()
         except Exception:  # a connection already half gone: closing it is all that is left
             log.debug("GOAWAY failed", exc_info=True)
-        connection._transport.close()
+        transport = getattr(connection, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 class MeshServer(grpclib.server.Server):
@@ -287,6 +420,8 @@ class MeshServer(grpclib.server.Server):
         self.allowed = allowed
         self.stats = stats
         self.protocols: set[_GuardedProtocol] = set()
+        self.by_address: collections.Counter[str] = collections.Counter()
+        self._reaper: asyncio.Task[None] | None = None
 
     def _protocol_factory(self) -> H2Protocol:
         self.__gc_step__()
@@ -296,7 +431,39 @@ class MeshServer(grpclib.server.Server):
         self._handlers.add(handler)
         return _GuardedProtocol(self, handler, self._config, self._h2_config)
 
+    async def listen(
+        self, host: str, port: int, *, ssl: ssl.SSLContext | None, reuse_address: bool
+    ) -> None:
+        """grpclib's ``start``, plus the TLS handshake timeout and the idle reaper."""
+        if self._server is not None:
+            raise RuntimeError("Server is already started")
+        timeout = self.stats.limits.tls_handshake_timeout if ssl is not None else None
+        self._server = await self._loop.create_server(
+            self._protocol_factory,
+            host,
+            port,
+            ssl=ssl,
+            reuse_address=reuse_address,
+            ssl_handshake_timeout=timeout,
+        )
+        self._server_closed_fut = self._loop.create_future()
+        self._reaper = self._loop.create_task(self._reap_idle())
+
+    async def _reap_idle(self) -> None:
+        every = min(5.0, self.stats.limits.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for protocol in list(self.protocols):
+                if protocol.idle(now) and not protocol.closing:
+                    self.stats.idle_closed_connections += 1
+                    log.debug("closing an idle mesh connection from %s", protocol.host)
+                    protocol.closing = True
+                    protocol.goaway()
+
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         super().close()
         for protocol in list(self.protocols):
             protocol.goaway()
@@ -526,7 +693,7 @@ async def start_server(
 
     async def start() -> tuple[MeshServer, str]:
         server = MeshServer(services, allowed=allowed, stats=stats)
-        await server.start(host, port, ssl=ssl_context, reuse_address=True)
+        await server.listen(host, port, ssl=ssl_context, reuse_address=True)
         sockets = getattr(server._server, "sockets", None) or []
         bound_port = sockets[0].getsockname()[1] if sockets else port
         bound_host = f"[{host}]" if ":" in host else host
