@@ -36,7 +36,13 @@ from brio.mesh.peers import Peers, detector_settings
 from brio.mesh.primary import Primary
 from brio.mesh.router import MeshRouter
 from brio.mesh.tls import client_context
-from brio.mesh.transport import ChannelPool, ClusterAuth, ConnectionLimits, TransportStats
+from brio.mesh.transport import (
+    ChannelPool,
+    ClusterAuth,
+    ConnectionLimits,
+    TransportStats,
+    bind_address,
+)
 from brio.store.base import Store
 from brio.tasks.events import EventBus
 from brio.tasks.mesh_view import LeaseView
@@ -89,7 +95,12 @@ class Mesh:
         stats = TransportStats(auth=auth, limits=limits)
         if (insecure := mesh.insecure_warning()) is not None:
             log.warning("mesh: %s", insecure)
-        pool = ChannelPool(client_context(mesh.tls), local.node_id, stats)
+        pool = ChannelPool(
+            client_context(mesh.tls),
+            local.node_id,
+            stats,
+            local_host=bind_address(mesh.listen_addr),
+        )
         calls = PeerCalls(
             local.node_id,
             membership,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -713,8 +714,65 @@ async def stop_server(server: MeshServer) -> None:
 # --- client -------------------------------------------------------------------------------
 
 
+def bind_address(listen_addr: str) -> str | None:
+    """The host outgoing mesh connections leave from: the listen address's host when it is
+    one specific IP (peers' ``allowed_cidrs`` then see the address they expect), else None
+    (a wildcard or a host name: the kernel picks)."""
+    host, _ = split_host_port(listen_addr, allow_port_zero=True)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if ip.is_unspecified else str(ip)
+
+
+#: Errors of a connect bound to a local address that mean "not from there": retried unbound.
+_BIND_ERRORS = frozenset({errno.EADDRNOTAVAIL, errno.EINVAL, errno.ENETUNREACH, errno.EAFNOSUPPORT})
+
+
+class _BoundChannel(Channel):
+    """A grpclib channel whose connections leave from ``local_host`` (grpclib has no option
+    for it: ``_create_connection`` is its one place that connects)."""
+
+    def __init__(self, *args: Any, local_host: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local_host = local_host
+
+    async def _create_connection(self) -> H2Protocol:
+        local = ipaddress.ip_address(self._local_host)
+        try:
+            remote: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+            remote = ipaddress.ip_address(self._host)
+        except ValueError:
+            remote = None  # a host name
+        if remote is not None and (
+            remote.version != local.version or (local.is_loopback and not remote.is_loopback)
+        ):
+            return await super()._create_connection()  # cannot leave from there
+        server_hostname = self._config.ssl_target_name_override if self._ssl else None
+        try:
+            _, protocol = await self._loop.create_connection(
+                self._protocol_factory,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=server_hostname,
+                local_addr=(self._local_host, 0),
+            )
+        except OSError as exc:
+            if exc.errno not in _BIND_ERRORS:
+                raise
+            log.debug("cannot dial %s from %s (%s): unbound", self._host, self._local_host, exc)
+            return await super()._create_connection()
+        return protocol
+
+
 class ChannelPool:
-    """One reused HTTP/2 channel per peer address, created inside the asyncio loop."""
+    """One reused HTTP/2 channel per peer address, created inside the asyncio loop.
+
+    With ``local_host`` (``bind_address`` of the node's listen address), connections leave
+    from that IP, so that a peer's ``allowed_cidrs`` that lists the mesh's addresses admits
+    them (issue 10: they left from 127.0.0.1 and every one was refused)."""
 
     def __init__(
         self,
@@ -723,10 +781,12 @@ class ChannelPool:
         stats: TransportStats,
         *,
         tls_server_name: str | None = None,
+        local_host: str | None = None,
     ) -> None:
         self._ssl = ssl_context
         self._config = Configuration(ssl_target_name_override=tls_server_name)
         self._local = local_node_id
+        self._local_host = local_host
         self._channels: dict[str, Channel] = {}
         self.stats = stats
 
@@ -736,9 +796,17 @@ class ChannelPool:
             host, port = split_host_port(address)
 
             async def make() -> Channel:
-                return Channel(
-                    host, port, ssl=self._ssl, config=self._config, codec=_CountingCodec(self.stats)
-                )
+                codec = _CountingCodec(self.stats)
+                if self._local_host is not None:
+                    return _BoundChannel(
+                        host,
+                        port,
+                        ssl=self._ssl,
+                        config=self._config,
+                        codec=codec,
+                        local_host=self._local_host,
+                    )
+                return Channel(host, port, ssl=self._ssl, config=self._config, codec=codec)
 
             made = await aio.call(make)
             # another caller may have made one for this address meanwhile: keep only one
