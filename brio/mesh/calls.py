@@ -89,22 +89,27 @@ class PeerCalls:
 
     def tell(self, node_id: str, method: str, agent: str, task_id: str) -> None:
         """Send a task notice in the background (best effort: the store is the channel)."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self._tell, node_id, method, agent, task_id)
+        self.notify(node_id, method, {"task_id": task_id}, agent=agent)
 
-    async def _tell(self, node_id: str, method: str, agent: str, task_id: str) -> None:
+    def notify(
+        self, node_id: str, method: str, payload: dict[str, Any], *, agent: str = ""
+    ) -> None:
+        """Send a ``Call`` in the background; a failure is logged, never raised."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._notify, node_id, method, agent, payload)
+
+    async def _notify(self, node_id: str, method: str, agent: str, payload: dict[str, Any]) -> None:
         try:
             answer = await self.call_node(
-                node_id, method, agent, {"task_id": task_id}, timeout=self.call_timeout
+                node_id, method, agent, payload, timeout=self.call_timeout
             )
             if answer.is_set("error"):
-                log.warning("%s of task %s on %s: %s", method, task_id, node_id, answer.error)
+                log.warning("%s on %s: %s", method, node_id, answer.error)
         except (MeshCallError, LookupError) as exc:
-            log.warning(
-                "could not tell %s about task %s (%s): %s; it stays pinned there and "
-                "runs when that node polls",
-                node_id,
-                task_id,
+            log.info(
+                "could not send %s to %s: %s; the store has the work and %s polls it",
                 method,
+                node_id,
                 exc,
+                node_id,
             )

@@ -6,8 +6,9 @@ The first thing it does is raise the fence in the store to its epoch; every writ
 conditional on the fence still holding that epoch, so a primary deposed while paused (GC,
 SIGSTOP, a migrated VM) cannot write when it wakes: it gets ``FenceLost`` instead.
 
-Today its one job is the cluster view (the primary's word on each node's state, in the store's
-``cluster_view`` table); the scheduler joins this nursery in a later milestone.
+Its jobs: the cluster view (the primary's word on each node's state, in the store's
+``cluster_view`` table) and placement (``brio.tasks.placer.Placer``: every task without a
+node prefix goes where the scheduler core says, under the fence).
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ from collections.abc import Callable
 
 import trio
 
-from brio.store.base import Store
+from brio.store.base import FenceLost, Store
+from brio.tasks.placer import Placer
+
+__all__ = ["FenceLost", "Primary"]
 
 log = logging.getLogger(__name__)
-
-
-class FenceLost(Exception):
-    """The store's fence moved past our epoch: a newer primary exists."""
-
-    def __init__(self, fence_epoch: int) -> None:
-        super().__init__(f"the fence is at epoch {fence_epoch}")
-        self.fence_epoch = fence_epoch
 
 
 class Primary:
@@ -37,12 +33,14 @@ class Primary:
         store: Store,
         view: Callable[[], list[tuple[str, str]]],
         interval: float,
+        placer: Placer,
     ) -> None:
         self.node_id = node_id
         self.store = store
         self.view = view  # (node id, state) of every node this primary knows
         self.interval = interval
         self.writes = 0  # fenced writes that landed, for status and tests
+        self.placer = placer
 
     async def run(self, epoch: int) -> None:
         """Raise the fence, then do primary work until cancelled or fenced out."""
@@ -50,6 +48,7 @@ class Primary:
         log.info("primary for epoch %d: the fence is raised", epoch)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._record_view, epoch)
+            nursery.start_soon(self.placer.run, epoch)
 
     async def _raise_fence(self, epoch: int) -> None:
         if await self.store.raise_fence(epoch, self.node_id):

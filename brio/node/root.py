@@ -13,7 +13,8 @@ run_node
         ├── event forwarder     EventForwarder          │
         ├── queue counter       QueueCounter            │
         ├── lease               LeaseDriver             │
-        │   └── primary         Primary (brio.mesh.primary); the scheduler joins here
+        │   └── primary         Primary (brio.mesh.primary): cluster view, Placer
+        ├── placement           LocalPrimary: without a mesh, the node is its own primary
         ├── http                HttpServer (when server.enabled)
         ├── supervisor          Supervisor: claims tasks, runs agents (max_agents)
         └── metrics             (joins here)
@@ -43,6 +44,7 @@ from brio.agents.registry import RegisteredAgent, build_registry
 from brio.api.app import ApiDeps, create_app
 from brio.api.server import HttpServer
 from brio.config.model import BrioConfig
+from brio.core.scheduler import Scheduler
 from brio.mesh.assembly import Mesh
 from brio.mesh.discovery import run_discovery
 from brio.mesh.handlers import MeshHandlers
@@ -56,7 +58,9 @@ from brio.node.tree import part_tree
 from brio.store.base import NodeRecord, Store
 from brio.tasks.events import EventBus
 from brio.tasks.mesh_view import SingleNode
+from brio.tasks.placer import Placer, scheduler_settings
 from brio.tasks.service import TaskService
+from brio.tasks.single import LocalPrimary, SingleNodeDirectory
 from brio.tasks.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,11 @@ async def _run(
         await _record_node(store, config, agents, mesh.local.address if mesh else None)
 
         service = TaskService(store, agents, bus, supervisor, mesh=mesh.router if mesh else None)
+        if mesh is None:  # a cluster of one: its own primary, placing on itself
+            directory = SingleNodeDirectory(node_id, config.mesh.role, agents, supervisor)
+            placer = Placer(store, Scheduler(scheduler_settings(config)), directory, bus)
+            service.wake_local = placer.wake
+            await tree.start("placement", LocalPrimary(node_id, store, placer).run)
         http: HttpServer | None = None
         websockets_closing = trio.Event()
         if config.server.enabled:

@@ -25,6 +25,14 @@ class StoreError(Exception):
     """A store operation failed in a way the caller should report, not crash on."""
 
 
+class FenceLost(Exception):
+    """The store's fence moved past our epoch: a newer primary exists."""
+
+    def __init__(self, fence_epoch: int) -> None:
+        super().__init__(f"the fence is at epoch {fence_epoch}")
+        self.fence_epoch = fence_epoch
+
+
 class NotFound(StoreError):
     """The named row does not exist."""
 

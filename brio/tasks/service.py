@@ -7,6 +7,7 @@ is then stopped and its late result is refused by the store's attempt check.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -79,7 +80,11 @@ class MeshRouting(Protocol):
 
     def remote_agents(self, node_id: str) -> tuple[str, ...] | None: ...
 
-    def dispatch(self, node_id: str, task: TaskRecord) -> None: ...
+    def cluster_agents(self) -> dict[str, tuple[str, ...]]:
+        """node id -> the agents it runs, for every node heard from (this one included)."""
+
+    def wake_placement(self) -> None:
+        """A task was queued: wake the primary's placer, here or on another coordinator."""
 
     def cancel_remote(self, task: TaskRecord) -> None: ...
 
@@ -92,17 +97,26 @@ class TaskService:
     supervisor: Supervisor
     accepting: bool = True
     mesh: MeshRouting | None = None
+    wake_local: Callable[[], None] | None = None  # the placer of a node without a mesh
 
     def resolve(self, target: str) -> tuple[str, str | None]:
-        """The agent name and the node a target runs on (None: any node, single-node mode).
+        """The agent name and the node a target is pinned to (None: the scheduler places it).
 
-        Raises ``UnknownAgent``, or ``brio.core.routing.RouteError`` for a bad or unknown node.
+        Raises ``UnknownAgent`` (naming what the cluster runs), or
+        ``brio.core.routing.RouteError`` for a bad or unknown node.
         """
         if self.mesh is None:
             if target not in self.agents:
                 raise UnknownAgent(target, sorted(self.agents))
             return target, None
         where = self.mesh.route(target)
+        if "/" not in target:  # no node named: any node that runs the agent will do
+            assert isinstance(where, Local)
+            everywhere = self.mesh.cluster_agents()
+            if not any(where.agent in agents for agents in everywhere.values()):
+                named = [f"{n}/{a}" for n, agents in sorted(everywhere.items()) for a in agents]
+                raise UnknownAgent(where.agent, named)
+            return where.agent, None
         if isinstance(where, Local):
             if where.agent not in self.agents:
                 raise UnknownAgent(where.agent, sorted(self.agents))
@@ -137,10 +151,10 @@ class TaskService:
                 raise IdempotencyConflict(task, differs)
         if created:
             self.bus.publish("task_created", task.id, task.session_id, task_json(task))
-            if self.mesh is not None and node_id is not None and node_id != self.mesh.node_id:
-                self.mesh.dispatch(node_id, task)
-            else:
-                self.supervisor.wake()
+            if self.mesh is not None:
+                self.mesh.wake_placement()
+            elif self.wake_local is not None:
+                self.wake_local()
         return task, created
 
     async def cancel(self, task_id: str) -> TaskRecord | None:

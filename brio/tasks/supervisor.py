@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Store writes that record an outcome must finish even while the node is being cancelled.
 _FINAL_WRITE_TIMEOUT = 10.0
+#: At most this many assigned tasks are taken (straight into running) in one claim.
+CLAIM_BATCH = 64
 
 
 class StopReason(Enum):
@@ -109,6 +111,11 @@ class Supervisor:
     def max_agents(self) -> int:
         return self._max_agents
 
+    @property
+    def accepting(self) -> bool:
+        """False once ``drain`` began: the node takes no new tasks."""
+        return self._accepting
+
     def wake(self) -> None:
         """A task may be waiting: look now rather than at the next poll."""
         self._wake.set()
@@ -131,29 +138,43 @@ class Supervisor:
             task_status.started()
             while self._accepting:
                 await self._slots.acquire()
+                free = 1
+                while free < CLAIM_BATCH:
+                    try:
+                        self._slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        break
+                    free += 1
                 if not self._accepting:
-                    self._slots.release()
+                    self._release(free)
                     break
-                claimed: TaskRecord | None = None
+                claimed: list[TaskRecord] = []
                 try:
-                    claimed = await self._store.claim_task(self._node_id, sorted(self._agents))
+                    claimed = await self._store.claim_assigned(
+                        self._node_id, sorted(self._agents), free
+                    )
                 except Exception:
-                    log.exception("claiming a task failed; retrying")
-                if claimed is None:
-                    self._slots.release()
+                    log.exception("claiming tasks failed; retrying")
+                self._release(free - len(claimed))
+                if not claimed:
                     with trio.move_on_after(self._poll_interval):
                         await self._wake.wait()
                     self._wake = trio.Event()
                     continue
-                if not self._accepting:  # drain began while we were claiming
-                    self._slots.release()
-                    await self._requeue(claimed)
-                    break
-                entry = _Running(claimed, trio.CancelScope())
-                self._running[claimed.id] = entry
-                self._idle = trio.Event()
-                self._publish_update(claimed)
-                nursery.start_soon(self._run_one, claimed, entry)
+                for task in claimed:
+                    if not self._accepting:  # drain began while we were claiming
+                        self._slots.release()
+                        await self._requeue(task)
+                        continue
+                    entry = _Running(task, trio.CancelScope())
+                    self._running[task.id] = entry
+                    self._idle = trio.Event()
+                    self._publish_update(task)
+                    nursery.start_soon(self._run_one, task, entry)
+
+    def _release(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     async def invoke(self, agent_name: str, prompt: str, input_: dict[str, Any]) -> Any:
         """Run an agent once, outside the task queue (a mesh ``agent.invoke`` call).
@@ -241,11 +262,13 @@ class Supervisor:
         if agent is None:
             await self._finish(claimed, TaskStatus.FAILED, error=f"unknown agent {claimed.agent!r}")
             return
-        task = await self._store.mark_running(claimed.id, claimed.attempt)
-        if task is None:  # cancelled (or reassigned) between claim and start
-            return
-        entry.task = task
-        self._publish_update(task)
+        task = claimed
+        if task.status is not TaskStatus.RUNNING:
+            started = await self._store.mark_running(claimed.id, claimed.attempt)
+            if started is None:  # cancelled (or reassigned) between claim and start
+                return
+            task = entry.task = started
+            self._publish_update(task)
         history: list[HistoryMessage] = []
         if task.session_id is not None:
             history = [
@@ -340,12 +363,19 @@ class Supervisor:
                 self._publish_update(back)
 
     def _publish_update(self, task: TaskRecord) -> None:
-        self._bus.publish(
-            "task_update",
-            task.id,
-            task.session_id,
-            {"status": task.status.value, "attempt": task.attempt, "node_id": task.node_id},
-        )
+        publish_update(self._bus, task)
+
+
+def publish_update(bus: EventBus, task: TaskRecord, *, reason: str | None = None) -> None:
+    """A task changed state (``reason``: why, when it is not the obvious next step)."""
+    data: dict[str, Any] = {
+        "status": task.status.value,
+        "attempt": task.attempt,
+        "node_id": task.node_id,
+    }
+    if reason is not None:
+        data["reason"] = reason
+    bus.publish("task_update", task.id, task.session_id, data)
 
 
 def publish_completed(bus: EventBus, task: TaskRecord) -> None:

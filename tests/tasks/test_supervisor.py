@@ -12,10 +12,13 @@ import trio
 from brio.agents.base import AgentContext
 from brio.agents.registry import RegisteredAgent
 from brio.config.model import AgentConfig
+from brio.core.scheduler import Scheduler, SchedulerSettings
 from brio.core.tasks import TaskStatus
 from brio.store import open_store
 from brio.store.base import NewTask, Store, StoreError, TaskRecord
 from brio.tasks.events import EventBus
+from brio.tasks.placer import Placer
+from brio.tasks.single import LocalPrimary, SingleNodeDirectory
 from brio.tasks.supervisor import Supervisor
 
 
@@ -60,8 +63,18 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def run_until_done(store: Any, reg: dict[str, RegisteredAgent], task_id: str) -> TaskRecord:
-    sup = Supervisor(store, reg, EventBus(), "n1", 2, poll_interval=0.02)
+    """Run a supervisor and, as a node without a mesh does, the placer that assigns to it."""
+    bus = EventBus()
+    sup = Supervisor(store, reg, bus, "n1", 2, poll_interval=0.02)
+    placer = Placer(
+        store,
+        Scheduler(SchedulerSettings()),
+        SingleNodeDirectory("n1", "coordinator", reg, sup),
+        bus,
+        poll=0.02,
+    )
     async with trio.open_nursery() as nursery:
+        await nursery.start(LocalPrimary("n1", store, placer).run)
         await nursery.start(sup.run)
         with trio.fail_after(10):
             while True:
@@ -71,6 +84,7 @@ async def run_until_done(store: Any, reg: dict[str, RegisteredAgent], task_id: s
                     break
                 await trio.sleep(0.01)
         await sup.drain(1)
+        nursery.cancel_scope.cancel()
     return task
 
 
@@ -108,8 +122,9 @@ async def test_a_store_failure_before_the_agent_requeues_the_task(store: Store) 
         return "ok"
 
     flaky = FlakyStore(store)
-    flaky.failures["mark_running"] = 1
-    task, _ = await store.create_task(NewTask(agent="record", prompt=""))
+    flaky.failures["list_messages"] = 1  # reading the session's history, before the agent
+    session = await store.create_session("s", {})
+    task, _ = await store.create_task(NewTask(agent="record", prompt="", session_id=session.id))
     done = await run_until_done(flaky, agents(record=record), task.id)
     assert done.status is TaskStatus.SUCCEEDED
     assert ran == [2]  # the first attempt never started; the task came back and ran again

@@ -1,0 +1,196 @@
+"""The scheduler's driver: it moves queued tasks, live nodes and time into
+``brio.core.scheduler.Scheduler`` and writes what it decides.
+
+It runs only as primary work: inside the ``primary`` nursery of the coordinator that holds
+the lease (``brio.mesh.primary``), or, on a node without a mesh, as that node's own
+``LocalPrimary``. A single node is a cluster of one: the same code places its tasks on
+itself. Each round:
+
+1. the tasks of nodes that are down (failed, removed) go back to the queue with
+   ``attempt + 1``, in one fenced write, and their events say so;
+2. the first ``batch`` queued tasks, the live nodes (a ``NodeDirectory``) and the load per
+   node (one query) go into ``Scheduler.plan``;
+3. the plan's assignments land in one write conditional on the fence (``FenceLost`` if it
+   moved: a newer primary exists), and each node is told of its batch in one notice.
+
+A round runs when woken (a submit here, a notice from another coordinator, a change of a
+peer's state) and at least every ``poll`` seconds; a full batch is followed at once by the
+next.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from brio.config.model import BrioConfig
+from brio.core.scheduler import Candidate, QueuedTask, Scheduler, SchedulerSettings, Wait
+from brio.store.base import Assignment, FenceLost, Store, TaskRecord
+from brio.tasks.events import EventBus
+from brio.tasks.supervisor import publish_update
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+POLL = 1.0
+WAIT_LOG_EVERY = 60.0
+
+
+class NodeDirectory(Protocol):
+    """What the placer needs to know of the nodes, and how it tells them of their work."""
+
+    def candidates(self) -> list[Candidate]:
+        """Every live node that could run tasks, with load 0 (the placer fills it in)."""
+
+    def down(self, with_tasks: set[str]) -> list[str]:
+        """Nodes whose assigned and running tasks must go to others, among ``with_tasks``
+        (the nodes that have some)."""
+
+    def notify(self, node_id: str, task_ids: list[str]) -> None:
+        """Tell a node that tasks were assigned to it (best effort: it polls too)."""
+
+
+def scheduler_settings(config: BrioConfig) -> SchedulerSettings:
+    mesh = config.mesh
+    lb = mesh.load_balancing
+    return SchedulerSettings(
+        strategy=lb.strategy,
+        weights={w.node_id: w.weight for w in lb.weights},
+        node_affinity={
+            name: frozenset(agent.node_affinity)
+            for name, agent in config.agents.items()
+            if agent.node_affinity
+        },
+        session_affinity=mesh.session_affinity,
+        affinity_ttl=mesh.affinity_ttl,
+        coordinators_run_agents=mesh.coordinators_run_agents,
+    )
+
+
+class Placer:
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        directory: NodeDirectory,
+        bus: EventBus,
+        *,
+        batch: int = BATCH,
+        poll: float = POLL,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.directory = directory
+        self.bus = bus
+        self.batch = batch
+        self.poll = poll
+        self._wake = trio.Event()
+        self._waits_logged: dict[str, float] = {}
+        self.placed = 0  # assignments that landed, for status and tests
+        self.redistributed = 0  # tasks put back from nodes that went down
+        self.waiting = 0  # queued tasks that no node could take in the last round
+
+    def wake(self) -> None:
+        """Something changed (a task was queued, a node came or went): plan now."""
+        self._wake.set()
+
+    async def run(self, epoch: int) -> None:
+        """Place tasks under ``epoch`` until cancelled; raises ``FenceLost`` when deposed."""
+        log.info("placing tasks for epoch %d", epoch)
+        while True:
+            self._wake = trio.Event()
+            full = await self.round(epoch)
+            if not full:
+                with trio.move_on_after(self.poll):
+                    await self._wake.wait()
+
+    async def round(self, epoch: int) -> bool:
+        """One round; True when the batch was full (more may wait)."""
+        now = trio.current_time()
+        loads = await self.store.node_loads()
+        down = self.directory.down(set(loads))
+        if down:
+            back = await self.store.requeue_nodes_tasks(epoch, down)
+            if back:
+                self.redistributed += len(back)
+                log.warning(
+                    "redistributing %d task(s) of %s: %s",
+                    len(back),
+                    ", ".join(sorted(down)),
+                    ", ".join(t.id for t in back[:10]) + (" ..." if len(back) > 10 else ""),
+                )
+                for task in back:
+                    publish_update(self.bus, task, reason="its node is down")
+            for node_id in down:
+                self.scheduler.node_down(node_id, now)
+        queued = await self.store.queued_tasks(self.batch)
+        if not queued:
+            self.waiting = 0
+            return False
+        nodes = [_with_load(c, loads.get(c.node_id, 0)) for c in self.directory.candidates()]
+        plan = self.scheduler.plan(
+            [
+                QueuedTask(
+                    task_id=q.id,
+                    agent=q.agent,
+                    attempt=q.attempt,
+                    priority=q.priority,
+                    seq=q.seq,
+                    session_id=q.session_id,
+                    target_node=q.target_node,
+                )
+                for q in queued
+            ],
+            nodes,
+            now,
+        )
+        self.waiting = len(plan.waits)
+        self._log_waits(plan.waits, now)
+        if plan.assignments:
+            batch = [Assignment(a.task_id, a.attempt, a.node_id) for a in plan.assignments]
+            landed = await self.store.assign_tasks(epoch, batch)
+            if not landed:
+                fence = await self.store.fence_epoch()
+                if fence != epoch:
+                    raise FenceLost(fence)
+            self._tell(landed)
+        return len(queued) == self.batch and bool(plan.assignments)
+
+    def _tell(self, landed: Sequence[TaskRecord]) -> None:
+        self.placed += len(landed)
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for task in landed:
+            publish_update(self.bus, task)
+            if task.node_id is not None:
+                by_node[task.node_id].append(task.id)
+        for node_id, ids in by_node.items():
+            self.directory.notify(node_id, ids)
+
+    def _log_waits(self, waits: Sequence[Wait], now: float) -> None:
+        """Say once a minute per task why it waits (capacity waits are normal: not at all)."""
+        for wait in waits:
+            if wait.for_capacity:
+                continue
+            if now - self._waits_logged.get(wait.task_id, -math.inf) >= WAIT_LOG_EVERY:
+                self._waits_logged[wait.task_id] = now
+                log.warning("task %s waits: %s", wait.task_id, wait.reason)
+        if len(self._waits_logged) > 10 * self.batch:  # bounded: forget the oldest half
+            for key in list(self._waits_logged)[: len(self._waits_logged) // 2]:
+                del self._waits_logged[key]
+
+
+def _with_load(candidate: Candidate, load: int) -> Candidate:
+    return Candidate(
+        node_id=candidate.node_id,
+        agents=candidate.agents,
+        capacity=candidate.capacity,
+        load=load,
+        role=candidate.role,
+        healthy=candidate.healthy,
+        draining=candidate.draining,
+    )
