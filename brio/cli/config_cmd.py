@@ -72,6 +72,8 @@ def config_check(config_path: str | None) -> int:
     print(f"OK: {loaded.source if loaded.source is not None else 'defaults'}")
     if loaded.env_overrides:
         print(f"environment overrides: {', '.join(loaded.env_overrides)}")
+    for note in loaded.config.not_in_effect():
+        print(f"warning: {note}", file=sys.stderr)
     mesh = loaded.config.mesh
     if mesh.enabled:
         print(f"lease voters: {', '.join(sorted(mesh.lease_voters()))}")

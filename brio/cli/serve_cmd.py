@@ -59,6 +59,8 @@ async def _serve(config_path: str | None) -> None:
     loaded = load_config(Path(config_path) if config_path else None)
     setup_logging(loaded.config.logging)
     log.info("config: %s", loaded.source or "defaults (no config file)")
+    for note in loaded.config.not_in_effect():
+        log.warning("config: %s", note)
     grace = loaded.config.server.shutdown_grace
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:

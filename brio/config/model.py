@@ -514,6 +514,17 @@ class BrioConfig(Section):
         postgres = url.lower().startswith(("postgresql://", "postgres://"))
         return "postgresql" if postgres else "sqlite"
 
+    def not_in_effect(self) -> list[str]:
+        """Settings that are accepted but do nothing yet, each as a sentence to show."""
+        found = []
+        for key, section in (("telemetry", self.telemetry), ("metrics", self.metrics)):
+            if section.model_fields_set:
+                found.append(
+                    f"[{key}] is set but not in effect yet: this version has no "
+                    f"{'tracing exporter' if key == 'telemetry' else 'metrics endpoint'}"
+                )
+        return found
+
 
 def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
     """Check what no single section can check alone; each problem names the key to change.

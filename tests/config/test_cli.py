@@ -210,3 +210,17 @@ def test_toml_names_unset_keys_and_reloads_what_is_set() -> None:
     }
     assert to_toml({"a": 1}) == "a = 1\n"
     assert to_toml({}) == "\n"
+
+
+def test_check_says_which_settings_are_not_in_effect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "brio.toml"
+    path.write_text("[metrics]\nenabled = true\n[telemetry]\nservice_name = 'x'\n")
+    assert config_check(str(path)) == 0
+    err = capsys.readouterr().err
+    assert "warning: [metrics] is set but not in effect yet: this version has no metrics" in err
+    assert "warning: [telemetry] is set but not in effect yet" in err
+    path.write_text("[server]\nport = 8081\n")
+    assert config_check(str(path)) == 0
+    assert "not in effect" not in capsys.readouterr().err
