@@ -17,13 +17,14 @@ import trio
 from brio import aio
 from brio.core.lease import voters_digest
 from brio.mesh import pb
+from brio.mesh.lease_state import save_lease_state
 from brio.mesh.methods import RENEW, VOTE, Method
 from brio.mesh.tls import client_context
 from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
 from brio.node.root import NodeHandle
 from brio.store import open_store
 from tests.certs import make_cluster_certs, tls_config
-from tests.mesh.test_mesh_node import mesh_config, started
+from tests.mesh.helpers import mesh_config, started
 
 pytestmark = pytest.mark.postgres
 
@@ -54,7 +55,9 @@ def vote(term: int, candidate: str, voters: list[str], pre_vote: bool = False) -
     )
 
 
-def worker_voting_with(tmp_path: Path, db: str, voters: list[str]) -> Any:
+def worker_voting_with(
+    tmp_path: Path, db: str, voters: list[str], speaking_as: tuple[str, ...] = ()
+) -> Any:
     return mesh_config(
         tmp_path,
         "w1",
@@ -63,12 +66,21 @@ def worker_voting_with(tmp_path: Path, db: str, voters: list[str]) -> Any:
         db,
         server={"enabled": False},
         lease={**LEASE, "voters": voters},
+        # the coordinators the test speaks as: lease messages are taken from candidates only
+        peers=[
+            {"id": c, "address": f"127.0.0.{9 + i}:9", "role": "coordinator"}
+            for i, c in enumerate(speaking_as)
+        ],
     )
 
 
 async def test_a_vote_is_on_disk_when_the_reply_arrives(tmp_path: Path, postgres_url: str) -> None:
     voters = ["c1", "c2", "w1"]
-    async with started(worker_voting_with(tmp_path, postgres_url, voters)) as (w1,):
+    # A voter with a vote record of its own (one without must first learn the cluster's
+    # terms from the others: tests/core/test_lease.py); it has voted in no term yet.
+    (tmp_path / "w1").mkdir(parents=True, exist_ok=True)
+    save_lease_state(tmp_path / "w1", 0, None)
+    async with started(worker_voting_with(tmp_path, postgres_url, voters, ("c1", "c2"))) as (w1,):
         assert w1.mesh_address is not None
         early = await lease_call(w1.mesh_address, VOTE, vote(1, "c1", voters), "c1")
         assert not early.granted and "restarted" in early.reason  # one lease after start
@@ -93,7 +105,7 @@ async def test_another_voter_set_is_refused_and_logged(
     tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, "brio.mesh.lease")
-    async with started(worker_voting_with(tmp_path, postgres_url, ["c1", "w1"])) as (w1,):
+    async with started(worker_voting_with(tmp_path, postgres_url, ["c1", "w1"], ("c1",))) as (w1,):
         assert w1.mesh_address is not None
         await trio.sleep(0.7)
         theirs = ["c1", "w1", "w2"]
