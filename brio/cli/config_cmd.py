@@ -77,9 +77,9 @@ def config_check(config_path: str | None) -> int:
     mesh = loaded.config.mesh
     if mesh.enabled:
         print(f"lease voters: {', '.join(sorted(mesh.lease_voters()))}")
-        warning = mesh.lease_voters_warning()
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+        for warning in (mesh.lease_voters_warning(), mesh.insecure_warning()):
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -224,3 +224,20 @@ def test_check_says_which_settings_are_not_in_effect(
     path.write_text("[server]\nport = 8081\n")
     assert config_check(str(path)) == 0
     assert "not in effect" not in capsys.readouterr().err
+
+
+def test_check_warns_of_an_insecure_mesh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "brio.toml"
+    path.write_text(
+        "[mesh]\nenabled = true\ninsecure = true\n"
+        "peers = [{address = '127.0.0.1:5999', id = 'w1'}]\n"
+        "[database]\nurl = 'postgresql://x@127.0.0.1/x'\n"
+    )
+    assert config_check(str(path)) == 0
+    assert "warning: INSECURE MESH: [mesh] insecure = true" in capsys.readouterr().err
+    secret = "cluster_secret = '" + "ab" * 32 + "'"
+    path.write_text(path.read_text().replace("insecure = true", secret))
+    assert config_check(str(path)) == 0
+    assert "INSECURE" not in capsys.readouterr().err
