@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -11,9 +12,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.pg import PostgresServer
 
 
 def free_port(ip: str) -> int:
@@ -179,3 +183,68 @@ def wait_for(what: str, check: Any, timeout: float, node: MeshNode | None = None
         time.sleep(0.1)
     log = f"\nlog of {node.node_id}:\n{node.log()[-4000:]}" if node else ""
     raise AssertionError(f"{what} not seen within {timeout}s (last: {last!r}){log}")
+
+
+# --- helpers for the scheduling, chaos and rolling-update tests -----------------------------
+
+
+def health(node: MeshNode, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The node's ``/health`` body, or None when it does not answer (or serves no HTTP)."""
+    if node.http_url is None:
+        return None
+    try:
+        body: dict[str, Any] = httpx.get(node.http_url + "/health", timeout=timeout).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body
+
+
+def wait_primary(nodes: list[MeshNode], timeout: float, above: int = 0) -> MeshNode:
+    """The one node among ``nodes`` whose ``/health`` says primary, with an epoch above
+    ``above``, once exactly one says so."""
+
+    def check() -> MeshNode | None:
+        found = [
+            n
+            for n in nodes
+            if (h := health(n)) is not None and h["role"] == "primary" and h["epoch"] > above
+        ]
+        return found[0] if len(found) == 1 else None
+
+    primary: MeshNode = wait_for(f"one primary among {[n.node_id for n in nodes]}", check, timeout)
+    return primary
+
+
+def query(pg: PostgresServer, database: str, sql: str) -> list[list[str]]:
+    """Rows of one statement run with psql against ``database``: each a list of column texts."""
+    out = pg.sql(sql, database)
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def serve_command(node: MeshNode) -> str:
+    """A shell command that starts ``node`` in the background, detached from the caller (its
+    log appended to ``node.log``, its pid written to ``serve.pid``), for scripts that restart
+    nodes themselves. The caller's environment should hold no ``BRIO_`` variables."""
+    q = shlex.quote
+    return (
+        f"cd {q(str(node.dir))} && rm -f data/mesh-address && "
+        f"HOME={q(str(node.dir))} BRIO_CONFIG={q(str(node.config))} "
+        f"nohup {q(sys.executable)} -m brio serve >> node.log 2>&1 < /dev/null & "
+        f"echo $! > {q(str(node.dir / 'serve.pid'))}"
+    )
+
+
+def serve_pid(node: MeshNode) -> int | None:
+    """The pid ``serve_command`` last wrote for ``node``, if any."""
+    path = node.dir / "serve.pid"
+    text = path.read_text().strip() if path.exists() else ""
+    return int(text) if text.isdigit() else None
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
