@@ -27,6 +27,8 @@ NAMED_VARIABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "BRIO_MESH_ENABLED": ("mesh", "enabled"),
         "BRIO_MESH_LISTEN": ("mesh", "listen_addr"),
         "BRIO_MESH_PEERS": ("mesh", "peers"),
+        "BRIO_MESH_ROLE": ("mesh", "role"),
+        "BRIO_MESH_LEASE_VOTERS": ("mesh", "lease", "voters"),
         "BRIO_MESH_DISCOVERY": ("mesh", "discovery", "method"),
         "BRIO_MESH_K8S_NAMESPACE": ("mesh", "discovery", "k8s_namespace"),
         "BRIO_MESH_K8S_LABEL_SELECTOR": ("mesh", "discovery", "k8s_label_selector"),
@@ -129,6 +131,8 @@ def collect_overrides(env: Mapping[str, str]) -> tuple[list[Override], list[str]
                 problems.extend(found)
                 if not found:
                     named.append(Override(var, path, peers))
+            elif var == "BRIO_MESH_LEASE_VOTERS":  # node ids, comma-separated
+                named.append(Override(var, path, [v.strip() for v in raw.split(",") if v.strip()]))
             else:
                 named.append(Override(var, path, raw))
         elif var.startswith(PREFIX) and SEPARATOR in var:

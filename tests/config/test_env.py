@@ -58,6 +58,8 @@ def test_every_named_variable(load_toml: Loader) -> None:
         "BRIO_DATABASE_URL": "postgresql://brio:pw@db/brio",
         "BRIO_API_TOKEN": "t0ken",
         "BRIO_MESH_CLUSTER_SECRET": "cluster-s3cret",
+        "BRIO_MESH_ROLE": "worker",
+        "BRIO_MESH_LEASE_VOTERS": "c1, c2,,n1",
     }
     assert set(env) == set(NAMED_VARIABLES)
     loaded = load_toml(FILE, env)
@@ -76,6 +78,9 @@ def test_every_named_variable(load_toml: Loader) -> None:
     assert config.database.url == "postgresql://brio:pw@db/brio"
     assert config.server.auth_token is not None
     assert config.server.auth_token.get_secret_value() == "t0ken"
+    assert config.mesh.role == "worker"
+    assert config.mesh.lease.voters == ["c1", "c2", "n1"]
+    assert config.mesh.lease_voters() == {"c1", "c2", "n1"}
     assert loaded.env_overrides == sorted(env)
 
 
