@@ -6,6 +6,9 @@ membership table or forwards the question to the named peer. The address is ``--
 the one the running node wrote to ``<data_dir>/mesh-address``, else ``[mesh] listen_addr``
 (a wildcard host is dialled as 127.0.0.1, and then TLS checks the certificate against the
 node id instead of the address).
+
+``drain``, ``leave`` and ``remove`` take nodes out (docs/mesh.md, "Taking nodes out"): they
+print what the node did, one line, and exit 0; a refusal is one ``brio: ...`` line and 1.
 """
 
 from __future__ import annotations
@@ -52,15 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stats = mesh_sub.add_parser("stats", help="a node's load and counters")
     stats.add_argument("node_id", nargs="?", help="default: the local node")
     common(stats)
-    for name, text in (
-        ("drain", "stop a node taking new tasks"),
-        ("leave", "drain this node and leave the mesh"),
-        ("remove", "remove a node from the mesh"),
-    ):
-        action = mesh_sub.add_parser(name, help=f"{text} (comes with distributed scheduling)")
-        action.add_argument("node_id", nargs="?")
-        action.add_argument("--force", action="store_true")
-        common(action)
+    drain = mesh_sub.add_parser(
+        "drain", help="place no new tasks on a node; its running tasks finish"
+    )
+    drain.add_argument("node_id", nargs="?", help="default: the local node (others: coordinator)")
+    common(drain)
+    leave = mesh_sub.add_parser(
+        "leave", help="the local node finishes its tasks, says goodbye to its peers and stops"
+    )
+    leave.add_argument(
+        "--force", action="store_true", help="leave without a drain first (drains now)"
+    )
+    common(leave)
+    remove = mesh_sub.add_parser(
+        "remove", help="take another node out now; its tasks go to other nodes (coordinator)"
+    )
+    remove.add_argument("node_id")
+    remove.add_argument("--force", action="store_true", help="required: remove acts at once")
+    common(remove)
 
 
 def _target(config: BrioConfig, override: str | None) -> tuple[str, str | None]:
@@ -252,9 +264,12 @@ def _print_stats(reply: pb.StatsResponse) -> None:
         ("active_agents", str(load.active)),
         ("queued", str(load.queued)),
         ("max_agents", str(load.max_agents)),
+        ("tasks_run", str(reply.tasks_run)),
+        ("tasks_running", str(reply.tasks_running)),
         ("tasks_succeeded", str(reply.tasks_succeeded)),
         ("tasks_failed", str(reply.tasks_failed)),
         ("tasks_cancelled", str(reply.tasks_cancelled)),
+        ("mean_task_time", _ms(reply.mean_task_ms)),
         ("calls_received", str(reply.calls_received)),
         ("calls_sent", str(reply.calls_sent)),
         ("call_errors", str(reply.call_errors)),
@@ -321,10 +336,14 @@ def _run(args: argparse.Namespace) -> int:
         method = methods.STATS
         show = _print_stats
     else:
-        request = pb.NodeRequest(node_id=args.node_id or "", force=args.force)
+        request = pb.NodeRequest(
+            node_id=getattr(args, "node_id", None) or "", force=getattr(args, "force", False)
+        )
         method = methods.ADMIN[command.capitalize()]
         show = lambda r: print(r.message)  # noqa: E731
     timeout = args.timeout + (0.2 * getattr(args, "count", 0))
+    if command == "leave":  # the node's running tasks get shutdown_grace, then goodbyes
+        timeout += config.server.shutdown_grace + 10.0
     reply = trio.run(_ask, config, address, server_name, method, request, timeout)
     if isinstance(reply, TLSSetupError):
         raise CliError(str(reply))

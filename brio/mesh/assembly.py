@@ -10,18 +10,23 @@ in its own nursery, in this order, and stops them in reverse:
 | peers       | `Peers`                 | one heartbeat task per peer → `Membership`       |
 | discovery   | `run_discovery`         | static, DNS or Kubernetes → `Peers.found`        |
 | forwarder   | `EventForwarder`        | task events of work run here → coordinators      |
-| queue count | `QueueCounter`          | the queue length heartbeats report               |
+| queue count | `QueueCounter`          | the queue length heartbeats report; `TaskMeter`  |
 | lease       | `LeaseDriver`           | vote, campaign; the `primary` nursery (`Primary`:|
 |             |                         | the cluster view and the `Placer`)               |
 
 ``Mesh`` also answers what the HTTP API asks of the mesh (``brio.tasks.mesh_view.MeshView``).
+``leave_requested`` is set once ``brio mesh leave`` has said goodbye to the peers: the node's
+root then stops the node as on SIGTERM, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+
+import trio
 
 from brio.agents.registry import RegisteredAgent
 from brio.config.model import BrioConfig
@@ -31,7 +36,7 @@ from brio.mesh.calls import PeerCalls
 from brio.mesh.directory import MeshDirectory
 from brio.mesh.forwarder import EventForwarder
 from brio.mesh.lease import LeaseDriver, settings_from
-from brio.mesh.local import LocalNode, QueueCounter
+from brio.mesh.local import LocalNode, QueueCounter, TaskMeter
 from brio.mesh.peers import Peers, detector_settings
 from brio.mesh.primary import Primary
 from brio.mesh.router import MeshRouter
@@ -68,6 +73,10 @@ class Mesh:
     lease: LeaseDriver | None
     primary: Primary | None
     placer: Placer | None
+    store: Store
+    directory: MeshDirectory
+    meter: TaskMeter
+    leave_requested: trio.Event = field(default_factory=trio.Event)
 
     @classmethod
     def build(
@@ -137,8 +146,12 @@ class Mesh:
                 transport=calls,
                 primary=primary.run if primary else None,
                 warning=mesh.lease_voters_warning(),
+                misconfigured=partial(
+                    _coordinators_outside, membership, peers, voters, mesh.lease_candidates()
+                ),
             )
         mesh_view_lease = lease.view if lease is not None else _no_lease
+        meter = TaskMeter(local.node_id, bus)
         return cls(
             config=config,
             local=local,
@@ -148,12 +161,15 @@ class Mesh:
             calls=calls,
             peers=peers,
             forwarder=EventForwarder(local.node_id, bus, membership, calls),
-            queue_counter=QueueCounter(local, store, settings.heartbeat_interval),
+            queue_counter=QueueCounter(local, store, settings.heartbeat_interval, meter),
             router=MeshRouter(local, membership, calls, lease_view=mesh_view_lease, placer=placer),
             placer=placer,
             supervisor=supervisor,
             lease=lease,
             primary=primary,
+            store=store,
+            directory=directory,
+            meter=meter,
         )
 
     @property
@@ -172,6 +188,45 @@ class Mesh:
 
     def last_heartbeat(self) -> datetime | None:
         return self.peers.last_heartbeat()
+
+    def problems(self) -> list[str]:
+        found = []
+        problem = self.lease_view().problem
+        if problem is not None:
+            found.append(f"lease: not campaigning: {problem}")
+        refused = self.stats.refused_connections
+        if refused and self.membership.peers() and not self.membership.connected():
+            found.append(
+                f"mesh: {refused} incoming connection(s) refused and no peer reached: "
+                "check [mesh.access_control] allowed_cidrs"
+            )
+        return found
+
+
+def _coordinators_outside(
+    membership: Membership,
+    peers: Peers,
+    voters: frozenset[str],
+    configured: frozenset[str],
+) -> str | None:
+    """A coordinator heard from that is neither a voter nor a configured candidate means the
+    nodes disagree about the voter set (each node's default set is itself and the peers it
+    names by id): majorities of different sets can overlap in nobody."""
+    outside = sorted(
+        p.node_id
+        for p in membership.peers()
+        if p.node_id is not None
+        and p.node_id not in voters
+        and p.node_id not in configured
+        and peers.is_coordinator(p.node_id)
+    )
+    if not outside:
+        return None
+    return (
+        f"coordinator {', '.join(outside)} is not in this node's voter set "
+        f"({', '.join(sorted(voters))}); every node needs the same [mesh.lease] voters "
+        "(BRIO_MESH_LEASE_VOTERS)"
+    )
 
 
 def _no_lease() -> LeaseView:

@@ -13,6 +13,13 @@ status naming the field at fault (admin); nothing a caller sends can raise past 
 | `task.queued`  | `{}` (from a coordinator)         | `{"woken": bool}`        |
 | `task.cancel`  | `{"task_id": str}`                | `{"stopped": bool}`      |
 | `task.events`  | `{"events": [...]}`               | `{"published": n}`       |
+| `node.goodbye` | `{"started_unix_ms": int}` (from a peer that leaves) | `{"dropped": true}` |
+
+``MeshAdmin`` ``Drain``, ``Leave`` and ``Remove`` are ``brio mesh drain``, ``leave`` and
+``remove`` (docs/mesh.md, "Taking nodes out"): a drain sets the node's ``draining`` flag (its
+heartbeats carry it; the primary places nothing more there); a leave finishes the node's
+tasks, says ``node.goodbye`` to every peer and stops the node; a remove marks another node
+departed on this coordinator and on the primary, whose placer requeues its tasks at once.
 """
 
 from __future__ import annotations
@@ -21,17 +28,21 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from brio import __version__
 from brio.core import lease as core_lease
 from brio.core.membership import Peer
 from brio.core.routing import Local, RouteError
 from brio.mesh import methods, pb
 from brio.mesh.assembly import Mesh
+from brio.mesh.directory import DOWN, Departure
 from brio.mesh.lease import (
     renew_reply_pb,
     renew_request_from,
@@ -39,6 +50,7 @@ from brio.mesh.lease import (
     vote_request_from,
 )
 from brio.mesh.transport import Caller, MeshCallError, Service
+from brio.store.base import NodeRecord
 from brio.tasks.supervisor import Busy
 
 log = logging.getLogger(__name__)
@@ -81,9 +93,14 @@ def _budget(request: pb.MeshRequest, timeout: float | None) -> float:
     return left
 
 
+#: The longest a leaving node waits for one peer to take its goodbye.
+GOODBYE_TIMEOUT = 5.0
+
+
 class MeshHandlers:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
+        self._leaving = False
 
     def services(self) -> list[Service]:
         max_bytes = self.mesh.config.mesh.max_message_bytes
@@ -133,7 +150,17 @@ class MeshHandlers:
                 f"it is from {sender.node_id!r}",
             )
         if sender.node_id != self.mesh.node_id:
-            self.mesh.peers.heartbeat_received(sender)
+            directory = self.mesh.directory
+            gone = directory.departed.get(sender.node_id)
+            if directory.readmit(sender.node_id, sender.started_unix_ms):
+                if gone is not None:
+                    log.warning(
+                        "node %s is back (a new process) after it %s; it rejoins",
+                        sender.node_id,
+                        "left" if gone.how == "left" else "was removed",
+                    )
+                self.mesh.peers.heartbeat_received(sender)
+            # else: the process that left or was removed; answered, never taken back in
         return pb.HeartbeatResponse(responder=self.mesh.local.info())
 
     async def vote(
@@ -250,6 +277,8 @@ class MeshHandlers:
             ):
                 raise ValueError("payload.events: expected a list of {type, task_id, data}")
             return _ok(mesh, {"published": mesh.forwarder.publish_remote(origin, events)})
+        if method == "node.goodbye":
+            return self._goodbye_received(caller, _payload(request))
         if method == "task.queued":
             # a coordinator took a task: if we are the primary, place it now
             if not mesh.peers.is_coordinator(caller.node_id):
@@ -263,7 +292,7 @@ class MeshHandlers:
         if method not in ("agent.invoke", "task.run", "task.cancel"):
             raise ValueError(
                 f"method: unknown {method!r}; expected agent.invoke, task.run, task.cancel, "
-                "task.events or task.queued"
+                "task.events, task.queued or node.goodbye"
             )
         try:
             where = mesh.router.route(request.target)
@@ -337,13 +366,13 @@ class MeshHandlers:
         if not request.node_id:
             return pb.StatusResponse(
                 node=mesh.local.info(),
-                peers=[peer_status(p) for p in mesh.membership.peers()],
+                peers=[self._row(p) for p in mesh.membership.peers()],
                 lease=lease,
             )
         if request.node_id == mesh.node_id:
             return pb.StatusResponse(node=mesh.local.info(), peers=[], lease=lease)
         peer = self._peer(request.node_id)
-        row = peer_status(peer)
+        row = self._row(peer)
         info = pb.NodeInfo(node_id=row.node_id, role=row.role, address=row.address)
         remote_lease = None
         try:
@@ -445,6 +474,9 @@ class MeshHandlers:
             refused_connections=s.refused_connections,
             oversized_requests=s.oversized_requests,
             malformed_requests=s.malformed_requests,
+            tasks_run=mesh.meter.run_count,
+            tasks_running=mesh.supervisor.active,
+            mean_task_ms=mesh.meter.mean_seconds * 1000,
         )
 
     def _authorize_action(self, request: pb.NodeRequest, caller: Caller, action: str) -> str:
@@ -468,24 +500,244 @@ class MeshHandlers:
     async def drain(
         self, request: pb.NodeRequest, caller: Caller, timeout: float | None
     ) -> pb.ActionResponse:
-        self._authorize_action(request, caller, "drain")
-        raise GRPCError(Status.UNIMPLEMENTED, "drain comes with distributed scheduling")
+        """Place nothing more on the node; what runs there (or was assigned) finishes. Of
+        another node: forwarded to it (it answers, and records it, itself)."""
+        mesh = self.mesh
+        target = self._authorize_action(request, caller, "drain")
+        if target != mesh.node_id:
+            self._peer(target)
+            return await self._forward(target, methods.DRAIN, pb.NodeRequest(node_id=target))
+        already = mesh.local.draining
+        mesh.local.draining = True
+        running = mesh.supervisor.active
+        if not already:
+            log.warning("draining (asked by %s): no new tasks; %d running", caller.node_id, running)
+        stored = await self._record(mesh.node_id, mesh.local.role, mesh.local.address, "draining")
+        state = "was already draining" if already else "is draining"
+        message = (
+            f"{target} {state}: no new tasks are placed on it; {running} running task(s) "
+            f"finish there{stored}"
+        )
+        return pb.ActionResponse(node_id=target, message=message, running=running)
 
     async def leave(
         self, request: pb.NodeRequest, caller: Caller, timeout: float | None
     ) -> pb.ActionResponse:
-        self._authorize_action(request, caller, "leave")
-        raise GRPCError(Status.UNIMPLEMENTED, "leave comes with distributed scheduling")
+        """This node leaves: its running tasks finish (``shutdown_grace``; the rest go back to
+        the queue), its last events go out, every peer is told goodbye, then the node stops.
+        Without ``force`` it must be draining already."""
+        mesh = self.mesh
+        target = self._authorize_action(request, caller, "leave")
+        if target != mesh.node_id:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"leave acts on the node it is asked of: run `brio mesh leave` beside {target} "
+                f"(this is {mesh.node_id}); to take {target} out from here, "
+                f"`brio mesh remove {target} --force`",
+            )
+        if self._leaving:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"{target} is already leaving")
+        if not mesh.local.draining and not request.force:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{target} is not draining: run `brio mesh drain` first and wait for its "
+                f"running tasks (active_agents 0 in `brio mesh status {target}`), or "
+                "`brio mesh leave --force` to drain and leave now",
+            )
+        self._leaving = True
+        grace = mesh.config.server.shutdown_grace
+        running = mesh.supervisor.active
+        log.warning(
+            "leaving the mesh (asked by %s): %d running task(s) get %gs",
+            caller.node_id,
+            running,
+            grace,
+        )
+        with trio.CancelScope(shield=True):  # once begun, a leave ends (bounded in time)
+            mesh.local.draining = True
+            await mesh.supervisor.drain(grace)
+            await mesh.forwarder.flush(timeout=2.0)
+            told, missed = await self._say_goodbye()
+            await self._record(mesh.node_id, mesh.local.role, mesh.local.address, "left")
+            mesh.leave_requested.set()
+        parts = [f"{target} left the mesh"]
+        if running:
+            parts.append(f"{running} running task(s) had up to {grace:g}s to finish")
+        parts.append(f"goodbye said to {', '.join(told) or 'no peer'}")
+        if missed:
+            parts.append(f"not heard by {', '.join(missed)}")
+        parts.append("the node stops now")
+        return pb.ActionResponse(node_id=target, message="; ".join(parts), running=running)
 
     async def remove(
         self, request: pb.NodeRequest, caller: Caller, timeout: float | None
     ) -> pb.ActionResponse:
-        self._authorize_action(request, caller, "remove")
-        raise GRPCError(Status.UNIMPLEMENTED, "remove comes with distributed scheduling")
+        """Take another node out at once (``force`` required): it gets no more work, and its
+        assigned and running tasks go back to the queue now. Asked of a coordinator that is
+        not the primary, the primary is told too: its placer moves the tasks."""
+        mesh = self.mesh
+        if not request.node_id:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, "node_id: required (brio mesh remove NODE --force)"
+            )
+        target = self._authorize_action(request, caller, "remove")
+        if target == mesh.node_id:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{target} cannot remove itself: `brio mesh drain` it and run "
+                "`brio mesh leave` on it, or remove it from another coordinator",
+            )
+        already = mesh.directory.departed.get(target)
+        peer = mesh.membership.by_node_id(target)
+        if peer is None and already is None:
+            self._peer(target)  # NOT_FOUND, naming the known nodes
+        if not request.force:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"remove takes {target} out at once and moves its tasks to other nodes: "
+                f"pass --force. To take a live node out gently, `brio mesh drain {target}` "
+                "and run `brio mesh leave` on it",
+            )
+        try:
+            moved = (await mesh.store.node_loads()).get(target, 0)
+        except Exception as exc:
+            log.warning("counting the tasks of %s failed: %s", target, exc)
+            moved = 0
+        by = caller.node_id or mesh.node_id
+        if already is None:
+            self._depart(target, "removed", by)
+            role = peer.role if peer is not None and peer.role else "worker"
+            await self._record(target, role, peer.address if peer else None, "removed")
+        state = "was already removed" if already is not None else "removed"
+        message = f"{target} {state}: no more tasks go to it"
+        view = mesh.lease_view()
+        if view.role == "primary" and mesh.placer is not None:
+            mesh.placer.wake()
+            message += f"; its {moved} assigned or running task(s) go back to the queue now"
+        elif view.primary in (None, mesh.node_id, target):
+            message += (
+                "; no primary is known: its tasks are requeued by the next primary, once it "
+                f"sees {target} fail"
+            )
+        elif caller.node_id == mesh.node_id:  # the operator's own call: tell the primary
+            try:
+                await self.mesh.calls.call(
+                    view.primary, methods.REMOVE, pb.NodeRequest(node_id=target, force=True)
+                )
+            except (MeshCallError, LookupError) as exc:
+                raise GRPCError(
+                    Status.UNAVAILABLE,
+                    f"{target} is removed on {mesh.node_id}, but the primary {view.primary} "
+                    f"could not be told ({exc}); run it again, or on {view.primary}",
+                ) from None
+            message += (
+                f"; the primary {view.primary} sends its {moved} assigned or running "
+                "task(s) back to the queue now"
+            )
+        return pb.ActionResponse(node_id=target, message=message, moved=moved)
+
+    # --- what the operations share ---------------------------------------------------------
+
+    def _row(self, peer: Peer) -> pb.PeerStatus:
+        gone = self.mesh.directory.departed.get(peer.node_id) if peer.node_id else None
+        return peer_status(peer, gone)
+
+    def _depart(self, node_id: str, how: str, by: str) -> None:
+        """Take ``node_id`` out of this node's mesh: no work for it; a row that neither the
+        config nor discovery keeps is forgotten; the primary's placer requeues its tasks."""
+        mesh = self.mesh
+        mesh.directory.depart(node_id, how, by, int(time.time() * 1000))
+        peer = mesh.membership.by_node_id(node_id)
+        reason = "said goodbye" if how == "left" else f"removed by {by}"
+        if peer is not None and mesh.membership.drop(peer.address, trio.current_time(), reason):
+            log.warning("peer %s (%s) %s: forgotten", node_id, peer.address, reason)
+        else:
+            log.warning("peer %s %s: out of the mesh", node_id, reason)
+        if mesh.placer is not None and mesh.lease_view().role == "primary":
+            mesh.placer.wake()
+
+    def _goodbye_received(self, caller: Caller, payload: dict[str, Any]) -> pb.MeshResponse:
+        mesh = self.mesh
+        origin = caller.node_id
+        if origin is None or mesh.membership.by_node_id(origin) is None:
+            return _error(mesh, Code.PERMISSION_DENIED, "goodbyes are taken only from mesh peers")
+        started = payload.get("started_unix_ms")
+        if isinstance(started, int) and not isinstance(started, bool) and started > 0:
+            mesh.directory.processes[origin] = started
+        self._depart(origin, "left", origin)
+        return _ok(mesh, {"dropped": True})
+
+    async def _say_goodbye(self) -> tuple[list[str], list[str]]:
+        """Tell every peer that answers (not the failed or removed ones) that we leave."""
+        mesh = self.mesh
+        told: list[str] = []
+        missed: list[str] = []
+        payload = {"started_unix_ms": mesh.local.started_unix_ms}
+        limit = min(GOODBYE_TIMEOUT, mesh.config.mesh.call_timeout)
+
+        async def tell(node_id: str) -> None:
+            try:
+                answer = await mesh.calls.call_node(
+                    node_id, "node.goodbye", "", payload, timeout=limit
+                )
+            except (MeshCallError, LookupError) as exc:
+                log.warning("goodbye to %s failed: %s", node_id, exc)
+                missed.append(node_id)
+                return
+            if answer.is_set("error"):
+                log.warning("%s refused our goodbye: %s", node_id, answer.error)
+                missed.append(node_id)
+            else:
+                told.append(node_id)
+
+        async with trio.open_nursery() as nursery:
+            for peer in mesh.membership.peers():
+                if peer.node_id is not None and peer.state not in DOWN:
+                    nursery.start_soon(tell, peer.node_id)
+        return sorted(told), sorted(missed)
+
+    async def _forward(
+        self, node_id: str, method: methods.Method, request: pb.NodeRequest
+    ) -> pb.ActionResponse:
+        try:
+            reply: pb.ActionResponse = await self.mesh.calls.call(node_id, method, request)
+        except LookupError:
+            self._peer(node_id)
+            raise
+        except MeshCallError as exc:
+            status = Status.__members__.get(exc.status or "")
+            if exc.kind == "rejected" and status is not None:
+                raise GRPCError(status, exc.detail.split(": ", 1)[-1]) from None
+            raise GRPCError(Status.UNAVAILABLE, f"{node_id} did not answer: {exc}") from None
+        return reply
+
+    async def _record(self, node_id: str, role: str, address: str | None, status: str) -> str:
+        """Write the node's status to the store's nodes table; '' or why it was not."""
+        store = self.mesh.store
+        try:
+            with trio.fail_after(5.0):
+                known = {n.id: n for n in await store.list_nodes()}.get(node_id)
+                if known is not None:
+                    record = replace(known, status=status)
+                else:
+                    record = NodeRecord(
+                        id=node_id,
+                        role=role,
+                        address=address,
+                        version=__version__ if node_id == self.mesh.node_id else "",
+                        status=status,
+                        last_seen=datetime.now(UTC),
+                    )
+                await store.upsert_node(record)
+        except Exception as exc:
+            log.warning("recording %s as %s in the store failed: %s", node_id, status, exc)
+            return f" (not recorded in the store: {exc})"
+        return ""
 
 
-def peer_status(peer: Peer) -> pb.PeerStatus:
-    """A row of ``mesh status``: the table's view of one peer, with wall-clock times."""
+def peer_status(peer: Peer, departed: Departure | None = None) -> pb.PeerStatus:
+    """A row of ``mesh status``: the table's view of one peer, with wall-clock times; a node
+    that left or was removed (``departed``) says so, whatever its row's state."""
     now = trio.current_time()
     facts = peer.facts
     last_seen = 0
@@ -495,7 +747,7 @@ def peer_status(peer: Peer) -> pb.PeerStatus:
         node_id=peer.node_id or "",
         address=peer.address,
         role=peer.role or "",
-        status=str(peer.state),
+        status=departed.how if departed is not None else str(peer.state),
         last_seen_unix_ms=last_seen,
         latency_ms=(peer.latency or 0.0) * 1000,
         missed_heartbeats=peer.missed,

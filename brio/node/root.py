@@ -84,7 +84,8 @@ async def run_node(
     *,
     task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until ``shutdown`` is set, then stop in order. Raises on a start-up failure."""
+    """Run until ``shutdown`` is set (or the node leaves the mesh: ``brio mesh leave``), then
+    stop in order. Raises on a start-up failure."""
     agents = build_registry(config)
     with locked_data_dir(config.data_dir):
         node_id = remembered_node_id(config)
@@ -169,7 +170,7 @@ async def _run(
         )
         task_status.started(handle)
 
-        await shutdown.wait()
+        await _stop_requested(shutdown, mesh.leave_requested if mesh is not None else None)
         log.info("shutting down: no new tasks, %d running", supervisor.active)
         service.accepting = False
         if mesh is not None:
@@ -185,6 +186,21 @@ async def _run(
             with trio.move_on_after(5.0):
                 await http.finished.wait()
     # leaving the tree stops the parts in reverse order: supervisor ... mesh server, store
+
+
+async def _stop_requested(shutdown: trio.Event, leave: trio.Event | None) -> None:
+    """Wait for a signal (``shutdown``) or for ``brio mesh leave`` (the mesh's ``leave``)."""
+    if leave is None:
+        await shutdown.wait()
+        return
+    async with trio.open_nursery() as nursery:
+        for event in (shutdown, leave):
+            nursery.start_soon(_cancel_when_set, event, nursery.cancel_scope)
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _record_node(

@@ -82,22 +82,38 @@ def test_unknown_node_is_named_with_the_known_ones(
     assert err == "brio: unknown node 'ghost'; known nodes: solo\n"
 
 
-def test_drain_of_itself_says_it_is_not_there_yet(
+def test_drain_then_leave_stops_the_node(
     solo: tuple[NodeProcess, str],
     isolated: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, address = solo
+    """The last test of the module on ``solo``: it leaves, and its process exits 0."""
+    node, address = solo
     # a CLI with another identity (no config: the host name) acts on another node...
     code, _, err = run(capsys, "drain", "--node", address)
     assert code == 1
     assert "drain of 'solo' is accepted only from coordinators" in err
-    # ...while the node's own identity may drain itself (the scheduling issue fills it in)
+    # ...while the node's own identity may: leave first wants a drain
     monkeypatch.setenv("BRIO_NODE_ID", "solo")
-    code, _, err = run(capsys, "drain", "--node", address)
+    code, _, err = run(capsys, "leave", "--node", address)
     assert code == 1
-    assert "drain comes with distributed scheduling" in err
+    assert err.startswith("brio: solo is not draining: run `brio mesh drain` first"), err
+    code, out, err = run(capsys, "drain", "--node", address)
+    assert code == 0, err
+    assert (
+        out == "solo is draining: no new tasks are placed on it; 0 running task(s) finish there\n"
+    )
+    code, out, err = run(capsys, "status", "solo", "--node", address)
+    assert code == 0 and "draining       yes" in out, out
+    code, out, err = run(capsys, "remove", "ghost", "--force", "--node", address)
+    assert code == 1 and err == "brio: unknown node 'ghost'; known nodes: solo\n"
+    code, out, err = run(capsys, "leave", "--node", address, "--json")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["node_id"] == "solo"
+    assert reply["message"] == "solo left the mesh; goodbye said to no peer; the node stops now"
+    assert node.proc.wait(30) == 0, node.log()
 
 
 def test_unreachable_node(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -238,6 +254,7 @@ def test_topology_and_stats_off_a_terminal(capsys: pytest.CaptureFixture[str]) -
     assert lines[0] == "node_id              worker-1"
     assert lines[1] == "role                 worker"
     assert "heartbeats_received  0" in lines
+    assert "tasks_run            0" in lines and "mean_task_time       -" in lines
     assert lines[-1] == "agents               echo, sleep"
 
 
@@ -252,7 +269,9 @@ def test_every_action_names_a_mesh_admin_method() -> None:
             methods.ADMIN[action.capitalize()].path
             == f"/brio.mesh.v1.MeshAdmin/{action.capitalize()}"
         )
-        assert (
-            parser.parse_args([action, "x"] if action == "ping" else [action]).mesh_command
-            == action
-        )
+        args = [action, "x"] if action in ("ping", "remove") else [action]
+        assert parser.parse_args(args).mesh_command == action
+    assert parser.parse_args(["remove", "w1", "--force"]).force
+    assert parser.parse_args(["leave", "--force"]).force
+    with pytest.raises(SystemExit):
+        parser.parse_args(["remove"])  # remove names the node

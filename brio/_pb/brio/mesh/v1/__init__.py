@@ -129,8 +129,24 @@ class MeshErrorCode(betterproto2.Enum):
 @dataclass(eq=False, repr=False)
 class ActionResponse(betterproto2.Message):
     node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    the node acted on
+    """
 
     message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    what was done, for people
+    """
+
+    running: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    tasks running on that node when it answered
+    """
+
+    moved: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    remove: the node's assigned or running tasks sent back to the queue
+    """
 
 
 default_message_pool.register_message("brio.mesh.v1", "ActionResponse", ActionResponse)
@@ -490,6 +506,12 @@ class NodeInfo(betterproto2.Message):
 
     sent_unix_ms: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
 
+    started_unix_ms: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+    """
+    When this node's process started (Unix ms): a node that left or was removed is let
+    back in by a heartbeat from a process started after that.
+    """
+
 
 default_message_pool.register_message("brio.mesh.v1", "NodeInfo", NodeInfo)
 
@@ -631,6 +653,21 @@ class StatsResponse(betterproto2.Message):
     malformed_requests: "int" = betterproto2.field(17, betterproto2.TYPE_UINT64)
     """
     truncated or not valid protobuf
+    """
+
+    tasks_run: "int" = betterproto2.field(18, betterproto2.TYPE_UINT64)
+    """
+    tasks started on this node since it started
+    """
+
+    tasks_running: "int" = betterproto2.field(19, betterproto2.TYPE_UINT32)
+    """
+    tasks running on it now
+    """
+
+    mean_task_ms: "float" = betterproto2.field(20, betterproto2.TYPE_DOUBLE)
+    """
+    mean run time (start to end) of the tasks that ended here; 0: none
     """
 
 
@@ -861,7 +898,7 @@ class MeshAdminStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ActionResponse":
         """
-        Filled in by the scheduling work; refused with UNIMPLEMENTED until then.
+        Stop placing tasks on a node (this one, or another: forwarded there; from a coordinator).
         """
 
         return await self._unary_unary(
@@ -881,6 +918,9 @@ class MeshAdminStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ActionResponse":
+        """
+        This node says goodbye to its peers and stops (it must be draining, or force).
+        """
 
         return await self._unary_unary(
             "/brio.mesh.v1.MeshAdmin/Leave",
@@ -899,6 +939,9 @@ class MeshAdminStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ActionResponse":
+        """
+        Drop another node at once and requeue its tasks (force required; from a coordinator).
+        """
 
         return await self._unary_unary(
             "/brio.mesh.v1.MeshAdmin/Remove",
@@ -1018,16 +1061,22 @@ class MeshAdminBase(betterproto2_grpclib.ServiceBase):
 
     async def drain(self, message: "NodeRequest") -> "ActionResponse":
         """
-        Filled in by the scheduling work; refused with UNIMPLEMENTED until then.
+        Stop placing tasks on a node (this one, or another: forwarded there; from a coordinator).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def leave(self, message: "NodeRequest") -> "ActionResponse":
+        """
+        This node says goodbye to its peers and stops (it must be draining, or force).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def remove(self, message: "NodeRequest") -> "ActionResponse":
+        """
+        Drop another node at once and requeue its tasks (force required; from a coordinator).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
