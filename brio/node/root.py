@@ -23,7 +23,8 @@ run_node
 The supervisor starts after http, not before as in DESIGN.md's picture: a start that fails
 (the HTTP port is taken, say) must not have run any agent.
 
-Shutdown is ordered: stop taking tasks and close the HTTP listeners, let running agents
+Shutdown (on a signal, or once ``brio mesh leave`` has said goodbye to the peers: the mesh's
+``leave_requested``) is ordered: stop taking tasks and close the HTTP listeners, let running agents
 finish within ``server.shutdown_grace`` (the mesh stays up meanwhile, so their events still
 reach the coordinators), close the WebSockets, flush the last forwarded events, then stop
 every part in reverse order: the supervisor, http, the lease, ..., the mesh server (GOAWAY
