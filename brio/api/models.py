@@ -290,13 +290,16 @@ class AgentsHealth(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["healthy", "unhealthy"]
+    # draining: it takes no new tasks (brio mesh drain); degraded: it runs, but a
+    # misconfiguration keeps it from its part (``problems``)
+    status: Literal["healthy", "draining", "degraded", "unhealthy"]
     node_id: str
     version: str
     role: str  # "primary", "standby", "worker", or "standalone" (a single node)
     epoch: int | None  # the lease term (fencing epoch); None for a single node
     mesh: MeshHealth
     agents: AgentsHealth
+    problems: list[str] = []  # what is wrong, as sentences for the operator
 
 
 class Alive(BaseModel):

@@ -19,6 +19,8 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from brio.core.lease import MAX_TERM  # the highest lease term: the fence is a 64-bit integer
+
 Seconds = Annotated[float, Field(gt=0)]
 
 
@@ -201,8 +203,6 @@ class FailureDetectionConfig(Section):
 
 #: Below this a lease expires on ordinary network delays: the primary renews every third of it.
 MIN_LEASE_DURATION = 0.3
-#: The highest lease term: what a PostgreSQL BIGINT (the fence) and a signed 64-bit int hold.
-MAX_TERM = 2**63 - 1
 #: The default ``[mesh.lease] max_term_jump``: at one election a second, about 28 hours of
 #: elections that a node missed; a larger jump is an attack or a bug.
 MAX_TERM_JUMP = 100_000

@@ -54,6 +54,7 @@ class LeaseSettings:
     lease_duration: float
     election_timeout: tuple[float, float]  # a fresh random pick from this range each time
     max_clock_drift: float  # how much faster one clock may run than another, as a fraction
+    max_term_jump: int = 100_000  # a message more terms ahead than this is ignored
 
     def __post_init__(self) -> None:
         # The config layer explains these to operators; this guards the simulator and tests.
@@ -91,6 +92,10 @@ NO_RECORD = "no vote record: learning the cluster's terms"
 #: ``voted_for`` once a node without a record has learned the highest term: it may have voted
 #: in that term before it lost its record, for someone it cannot know. Never a node id.
 UNKNOWN_VOTE = "(unknown)"
+
+
+#: The largest term: the fence epoch is a signed 64-bit integer in the store.
+MAX_TERM = 2**63 - 1  # the same bound as brio.config.model.MAX_TERM
 
 
 def voters_digest(voters: Iterable[str]) -> str:
@@ -264,6 +269,7 @@ class Lease:
         self._next_renew = math.inf
         self._election_at = self._vote_after + self._timeout()
         self._query_at = self._vote_after if self._amnesiac else math.inf
+        self.held: str | None = None  # why we do not campaign now (``hold``)
 
     # ---------------------------------------------------------------- queries
 
@@ -319,6 +325,9 @@ class Lease:
                 return self._start_renew_round(now)
             return []
         if self.is_candidate and now >= self._election_at:
+            if self.held is not None:
+                self._election_at = now + self._timeout()
+                return []
             return self._start_pre_vote(now)
         return []
 
@@ -327,6 +336,8 @@ class Lease:
         now = self._advance(now)
         if message.voters_digest != self.digest:
             return self._mismatch(sender, message)
+        if message.term > MAX_TERM or message.term > self.term + self.settings.max_term_jump:
+            return []  # no store or wire holds it, or a jump only a forger makes: silence
         match message:
             case VoteRequest():
                 return self._on_vote_request(now, message)
@@ -337,6 +348,23 @@ class Lease:
             case RenewReply():
                 return self._on_renew_reply(now, message)
         assert_never(message)
+
+    def hold(self, now: float, reason: str | None) -> list[Action]:
+        """Campaign no more (and stop being primary) while ``reason`` stands; None lifts it.
+
+        The driver holds the lease when the cluster is misconfigured in a way that makes
+        majorities meaningless: a coordinator outside our voter set, or a peer whose voter set
+        differs. Two nodes with disjoint voter sets would each elect itself; holding turns
+        that flapping into a standstill that the operator is told about.
+        """
+        now = self._advance(now)
+        self.held = reason
+        if reason is None:
+            return []
+        actions = self._step_down(f"held: {reason}") if self.role is Role.PRIMARY else []
+        if self.role is Role.CANDIDATE:
+            self.role = Role.FOLLOWER
+        return actions
 
     def lost_fence(self, now: float, fence_epoch: int) -> list[Action]:
         """The store's fence is past our epoch: someone newer was primary; stop at once."""
@@ -351,6 +379,8 @@ class Lease:
     # ---------------------------------------------------------------- candidate
 
     def _start_pre_vote(self, now: float) -> list[Action]:
+        if self.term >= MAX_TERM:
+            return []
         self.role = Role.CANDIDATE
         self._election_at = now + self._timeout()
         self._round += 1

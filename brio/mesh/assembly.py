@@ -189,6 +189,9 @@ class Mesh:
     def last_heartbeat(self) -> datetime | None:
         return self.peers.last_heartbeat()
 
+    def draining(self) -> bool:
+        return self.local.draining
+
     def problems(self) -> list[str]:
         found = []
         problem = self.lease_view().problem

@@ -39,7 +39,7 @@ from grpclib.exceptions import GRPCError
 from brio import __version__
 from brio.core import lease as core_lease
 from brio.core.membership import Peer
-from brio.core.routing import Local, RouteError
+from brio.core.routing import Local, Route, RouteError
 from brio.mesh import methods, pb
 from brio.mesh.assembly import Mesh
 from brio.mesh.directory import DOWN, Departure
@@ -294,10 +294,14 @@ class MeshHandlers:
                 f"method: unknown {method!r}; expected agent.invoke, task.run, task.cancel, "
                 "task.events, task.queued or node.goodbye"
             )
-        try:
-            where = mesh.router.route(request.target)
-        except RouteError as exc:
-            return _error(mesh, Code.UNKNOWN_NODE, str(exc))
+        if method == "task.run" and not request.target:
+            # the primary's notice of a batch (of any agents) assigned to this node
+            where: Route = Local("")
+        else:
+            try:
+                where = mesh.router.route(request.target)
+            except RouteError as exc:
+                return _error(mesh, Code.UNKNOWN_NODE, str(exc))
         if not isinstance(where, Local):
             # One hop at most: the forwarded request names the agent alone, so the next
             # node runs it or refuses it.

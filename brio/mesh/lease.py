@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 import trio
 
-from brio.config.model import MAX_TERM, LeaseConfig
+from brio.config.model import LeaseConfig
 from brio.core import lease as core
+from brio.core.lease import MAX_TERM
 from brio.mesh import methods, pb
 from brio.mesh.lease_state import load_lease_state, save_lease_state
 from brio.mesh.methods import Method
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 #: Primary work stops this long before the lease ends (on top of the drift margin).
 PRIMARY_MARGIN = 0.05
 MISMATCH_LOG_EVERY = 60.0
+#: How often a coordinator looks again at whether the cluster's voter sets agree.
+PROBLEM_CHECK_EVERY = 1.0
 #: A refused (forged) lease message is logged at most this often per sender address and reason.
 REFUSAL_LOG_EVERY = 10.0
 
@@ -52,7 +55,9 @@ class LeaseTransport(Protocol):
 
 def settings_from(config: LeaseConfig) -> core.LeaseSettings:
     low, high = config.election_timeout
-    return core.LeaseSettings(config.lease_duration, (low, high), config.max_clock_drift)
+    return core.LeaseSettings(
+        config.lease_duration, (low, high), config.max_clock_drift, config.max_term_jump
+    )
 
 
 class LeaseDriver:
@@ -68,6 +73,7 @@ class LeaseDriver:
         transport: LeaseTransport,
         primary: Callable[[int], Awaitable[None]] | None,
         warning: str | None = None,
+        misconfigured: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.node_id = node_id
         self.settings = settings_from(config)
@@ -78,6 +84,9 @@ class LeaseDriver:
         self.transport = transport
         self._primary_work = primary
         self.warning = warning  # about the voter set, logged at start
+        self._misconfigured = misconfigured  # a reason not to campaign, looked at each second
+        self.problem: str | None = None  # why this coordinator holds back from the lease
+        self._mismatch_seen: dict[str, float] = {}  # candidate peer -> last digest mismatch
         self.core: core.Lease | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -100,7 +109,9 @@ class LeaseDriver:
         remaining = None
         if status.lease_until is not None:
             remaining = max(0.0, status.lease_until - trio.current_time())
-        return LeaseView(role, status.epoch, status.primary, remaining, status.voter)
+        return LeaseView(
+            role, status.epoch, status.primary, remaining, status.voter, problem=self.problem
+        )
 
     def status_pb(self) -> pb.LeaseStatus:
         v = self.view()
@@ -143,11 +154,15 @@ class LeaseDriver:
                 self._nursery = nursery
                 task_status.started()
                 while True:
-                    with trio.move_on_at(self.core.next_deadline()):
+                    check_at = trio.current_time() + PROBLEM_CHECK_EVERY
+                    with trio.move_on_at(min(self.core.next_deadline(), check_at)):
                         await self._wake.wait()
-                    # _execute sets _wake for handlers that run between ticks; reset it after,
-                    # or the loop never waits again (synchronous, so no wake-up is lost)
-                    self._execute(self.core.tick(trio.current_time()))
+                    self._check_problem()
+                    now = trio.current_time()
+                    if self._wake.is_set() or now >= self.core.next_deadline():
+                        # _execute sets _wake for handlers that run between ticks; reset it
+                        # after, or the loop never waits again (synchronous: nothing is lost)
+                        self._execute(self.core.tick(now))
                     self._wake = trio.Event()
         finally:
             self._nursery = None
@@ -302,8 +317,34 @@ class LeaseDriver:
         self._mismatch_logged[key] = now
         log.error("lease: %s refused our %s: %s", peer, kind, exc)
 
+    def _check_problem(self) -> None:
+        """Hold the lease while the cluster's voter sets disagree; say so when that changes."""
+        if self.core is None or not self.is_candidate:
+            return
+        now = trio.current_time()
+        recent = sorted(
+            peer
+            for peer, at in self._mismatch_seen.items()
+            if peer in self.candidates and now - at < 3 * self.settings.lease_duration
+        )
+        problem = self._misconfigured()
+        if problem is None and recent:
+            problem = (
+                f"coordinator {', '.join(recent)} runs with another voter set; every node "
+                "needs the same [mesh.lease] voters (BRIO_MESH_LEASE_VOTERS)"
+            )
+        if problem == self.problem:
+            return
+        self.problem = problem
+        if problem is not None:
+            log.error("lease: not campaigning: %s", problem)
+        else:
+            log.warning("lease: the voter sets agree again; campaigning")
+        self._execute(self.core.hold(now, problem))
+
     def _log_mismatch(self, peer: str, theirs: str, ours: str) -> None:
         now = trio.current_time()
+        self._mismatch_seen[peer] = now
         if now - self._mismatch_logged.get(peer, -math.inf) < MISMATCH_LOG_EVERY:
             return
         self._mismatch_logged[peer] = now

@@ -19,6 +19,7 @@ class LeaseView:
     primary: str | None  # who this node believes is primary
     lease_remaining: float | None  # seconds: ours when primary, else the promise we hold
     voter: bool
+    problem: str | None = None  # why this coordinator does not campaign (a misconfiguration)
 
 
 class MeshView(Protocol):
@@ -27,6 +28,12 @@ class MeshView(Protocol):
     def connected_peers(self) -> int: ...
 
     def last_heartbeat(self) -> datetime | None: ...
+
+    def problems(self) -> list[str]:
+        """What is wrong with this node's place in the mesh, as sentences for /health."""
+
+    def draining(self) -> bool:
+        """Whether this node takes no new tasks (``brio mesh drain``)."""
 
 
 class SingleNode:
@@ -40,3 +47,9 @@ class SingleNode:
 
     def last_heartbeat(self) -> datetime | None:
         return None
+
+    def problems(self) -> list[str]:
+        return []
+
+    def draining(self) -> bool:
+        return False

@@ -215,6 +215,19 @@ async def test_task_run_and_cancel_answer_for_a_local_task(tmp_path: Path) -> No
         assert json.loads(answer.json or "") == {"stopped": False, "task_id": "t1"}
 
 
+async def test_the_primary_s_batch_notice_names_no_agent(tmp_path: Path) -> None:
+    """The placer tells a node of a batch of tasks, of any agents, with no target."""
+    async with serving(tmp_path) as s:
+        answer = await s.call("", "task.run", {"task_ids": ["t1", "t2"]})
+        assert answer.error is None, answer.error
+        assert json.loads(answer.json or "") == {"accepted": True, "tasks": 2}
+        answer = await s.call("", "task.run", {"task_ids": ["t1", ""]})
+        assert answer.error is not None and answer.error.code == Code.BAD_REQUEST
+        assert answer.error.message.startswith("payload.task_ids: expected a list")
+        answer = await s.call("", "task.cancel", {"task_id": "t1"})  # others still need one
+        assert answer.error is not None and answer.error.code == Code.UNKNOWN_NODE
+
+
 async def test_an_unknown_agent_or_node_is_a_typed_error(tmp_path: Path) -> None:
     async with serving(tmp_path) as s:
         answer = await s.call("nope", "agent.invoke", {"prompt": ""})
@@ -377,17 +390,20 @@ async def test_node_actions_are_accepted_only_from_coordinators(
         # a worker's certificate wins over the coordinator it claims to be
         error = await s.refused(method, request, node_id="c2", identity=Identity(cert_node_id="w1"))
         assert error.status is Status.PERMISSION_DENIED
-        # from a coordinator, or from this node about itself, the action is authorised
-        # (and not implemented yet)
+        # from a coordinator, or from this node about itself, the action is authorised: it is
+        # done, or refused for its own reasons (tests/mesh/test_operations.py)
         for who, target in (("c2", "c1"), ("c2", "w1"), ("c1", ""), ("c1", "c1")):
-            error = await s.refused(method, pb.NodeRequest(node_id=target), node_id=who)
-            assert error.status is Status.UNIMPLEMENTED, (who, target, error.message)
+            try:
+                await unary(s.channel, method, pb.NodeRequest(node_id=target), node_id=who)
+            except GRPCError as error:
+                refusals = (Status.PERMISSION_DENIED, Status.UNAUTHENTICATED)
+                assert error.status not in refusals, (who, target, error.message)
 
 
 async def test_a_worker_acts_on_itself_but_not_for_others(tmp_path: Path) -> None:
     async with serving(tmp_path, "w1", role="worker") as s:
-        error = await s.refused(methods.DRAIN, pb.NodeRequest(), node_id="w1")
-        assert error.status is Status.UNIMPLEMENTED
+        reply = await unary(s.channel, methods.DRAIN, pb.NodeRequest(), node_id="w1")
+        assert reply.node_id == "w1" and s.mesh.local.draining
         error = await s.refused(methods.DRAIN, pb.NodeRequest(node_id="w7"), node_id="w1")
         assert error.status is Status.PERMISSION_DENIED
         assert error.message == ("drain of 'w7' is accepted only from coordinators; w1 is not one")

@@ -50,13 +50,18 @@ async def ready(deps: ApiDeps) -> Reply:
     store=False,
 )
 async def health(deps: ApiDeps) -> Reply:
-    status: Literal["healthy", "unhealthy"] = "healthy"
+    status: Literal["healthy", "draining", "degraded", "unhealthy"] = "healthy"
     queued = 0
     try:
         with trio.fail_after(2):
             queued = await deps.store.count_tasks(TaskStatus.QUEUED)
     except Exception:
         status = "unhealthy"
+    problems = deps.mesh.problems()
+    if problems and status == "healthy":
+        status = "degraded"
+    elif status == "healthy" and deps.mesh.draining():
+        status = "draining"
     beat = deps.mesh.last_heartbeat()
     lease = deps.mesh.lease_view()
     remaining = lease.lease_remaining
@@ -75,5 +80,6 @@ async def health(deps: ApiDeps) -> Reply:
         agents=models.AgentsHealth(
             active=deps.supervisor.active, queued=queued, max=deps.supervisor.max_agents
         ),
+        problems=problems,
     )
-    return Reply(200 if status == "healthy" else 503, body)
+    return Reply(503 if status == "unhealthy" else 200, body)
