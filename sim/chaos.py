@@ -58,6 +58,7 @@ class Chaos:
         self._set_rates()
         for node in world.nodes.values():
             node.pause_armed = None
+            node.crash_armed = False
             if node.paused:
                 world.wake(node)
             if not node.up:
@@ -214,8 +215,20 @@ class Chaos:
         world = self._world
         if not victim.up:
             return _nothing
+        if world.config.tasks and victim.fenced and not lose_disk and self._rng.random() < 0.5:
+            # Kill the primary mid-batch: right after its next assignment write leaves.
+            victim.crash_armed = True
+            world.note(victim.name, "will crash right after its next batch of assignments")
+
+            def restart_or_disarm() -> None:
+                victim.crash_armed = False
+                if not victim.up:
+                    self._restart(victim)
+
+            return restart_or_disarm
         world.lose_primary(victim)
         victim.crash()
+        world.forget_pending(victim)
         if lose_disk and self._may_lose_disk(victim):
             victim.lose_disk()
             world.note(victim.name, "crashes and loses its disk")
@@ -250,7 +263,10 @@ class Chaos:
         if victim.fenced and self._rng.random() < 0.6:
             # Freeze it right between deciding to write and sending the write.
             victim.pause_armed = duration
-            world.note(victim.name, f"will freeze for {duration:.3f} s at its next write")
+            # With tasks, half of them between planning a batch of assignments and writing it.
+            victim.pause_at_batch = world.config.tasks and self._rng.random() < 0.5
+            what = "batch of assignments" if victim.pause_at_batch else "write"
+            world.note(victim.name, f"will freeze for {duration:.3f} s at its next {what}")
 
             def disarm() -> None:
                 victim.pause_armed = None

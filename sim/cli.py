@@ -79,9 +79,9 @@ def _number(
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Deterministic simulation of the Brio lease and failure detector: the "
-        "real sans-io cores over a simulated network and clocks, with injected faults and "
-        "the safety invariants checked after every event.",
+        description="Deterministic simulation of the Brio lease, failure detector and "
+        "scheduler: the real sans-io cores over a simulated network, clocks and database, "
+        "with injected faults and the safety invariants checked after every event.",
         epilog=f"Faults: {', '.join(Fault)} (default: all but drift-beyond). "
         "Exit status: 0 no violation, 1 violations, 2 bad flags.",
     )
@@ -172,6 +172,20 @@ def parser() -> argparse.ArgumentParser:
         f"livelock (default {EVENTS_PER_NODE_SECOND} per node and simulated second, "
         f"{DEFAULTS.event_budget:,} for the defaults, where a seed takes about 10,000)",
     )
+    p.add_argument(
+        "--task-rate",
+        type=_number(float, 0.0, 1000.0),
+        metavar="R",
+        default=DEFAULTS.task_rate,
+        help=f"tasks submitted per simulated second, 0 for none (default {DEFAULTS.task_rate:g})",
+    )
+    p.add_argument(
+        "--task-capacity",
+        type=_number(int, 1, 64),
+        metavar="N",
+        default=DEFAULTS.task_capacity,
+        help=f"agent slots per node (default {DEFAULTS.task_capacity})",
+    )
     p.add_argument("--trace", action="store_true", help="print every seed's whole event trace")
     p.add_argument(
         "--json", action="store_true", help="print one JSON summary object instead of text"
@@ -203,12 +217,15 @@ def config_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> SimConf
         max_clock_drift=args.max_clock_drift,
         unsafe=frozenset(Unsafe(u) for u in args.unsafe),
         max_events=args.max_events,
+        task_rate=args.task_rate,
+        task_capacity=args.task_capacity,
     )
     if config.fault_end < 1.0:
         p.error(
             f"argument --duration: {args.duration:g} s is too short: the fault-free window "
-            f"at the end alone is {config.heal_window:g} s (from --lease-duration and "
-            f"--election-timeout); use at least {config.heal_window + 1:g}"
+            f"at the end alone is {config.heal_window:g} s (from --lease-duration, "
+            f"--election-timeout and, with tasks, --task-capacity); "
+            f"use at least {config.heal_window + 1:g}"
         )
     return config
 
@@ -232,6 +249,10 @@ def flags(config: SimConfig) -> list[str]:
         out += ["--max-clock-drift", repr(config.max_clock_drift)]
     if config.max_events is not None:
         out += ["--max-events", str(config.max_events)]
+    if config.task_rate != DEFAULTS.task_rate:
+        out += ["--task-rate", repr(config.task_rate)]
+    if config.task_capacity != DEFAULTS.task_capacity:
+        out += ["--task-capacity", str(config.task_capacity)]
     for knob in sorted(config.unsafe):
         out += ["--unsafe", str(knob)]
     return out

@@ -35,13 +35,19 @@ DEFAULT_FAULTS: tuple[Fault, ...] = tuple(f for f in Fault if f is not Fault.DRI
 
 
 class Unsafe(StrEnum):
-    """The test-only switches of ``brio.core.lease.SafetyKnobs``, as the CLI names them."""
+    """The test-only switches of ``brio.core.lease.SafetyKnobs``, as the CLI names them, and
+    the simulator's own two for tasks (the rules live in the store's SQL, here in
+    ``sim.store.Tasks``)."""
 
     NO_VOTE_PERSISTENCE = "no-vote-persistence"
     NO_DRIFT_MARGIN = "no-drift-margin"
     NO_RESTART_WAIT = "no-restart-wait"
     NO_FENCE_CHECK = "no-fence-check"
     NO_AMNESIA_GUARD = "no-amnesia-guard"
+    #: a result is recorded without ``AND attempt = $2``: a stale execution's result lands
+    NO_ATTEMPT_CHECK = "no-attempt-check"
+    #: a batch of assignments lands whatever the fence holds (the requeue stays fenced)
+    NO_ASSIGN_FENCE = "no-assign-fence"
 
 
 def knobs_for(unsafe: frozenset[Unsafe]) -> SafetyKnobs:
@@ -70,6 +76,14 @@ DETECTOR = DetectorSettings(
 #: The default event budget, per node and simulated second.
 EVENTS_PER_NODE_SECOND = 1000
 
+# Tasks. The placer and the supervisor poll as in production (1 s); a run takes a seeded
+# 0.1-1.5 s of the worker's clock; the placer reads 8 queued tasks per round, so that a
+# backlog takes several rounds, each right after the last (a full batch), as in ``Placer``.
+PLACER_POLL = 1.0
+WORKER_POLL = 1.0
+TASK_RUN = (0.1, 1.5)
+TASK_BATCH = 8
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -84,11 +98,16 @@ class SimConfig:
     #: Events one seed may take before it is stopped as a livelock (``event-budget``);
     #: None: ``EVENTS_PER_NODE_SECOND`` per node and simulated second (see ``event_budget``).
     max_events: int | None = None
+    #: Tasks submitted per simulated second over the faulty part of the run (0: no tasks).
+    task_rate: float = 2.0
+    #: Agent slots per node (its ``max_agents``), the scheduler's capacity.
+    task_capacity: int = 2
 
     @property
     def event_budget(self) -> int:
-        """A normal seed takes about 17 events per node and simulated second (10,000 for the
-        default 5 nodes over 120 s); the default budget is 60 times that."""
+        """A normal seed takes about 22 events per node and simulated second (13,000 for the
+        default 5 nodes over 120 s with tasks, 10,000 without); the default budget is 45 times
+        that."""
         if self.max_events is not None:
             return self.max_events
         return math.ceil(EVENTS_PER_NODE_SECOND * self.nodes * self.duration)
@@ -154,9 +173,44 @@ class SimConfig:
         return 5 * DETECTOR.heartbeat_interval / (1 - self.rate_spread) + 1.0
 
     @property
+    def tasks(self) -> bool:
+        return self.task_rate > 0
+
+    @property
+    def attempt_check(self) -> bool:
+        return Unsafe.NO_ATTEMPT_CHECK not in self.unsafe
+
+    @property
+    def assign_fence(self) -> bool:
+        return Unsafe.NO_ASSIGN_FENCE not in self.unsafe
+
+    @property
+    def in_flight(self) -> int:
+        """The clients keep at most this many tasks unfinished (half the cluster's slots): a
+        backlog, and so the time to drain it after the heal, stays bounded."""
+        return max(1, self.nodes * self.task_capacity // 2)
+
+    @property
+    def task_bound(self) -> float:
+        """After the faults heal, every task must have finished within this long.
+
+        A fenced primary and everyone healthy come first (their own bounds, in parallel); then
+        the backlog (at most ``in_flight`` tasks) drains in waves of a placement round (poll),
+        a notice, a run and the result: as many waves as one node's slots take to run all of
+        it (pins and sticky sessions may send every task to one node), plus one for the tasks
+        requeued from nodes that were down.
+        """
+        wave = (PLACER_POLL + TASK_RUN[1]) / (1 - self.rate_spread) + 4 * 0.05
+        waves = math.ceil(self.in_flight / self.task_capacity) + 1
+        return max(self.primary_bound, self.membership_bound) + waves * wave + 1.0
+
+    @property
     def heal_window(self) -> float:
         """The fault-free, fully connected tail of every run, where liveness is checked."""
-        return math.ceil(max(self.primary_bound, self.membership_bound) + 2.0)
+        bounds = [self.primary_bound, self.membership_bound]
+        if self.tasks:
+            bounds.append(self.task_bound)
+        return math.ceil(max(bounds) + 2.0)
 
     @property
     def fault_end(self) -> float:

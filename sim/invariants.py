@@ -6,6 +6,17 @@
    restarts included: the record lives here, not in the node that forgets.
 4. ``stale-write``: the store's accepted epochs (fence raises and writes) never go down.
 
+Tasks, checked as the store changes (the only place they can go wrong):
+
+5. ``task-lost``: a task acknowledged to its client is in the store (the API answers 202 only
+   once the row is committed; the store model never deletes one).
+6. ``completed-twice``: no task has two results recorded.
+7. ``stale-result``: no result is recorded for an attempt other than the task's current one
+   (an execution the store had already taken back: a paused or cut-off worker's).
+8. ``stale-assignment``: no assignment (nor requeue) lands under an epoch older than the fence.
+9. ``over-capacity``: after an assignment lands, no node holds more assigned and running
+   tasks, in the store, than its slots.
+
 A node that lost its disk (``disk-loss``) has forgotten its votes, and may give a vote again in
 a term it voted in before, harmlessly when that earlier vote cannot count any more. Across a
 lost disk, ``double-vote`` is a vote for another candidate in a term that the candidate of the
@@ -23,10 +34,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim.store import Accepted
+from sim.store import Accepted, Completion
 
 #: The invariants judged only after the heal, on seeds that ran to the end.
-LIVENESS = frozenset({"liveness-primary", "liveness-membership"})
+LIVENESS = frozenset({"liveness-primary", "liveness-membership", "liveness-tasks"})
 #: A seed stopped for running past its event budget: neither safe nor unsafe, but reported.
 BUDGET = "event-budget"
 
@@ -131,3 +142,40 @@ class Checker:
 
     def liveness(self, now: float, invariant: str, detail: str) -> None:
         self._fail(invariant, now, detail)
+
+    # ---------------------------------------------------------------- tasks
+
+    def task_lost(self, now: float, detail: str) -> None:
+        self._fail("task-lost", now, detail)
+
+    def task_write(self, now: float, node: str, kind: str, epoch: int, fence: int) -> None:
+        """An assignment or a requeue landed under ``epoch`` while the fence was ``fence``."""
+        if epoch < fence:
+            self._fail(
+                "stale-assignment",
+                now,
+                f"the store took an {kind} by {node} under epoch {epoch}, the fence at {fence}",
+            )
+
+    def capacity(self, now: float, node: str, load: int, slots: int) -> None:
+        if load > slots:
+            self._fail(
+                "over-capacity",
+                now,
+                f"{node} holds {load} assigned and running tasks in the store, with {slots} slots",
+            )
+
+    def completed(self, done: Completion, times: int) -> None:
+        if times > 1:
+            self._fail(
+                "completed-twice",
+                done.time,
+                f"{done.task_id} has {times} results recorded, the last by {done.node}",
+            )
+        if done.attempt != done.current:
+            self._fail(
+                "stale-result",
+                done.time,
+                f"the store recorded {done.node}'s result of {done.task_id} attempt "
+                f"{done.attempt}, while the task is at attempt {done.current}",
+            )

@@ -58,12 +58,15 @@ class Network:
         self._cuts: Counter[Link] = Counter()  # a link is cut while any partition cuts it
         self._impairments: list[Impairment] = []
 
-    def transit(self, src: str, dst: str) -> list[float]:
-        """The delay of each copy of one message from ``src`` to ``dst`` that arrives."""
+    def transit(self, src: str, dst: str, rng: random.Random | None = None) -> list[float]:
+        """The delay of each copy of one message from ``src`` to ``dst`` that arrives.
+
+        ``rng``: the stream to draw from instead of the network's own (task traffic has its
+        own, so that tasks leave the lease traffic's draws as they were)."""
         if self._cuts[(src, dst)]:
             return []
         link = self._links[(src, dst)]
-        rng = self._rng
+        rng = rng or self._rng
         if link.loss and rng.random() < link.loss:
             return []
         delay = link.base + rng.expovariate(1 / JITTER)

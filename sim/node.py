@@ -27,25 +27,33 @@ from brio.core.lease import (
     Persist,
     Persisted,
     RenewReply,
+    RenewRequest,
     Role,
     Send,
     SteppedDown,
     VoteReply,
+    VoteRequest,
 )
 from brio.core.membership import Membership, NodeFacts, StateChanged
+from brio.core.scheduler import SchedulerSettings
 from sim.clock import Clock
 from sim.config import SimConfig
 from sim.loop import EventLoop
 from sim.store import Answer
 from sim.wire import (
+    Ack,
     FencedWrite,
     Heartbeat,
     HeartbeatReply,
     RaiseFence,
     Reply,
     Request,
+    Submit,
+    TaskQueued,
+    TaskRun,
     describe,
 )
+from sim.work import Work
 
 STORE = "store"
 #: Time between a primary deciding to write and the write leaving: a pause may fall in it.
@@ -56,11 +64,21 @@ def address(node: str) -> str:
     return f"{node}:50051"
 
 
+def agents_of(config: SimConfig, node: str) -> tuple[str, ...]:
+    """Every node runs ``echo``; every other one (c1, c3, ..., then the workers) ``code`` too,
+    so that the scheduler's per-agent balancers and "which nodes run it" both matter."""
+    if not config.tasks:
+        return ()
+    index = config.node_ids.index(node)
+    return ("code", "echo") if index % 2 == 0 else ("echo",)
+
+
 class Host(Protocol):
     """What a node needs from the world around it."""
 
     loop: EventLoop
     config: SimConfig
+    task_settings: SchedulerSettings
 
     def note(self, who: str, text: str) -> None: ...
 
@@ -85,6 +103,16 @@ class Host(Protocol):
 
     def pause(self, node: SimNode, duration: float) -> None: ...
 
+    def task_acked(self, node: SimNode, task_id: str) -> None: ...
+
+    def task_unacked(self, node: SimNode, task_id: str) -> None: ...
+
+    def has_assigned(self, node: SimNode) -> bool: ...
+
+    def has_placing(self, node: SimNode) -> bool: ...
+
+    def crash_now(self, node: SimNode, why: str) -> None: ...
+
 
 class SimNode:
     def __init__(
@@ -100,10 +128,10 @@ class SimNode:
             role="coordinator" if coordinator else "worker",
             address=address(name),
             version="sim",
-            agents=(),
+            agents=agents_of(host.config, name),
             active=0,
             queued=0,
-            max_agents=4,
+            max_agents=host.config.task_capacity,
             draining=False,
         )
         # What survives a crash.
@@ -117,6 +145,9 @@ class SimNode:
         self.pause_token = 0  # tells a pause's own wake-up from an older one's
         self.held: list[Callable[[], None]] = []
         self.pause_armed: float | None = None  # pause for this long at the next write decision
+        self.pause_at_batch = False  # ... at the next batch of assignments, not a write
+        self.crash_armed = False  # crash right after the next batch of assignments leaves
+        self.work: Work | None = None  # the tasks: placer, supervisor, API
         self.timers: dict[str, tuple[float, int, Callable[[], None]]] = {}
         self.open_calls: set[int] = set()
         self.lease: Lease | None = None
@@ -183,12 +214,17 @@ class SimNode:
                 self.set_timer(f"probe {peer}", now + phase, partial(self._probe, peer))
         self._arm_lease()
         self.host.lease_changed(self)
+        if config.tasks:
+            self.work = Work(self, random.Random(f"{tag}/tasks"))
+            self.work.start()
 
     def crash(self) -> None:
         """Everything in memory is gone; only ``persisted`` (and the clock) remain."""
         self.up = False
         self.paused = False
         self.pause_armed = None
+        self.crash_armed = False
+        self.work = None
         self.incarnation += 1
         self.held.clear()
         self.timers.clear()
@@ -214,13 +250,21 @@ class SimNode:
                 assert self.membership is not None
                 self._members(self.membership.heartbeat_received(request.facts, self.local()))
                 return HeartbeatReply(self.facts)
-            case RaiseFence() | FencedWrite():
-                raise AssertionError("store requests go to the store")
-            case _:
+            case TaskRun():
+                if self.work is not None:
+                    self.work.poke()
+                return Ack()
+            case TaskQueued():
+                if self.work is not None:
+                    self.work.wake()
+                return Ack()
+            case VoteRequest() | VoteReply() | RenewRequest() | RenewReply():
                 assert self.lease is not None
                 self.host.note(self.name, f"<- {sender} {describe(request)}")
                 actions = self.lease.receive(self.local(), sender, request)
                 return self._carry_out(actions, reply_to=sender)
+            case _:
+                raise AssertionError(f"store requests go to the store: {request!r}")
 
     # ---------------------------------------------------------------- the lease
 
@@ -347,12 +391,21 @@ class SimNode:
         self.work_epoch = epoch
         self.fenced = False
         self.cancel_timer("write")
+        if self.work is not None:
+            self.work.stop()
         self._raise(epoch)
 
     def _stop_work(self) -> None:
         self.work_epoch = None
         self.fenced = False
         self.cancel_timer("write")
+        if self.work is not None:
+            self.work.stop()
+
+    def submit(self, request: Submit) -> None:
+        """A client's task submission reaches this coordinator's API."""
+        if self.work is not None:
+            self.work.submit(request)
 
     def _raise(self, epoch: int) -> None:
         self.host.call(
@@ -379,6 +432,8 @@ class SimNode:
         self.fenced = True
         self.host.note(self.name, f"fence raised to {epoch}; writing")
         self._write_tick(epoch)
+        if self.work is not None and self.working(epoch):
+            self.work.place(epoch)
 
     def _write_tick(self, epoch: int) -> None:
         """Decide whether to write now; the write itself leaves a moment later."""
@@ -394,7 +449,7 @@ class SimNode:
             return  # past the primary nursery's deadline: no work until the lease is extended
         self._writes += 1
         seq = self._writes
-        if self.pause_armed is not None:
+        if self.pause_armed is not None and not self.pause_at_batch:
             # Stopped between deciding and sending: it will send on stale beliefs.
             duration, self.pause_armed = self.pause_armed, None
             self.host.note(self.name, f"decided write #{seq} (epoch {epoch}) and froze")
@@ -418,6 +473,10 @@ class SimNode:
         assert isinstance(reply, Answer)
         if not reply.ok and self.working(epoch):
             self._lost_fence(reply.fence_epoch)
+
+    def lost_fence(self, fence_epoch: int) -> None:
+        """A fenced write was refused: the fence is at ``fence_epoch``, past ours."""
+        self._lost_fence(fence_epoch)
 
     def _lost_fence(self, fence_epoch: int) -> None:
         assert self.lease is not None

@@ -35,9 +35,11 @@ def summarize(
 ) -> dict[str, Any]:
     faults: Counter[str] = Counter()
     failovers: list[float] = []
+    placement: list[float] = []
     for result in results:
         faults.update(result.faults)
         failovers.extend(result.failovers)
+        placement.extend(result.placement)
     finished = [r for r in results if r.violation is None or r.violation.invariant in LIVENESS]
     held = [r for r in finished if r.violation is None]
     simulated = sum(r.simulated for r in results)
@@ -54,12 +56,23 @@ def summarize(
             "max_clock_drift": config.max_clock_drift,
             "heal_window": config.heal_window,
             "max_events": config.event_budget,
+            "task_rate": config.task_rate,
+            "task_capacity": config.task_capacity,
         },
         "unsafe": sorted(str(u) for u in config.unsafe),
         "faults_injected": dict(sorted(faults.items())),
         "elections": sum(r.elections for r in results),
         "writes_accepted": sum(r.writes for r in results),
         "failover": _spread(failovers),
+        "tasks": {
+            "submitted": sum(r.tasks_submitted for r in results),
+            "acknowledged": sum(r.tasks_acked for r in results),
+            "completed": sum(r.tasks_completed for r in results),
+            "executions": sum(r.executions for r in results),
+            "redistributed": sum(r.redistributed for r in results),
+            "requeued_at_restart": sum(r.restart_requeued for r in results),
+            "placement": _spread(placement),
+        },
         "liveness": {
             "checked": len(finished),
             "held": len(held),
@@ -70,6 +83,10 @@ def summarize(
             ),
             "membership_after_heal": _spread(
                 [r.members_after_heal for r in held if r.members_after_heal is not None]
+            ),
+            "task_bound": round(config.task_bound, 3) if config.tasks else None,
+            "tasks_after_heal": _spread(
+                [r.tasks_after_heal for r in held if r.tasks_after_heal is not None]
             ),
         },
         "violations": [
@@ -138,6 +155,21 @@ def render(summary: dict[str, Any]) -> str:
         f"elections won: {summary['elections']} ({per_seed:.1f} per seed); "
         f"writes accepted by the store: {summary['writes_accepted']}"
     )
+    tasks = summary["tasks"]
+    if config["task_rate"]:
+        lines.append(
+            f"tasks: {tasks['submitted']} submitted, {tasks['acknowledged']} acknowledged, "
+            f"{tasks['completed']} completed; {tasks['executions']} executions, "
+            f"{tasks['redistributed']} redistributed from nodes down, "
+            f"{tasks['requeued_at_restart']} requeued by restarted workers "
+            f"({config['task_rate']:g}/s, {config['task_capacity']} slots per node)"
+        )
+        pl = tasks["placement"]
+        if pl["count"]:
+            lines.append(
+                f"placement, from queued to assigned (n={pl['count']}): p50 {_seconds(pl['p50'])}, "
+                f"p90 {_seconds(pl['p90'])}, p99 {_seconds(pl['p99'])}, max {_seconds(pl['max'])}"
+            )
     fo = summary["failover"]
     if fo["count"]:
         lines.append(
@@ -157,6 +189,12 @@ def render(summary: dict[str, Any]) -> str:
             f"at worst (bound {live['primary_bound']:.1f} s), everyone healthy after "
             f"{_seconds(live['membership_after_heal']['max'])} (bound "
             f"{live['membership_bound']:.1f} s)"
+            + (
+                f", every task finished after {_seconds(live['tasks_after_heal']['max'])} "
+                f"(bound {live['task_bound']:.1f} s)"
+                if live["task_bound"] is not None
+                else ""
+            )
         )
     violations = summary["violations"]
     if not violations:

@@ -5,6 +5,11 @@ arrives; the reply travels back on the same call and is dropped if the caller re
 already has its answer, or reads its clock past the call's deadline. A caller that asked to
 hear of timeouts gets a timer on its own clock, which also ends the call in order with its
 other events (a paused caller learns of both only when it wakes).
+
+A node's task statements reach the store over one connection, in order: a later statement
+never overtakes an earlier one (TCP), though either may be lost. The placer's argument for
+capacity needs it (a round reads the load after its previous round's write landed, or was
+lost for good); a duplicated copy is answered from the store's memory of the request id.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from random import Random
 
 from sim.loop import EventLoop
 from sim.network import Network
 from sim.node import STORE, SimNode
-from sim.wire import Reply, Request, describe, is_lease
+from sim.wire import Reply, Request, describe, is_lease, is_task, is_task_statement
 
 #: Answers a request that reached ``dst`` from ``sender``: the reply, or None (no reply, or
 #: nobody there to answer).
@@ -41,12 +47,16 @@ class Call:
 
 
 class Calls:
-    def __init__(self, loop: EventLoop, network: Network, serve: Serve, note: Note) -> None:
+    def __init__(
+        self, loop: EventLoop, network: Network, serve: Serve, note: Note, task_rng: Random
+    ) -> None:
         self._loop = loop
         self._network = network
+        self._task_rng = task_rng
         self._serve = serve
         self._note = note
         self._last_id = 0
+        self._in_order: dict[str, float] = {}  # node -> arrival of its last task statement
 
     def call(
         self,
@@ -70,19 +80,27 @@ class Calls:
             on_timeout,
         )
         src.open_calls.add(call.id)
-        copies = self._network.transit(src.name, dst)
+        copies = self._network.transit(src.name, dst, self._rng_for(request))
         if not copies and is_lease(request):
             self._note(src.name, f"-> {dst} {describe(request)}: lost")
+        if copies and dst == STORE and is_task_statement(request):
+            now = self._loop.now
+            arrival = max(now + copies[0], self._in_order.get(src.name, 0.0))
+            self._in_order[src.name] = arrival
+            copies = [arrival - now]
         for delay in copies:
             self._loop.after(delay, partial(self._arrive, call), None if dst == STORE else dst)
         if on_timeout is not None:
             src.set_timer(call.timer, call.deadline, partial(self._expire, call))
 
+    def _rng_for(self, message: Request | Reply) -> Random | None:
+        return self._task_rng if is_task(message) else None
+
     def _arrive(self, call: Call) -> None:
         reply = self._serve(call.src.name, call.dst, call.request)
         if reply is None:
             return
-        copies = self._network.transit(call.dst, call.src.name)
+        copies = self._network.transit(call.dst, call.src.name, self._rng_for(reply))
         if not copies and is_lease(reply):
             self._note(call.dst, f"-> {call.src.name} {describe(reply)}: lost")
         for delay in copies:

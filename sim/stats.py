@@ -54,3 +54,11 @@ class SeedResult:
     primary_after_heal: float | None  # seconds from the heal to a fenced primary
     members_after_heal: float | None  # seconds from the heal to everyone seeing everyone healthy
     trace: tuple[str, ...]  # all of it with --trace; the tail when a violation stopped it
+    tasks_submitted: int = 0  # client submissions (acknowledged or not)
+    tasks_acked: int = 0  # acknowledged: the store held them
+    tasks_completed: int = 0  # results recorded
+    executions: int = 0  # claims into running: a task run more than once counts each time
+    redistributed: int = 0  # tasks the primary put back from nodes that were down
+    restart_requeued: int = 0  # tasks a worker put back at its start, from its previous life
+    placement: tuple[float, ...] = ()  # queued -> assigned, true seconds
+    tasks_after_heal: float | None = None  # seconds from the heal to every task finished

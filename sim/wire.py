@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from brio.core.lease import Message, RenewReply, RenewRequest, VoteReply, VoteRequest
 from brio.core.membership import NodeFacts
+from brio.core.scheduler import QueuedTask
 from sim.store import Answer
 
 
@@ -34,8 +35,101 @@ class FencedWrite:
     seq: int  # the primary's write counter, to tell writes apart in the trace
 
 
-Request = Message | Heartbeat | RaiseFence | FencedWrite
-Reply = Message | HeartbeatReply | Answer
+# ---- tasks: what a node asks of the store's task table (``sim.store.Tasks``), and the notices
+# the primary and standbys send each other. Each store request carries a request id (``rid``,
+# unique per node life); the store answers a repeated id with the answer it gave the first
+# time, so a retried call and a duplicated copy both act once (a statement runs once).
+
+
+@dataclass(frozen=True)
+class Submit:
+    rid: str
+    task_id: str
+    seq: int
+    agent: str
+    session_id: str | None
+    target_node: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The placer's read: load per node (assigned + running) and the first ``limit`` queued."""
+
+    rid: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """The primary's fenced requeue of the tasks of nodes that are down, attempt + 1."""
+
+    rid: str
+    epoch: int
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Assign:
+    """One batch of assignments in one fenced write: (task id, attempt, node) each."""
+
+    rid: str
+    epoch: int
+    batch: tuple[tuple[str, int, str], ...]
+
+
+@dataclass(frozen=True)
+class RequeueMine:
+    """A worker's start: whatever the store says it had assigned or running goes back."""
+
+    rid: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker claims up to ``limit`` of its assigned tasks straight into running."""
+
+    rid: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """A worker records a task's result, for the attempt it ran."""
+
+    rid: str
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """The primary tells a node of its batch (``task.run``); best effort, nodes poll too."""
+
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskQueued:
+    """A standby that took a submission wakes the primary (``task.queued``)."""
+
+
+@dataclass(frozen=True)
+class TaskAnswer:
+    ok: bool
+    fence_epoch: int = 0
+    loads: tuple[tuple[str, int], ...] = ()  # Snapshot: node -> load
+    tasks: tuple[tuple[str, int], ...] = ()  # (task id, attempt): queued, landed or claimed
+    queued: tuple[QueuedTask, ...] = ()  # Snapshot
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The answer to a notice."""
+
+
+TaskRequest = Submit | Snapshot | Requeue | Assign | RequeueMine | Claim | Finish
+Request = Message | Heartbeat | RaiseFence | FencedWrite | TaskRequest | TaskRun | TaskQueued
+Reply = Message | HeartbeatReply | Answer | TaskAnswer | Ack
 
 
 def describe(message: Request | Reply) -> str:
@@ -53,6 +147,11 @@ def describe(message: Request | Reply) -> str:
         case RenewReply():
             answer = "ok" if message.ok else f"refused ({message.reason})"
             return f"renew reply t{message.term} r{message.round} {answer}"
+        case Assign():
+            shown = ", ".join(f"{t}#{a}->{n}" for t, a, n in message.batch)
+            return f"assign under epoch {message.epoch}: {shown}"
+        case Requeue():
+            return f"requeue under epoch {message.epoch} the tasks of {', '.join(message.nodes)}"
         case _:
             return type(message).__name__
 
@@ -60,3 +159,16 @@ def describe(message: Request | Reply) -> str:
 def is_lease(message: Request | Reply) -> bool:
     """Lease traffic is traced message by message; heartbeats only by their effects."""
     return isinstance(message, VoteRequest | VoteReply | RenewRequest | RenewReply)
+
+
+_STATEMENTS = frozenset({Submit, Snapshot, Requeue, Assign, RequeueMine, Claim, Finish})
+_TASK_TRAFFIC = _STATEMENTS | {TaskRun, TaskQueued, TaskAnswer, Ack}
+
+
+def is_task_statement(message: Request | Reply) -> bool:
+    return type(message) in _STATEMENTS
+
+
+def is_task(message: Request | Reply) -> bool:
+    """Task traffic draws its network fate from its own stream (``sim.world``)."""
+    return type(message) in _TASK_TRAFFIC

@@ -13,8 +13,10 @@ import random
 from collections.abc import Callable
 from functools import partial
 
+from brio.core.balancer import STRATEGIES
 from brio.core.lease import Role
 from brio.core.membership import PeerState
+from brio.core.scheduler import QueuedTask, SchedulerSettings
 from sim.chaos import Chaos
 from sim.clock import Clock
 from sim.config import SimConfig
@@ -25,9 +27,25 @@ from sim.network import Network
 from sim.node import STORE, SimNode, address
 from sim.rpc import Calls
 from sim.stats import Failovers, SeedResult
-from sim.store import Answer, Store
+from sim.store import Answer, Store, TaskRow, Tasks
 from sim.trace import Trace
-from sim.wire import FencedWrite, RaiseFence, Reply, Request, describe, is_lease
+from sim.wire import (
+    Assign,
+    Claim,
+    FencedWrite,
+    Finish,
+    RaiseFence,
+    Reply,
+    Request,
+    Requeue,
+    RequeueMine,
+    Snapshot,
+    Submit,
+    TaskAnswer,
+    describe,
+    is_lease,
+    is_task_statement,
+)
 
 #: Clock offsets: nodes booted at different times, so their monotonic clocks read differently.
 OFFSETS = (0.0, 10_000.0)
@@ -62,9 +80,27 @@ class World:
         self.healed_at: float | None = None
         self._primary_ok: float | None = None
         self._members_ok: float | None = None
-        self._calls = Calls(self.loop, self.network, self._serve, self.note)
+        self._calls = Calls(
+            self.loop, self.network, self._serve, self.note, self._stream("tasks/network")
+        )
         self._pauses = 0
         self.chaos = Chaos(self, self._stream("faults"))
+        # Tasks: the table, the scheduler's settings for this seed, and what was measured.
+        self.tasks = Tasks(
+            self.store.fence, assign_fence=config.assign_fence, attempt_check=config.attempt_check
+        )
+        self.task_settings = self._scheduler_settings(self._stream("tasks/settings"))
+        self._clients = self._stream("tasks/clients")
+        self._answers: dict[str, TaskAnswer] = {}  # request id -> the store's answer
+        self._pending: dict[str, str] = {}  # submissions on their way: task -> coordinator
+        self._unfinished = 0  # rows in the store without a result
+        self._acked: set[str] = set()
+        self._submitted = 0
+        self.executions = 0
+        self.redistributed = 0  # by the primary, from nodes that were down
+        self.restart_requeued = 0  # by a worker's start, from its previous life
+        self.placement: list[float] = []  # queued -> assigned, true seconds
+        self._tasks_ok: float | None = None
 
     def _stream(self, name: str) -> random.Random:
         return random.Random(f"{self.seed}/{name}")
@@ -80,11 +116,15 @@ class World:
         )
         self.loop.at(config.fault_end, self._heal)
         self.chaos.schedule(episodes)
+        if config.tasks:
+            self.note("tasks", self._describe_settings())
+            self._next_submission()
+        budget = config.event_budget
         while self.checker.violation is None:
             item = self.loop.pop(config.duration)
             if item is None:
                 break
-            if self.events >= config.event_budget:
+            if self.events >= budget:
                 self.checker.livelock(self.loop.now, self.events, config.duration)
                 break
             target, action = item
@@ -109,12 +149,24 @@ class World:
             primary_after_heal=self._primary_ok,
             members_after_heal=self._members_ok,
             trace=trace,
+            tasks_submitted=self._submitted,
+            tasks_acked=len(self._acked),
+            tasks_completed=len(self.tasks.completions),
+            executions=self.executions,
+            redistributed=self.redistributed,
+            restart_requeued=self.restart_requeued,
+            placement=tuple(self.placement),
+            tasks_after_heal=self._tasks_ok,
         )
 
     def _after_event(self) -> None:
         if len(self.primaries) >= 2:
             self.checker.primaries(self.loop.now, self._holders())
-        if self.healed_at is not None and (self._primary_ok is None or self._members_ok is None):
+        if self.healed_at is not None and (
+            self._primary_ok is None
+            or self._members_ok is None
+            or (self.config.tasks and self._tasks_ok is None)
+        ):
             self._watch_liveness()
 
     def _holders(self) -> list[Holder]:
@@ -142,6 +194,8 @@ class World:
         self.chaos.heal()
         self.loop.after(self.config.primary_bound, self._judge_primary)
         self.loop.after(self.config.membership_bound, self._judge_members)
+        if self.config.tasks:
+            self.loop.after(self.config.task_bound, self._judge_tasks)
 
     def _watch_liveness(self) -> None:
         assert self.healed_at is not None
@@ -153,6 +207,8 @@ class World:
             self._primary_ok = since
         if self._members_ok is None and all(self._sees_all(n) for n in nodes):
             self._members_ok = since
+        if self._tasks_ok is None and not self._unfinished and not self._pending:
+            self._tasks_ok = since
 
     def _sees_all(self, node: SimNode) -> bool:
         table = node.membership
@@ -188,6 +244,203 @@ class World:
                 f"{self.config.membership_bound:.1f} s after the faults healed",
             )
 
+    def _judge_tasks(self) -> None:
+        if self._tasks_ok is None:
+            left = [r for r in self.tasks.rows.values() if not r.status.terminal]
+            shown = ", ".join(
+                f"{r.task_id} {r.status}" + (f" on {r.node}" if r.node else "") + f" #{r.attempt}"
+                for r in left[:8]
+            )
+            more = f" and {len(left) - 8} more" if len(left) > 8 else ""
+            pending = f"; {len(self._pending)} submission(s) still on their way" * bool(
+                self._pending
+            )
+            self.checker.liveness(
+                self.loop.now,
+                "liveness-tasks",
+                f"{len(left)} task(s) unfinished {self.config.task_bound:.1f} s after the faults "
+                f"healed: {shown}{more}{pending}",
+            )
+
+    # ---------------------------------------------------------------- tasks
+
+    @staticmethod
+    def _scheduler_settings(rng: random.Random) -> SchedulerSettings:
+        """A strategy and session affinity per seed, so that runs cover the core's rules."""
+        return SchedulerSettings(
+            strategy=rng.choice(STRATEGIES),
+            session_affinity=rng.random() < 0.5,
+            affinity_ttl=rng.choice((2.0, 30.0, 3600.0)),
+        )
+
+    def _describe_settings(self) -> str:
+        s = self.task_settings
+        sessions = f"session affinity (ttl {s.affinity_ttl:g} s)" if s.session_affinity else ""
+        return (
+            f"scheduler: {s.strategy}{', ' + sessions if sessions else ''}; "
+            f"{self.config.task_rate:g} tasks/s, at most {self.config.in_flight} unfinished"
+        )
+
+    def _next_submission(self) -> None:
+        rng = self._clients
+        at = self.loop.now + rng.expovariate(self.config.task_rate)
+        if at < self.config.fault_end:
+            self.loop.at(at, self._submission)
+
+    def _submission(self) -> None:
+        """A client submits a task to a coordinator, unless it has enough unfinished."""
+        rng, config = self._clients, self.config
+        self._next_submission()
+        agent = "code" if rng.random() < 0.3 else "echo"
+        session = f"s{rng.randrange(6)}" if rng.random() < 0.5 else None
+        runs = [n for n in config.node_ids if agent in self.nodes[n].facts.agents]
+        pin = rng.choice(runs) if rng.random() < 0.1 else None
+        coordinator = self.nodes[rng.choice(config.node_ids[: config.coordinators])]
+        if self._unfinished + len(self._pending) >= config.in_flight:
+            return
+        self._submitted += 1
+        task_id = f"t{self._submitted}"
+        if not coordinator.up:
+            self.note(coordinator.name, f"submission of {task_id}: refused, down")
+            return
+        request = Submit(f"client/{task_id}", task_id, self._submitted, agent, session, pin)
+        self._pending[task_id] = coordinator.name
+        self.loop.at(self.loop.now, partial(coordinator.submit, request), coordinator.name)
+
+    def task_acked(self, node: SimNode, task_id: str) -> None:
+        self._acked.add(task_id)
+        self.note(node.name, f"acknowledged {task_id}")
+        if task_id not in self.tasks.rows:
+            self.checker.task_lost(
+                self.loop.now,
+                f"{task_id} was acknowledged by {node.name} but the store does not hold it",
+            )
+
+    def has_assigned(self, node: SimNode) -> bool:
+        """Would a claim by ``node`` find anything? A poll that would not is skipped."""
+        return self.tasks.has_assigned(node.name)
+
+    def has_placing(self, node: SimNode) -> bool:
+        """Would a placement round find anything to do (queued tasks, or tasks on nodes
+        that ``node`` may call down)? A poll that would not is skipped."""
+        if self.tasks.has_queued():
+            return True
+        work = node.work
+        return work is not None and bool(work.down_with(set(self.tasks.loads())))
+
+    def task_unacked(self, node: SimNode, task_id: str) -> None:
+        self._pending.pop(task_id, None)
+
+    def forget_pending(self, node: SimNode) -> None:
+        """A coordinator crashed: the submissions it held are gone with it."""
+        for task_id in [t for t, c in self._pending.items() if c == node.name]:
+            del self._pending[task_id]
+
+    def _task_statement(self, sender: str, request: Request) -> TaskAnswer:
+        assert isinstance(
+            request, Submit | Snapshot | Requeue | Assign | RequeueMine | Claim | Finish
+        )
+        answer = self._answers.get(request.rid)
+        if answer is None:
+            answer = self._execute(sender, request)
+            self._answers[request.rid] = answer
+        return answer
+
+    def _execute(
+        self,
+        sender: str,
+        request: Submit | Snapshot | Requeue | Assign | RequeueMine | Claim | Finish,
+    ) -> TaskAnswer:
+        now, tasks, checker = self.loop.now, self.tasks, self.checker
+        fence = self.store.fence.epoch
+        match request:
+            case Submit():
+                self._pending.pop(request.task_id, None)
+                if request.task_id not in tasks.rows:
+                    self._unfinished += 1
+                row = TaskRow(
+                    request.task_id,
+                    request.seq,
+                    request.agent,
+                    request.session_id,
+                    request.target_node,
+                    queued_at=now,
+                )
+                tasks.submit(now, row)
+                pin = f", pinned to {row.target_node}" if row.target_node else ""
+                session = f", session {row.session_id}" if row.session_id else ""
+                self.note("store", f"{row.task_id} ({row.agent}{session}{pin}) queued by {sender}")
+                return TaskAnswer(True)
+            case Snapshot():
+                queued = tuple(
+                    QueuedTask(
+                        r.task_id,
+                        r.agent,
+                        r.attempt,
+                        seq=r.seq,
+                        session_id=r.session_id,
+                        target_node=r.target_node,
+                    )
+                    for r in tasks.queued(request.limit)
+                )
+                return TaskAnswer(True, fence, loads=tuple(tasks.loads().items()), queued=queued)
+            case Requeue():
+                back = tasks.requeue_nodes(now, request.epoch, request.nodes)
+                if back is None:
+                    self.note(
+                        "store", f"{describe(request)} by {sender}: refused (fence at {fence})"
+                    )
+                    return TaskAnswer(False, fence)
+                self.redistributed += len(back)
+                shown = ", ".join(f"{r.task_id}#{r.attempt}" for r in back) or "none"
+                self.note("store", f"{describe(request)} by {sender}: back to the queue: {shown}")
+                if back:
+                    checker.task_write(now, sender, "requeue", request.epoch, fence)
+                return TaskAnswer(True, fence)
+            case Assign():
+                landed = tasks.assign(request.epoch, request.batch)
+                if landed is None:
+                    self.note(
+                        "store", f"{describe(request)} by {sender}: refused (fence at {fence})"
+                    )
+                    return TaskAnswer(False, fence)
+                shown = ", ".join(f"{r.task_id}->{r.node}" for r in landed) or "none"
+                self.note("store", f"{describe(request)} by {sender}: landed {shown}")
+                if landed:
+                    checker.task_write(now, sender, "assignment", request.epoch, fence)
+                    self.placement.extend(now - r.queued_at for r in landed)
+                    loads = tasks.loads()
+                    for node in sorted({r.node for r in landed if r.node is not None}):
+                        checker.capacity(now, node, loads[node], self.config.task_capacity)
+                return TaskAnswer(True, fence, tasks=tuple((r.task_id, r.attempt) for r in landed))
+            case RequeueMine():
+                back = tasks.requeue_mine(now, sender)
+                self.restart_requeued += len(back)
+                if back:
+                    shown = ", ".join(f"{r.task_id}#{r.attempt}" for r in back)
+                    self.note("store", f"{sender} starts: its tasks back to the queue: {shown}")
+                return TaskAnswer(True)
+            case Claim():
+                claimed = tasks.claim(sender, request.limit)
+                self.executions += len(claimed)
+                if claimed:
+                    shown = ", ".join(f"{r.task_id}#{r.attempt}" for r in claimed)
+                    self.note("store", f"{sender} claims {shown}: running")
+                return TaskAnswer(True, tasks=tuple((r.task_id, r.attempt) for r in claimed))
+            case Finish(task_id=task_id, attempt=attempt):
+                done = tasks.finish(now, sender, task_id, attempt)
+                if done is None:
+                    found = tasks.rows.get(task_id)
+                    state = "unknown" if found is None else f"{found.status} #{found.attempt}"
+                    self.note(
+                        "store", f"result of {task_id}#{attempt} by {sender}: refused ({state})"
+                    )
+                    return TaskAnswer(False)
+                self._unfinished -= 1
+                self.note("store", f"result of {task_id}#{attempt} by {sender}: recorded")
+                checker.completed(done, tasks.results[task_id])
+                return TaskAnswer(True)
+
     # ---------------------------------------------------------------- calls
 
     def call(
@@ -204,8 +457,17 @@ class World:
             src, dst, request, timeout=timeout, on_reply=on_reply, on_timeout=on_timeout
         )
 
+    def crash_now(self, node: SimNode, why: str) -> None:
+        """``node`` dies right now (the chaos armed it; its episode's end restarts it)."""
+        self.lose_primary(node)
+        node.crash()
+        self.forget_pending(node)
+        self.note(node.name, why)
+
     def _serve(self, sender: str, dst: str, request: Request) -> Reply | None:
         if dst == STORE:
+            if is_task_statement(request):
+                return self._task_statement(sender, request)
             return self._store(sender, request)
         node = self.nodes[dst]
         if not node.up:

@@ -46,7 +46,7 @@ def test_same_seed_same_trace_across_processes() -> None:
 def test_worker_count_does_not_change_results() -> None:
     def run(jobs: str) -> bytes:
         done = subprocess.run(
-            [sys.executable, "-m", "sim", "--seeds", "4", "--duration", "40", "--jobs", jobs],
+            [sys.executable, "-m", "sim", "--seeds", "4", "--duration", "50", "--jobs", jobs],
             cwd=ROOT,
             capture_output=True,
             check=True,
