@@ -115,14 +115,17 @@ async def _ask(  # noqa: PLR0917 (trio.run passes arguments by position)
     that it does not come out of the loop wrapped in exception groups)."""
     from brio import aio
     from brio.mesh.tls import TLSSetupError, client_context
-    from brio.mesh.transport import ChannelPool, MeshCallError, TransportStats
+    from brio.mesh.transport import ChannelPool, ClusterAuth, MeshCallError, TransportStats
 
+    secret = config.mesh.cluster_secret
+    # the node's own secret signs the CLI's admin calls, as it signs the node's
+    stats = TransportStats(auth=ClusterAuth(secret.get_secret_value()) if secret else None)
     async with aio.open_loop():
         try:
             pool = ChannelPool(
                 client_context(config.mesh.tls),
                 config.mesh.node_id,
-                TransportStats(),
+                stats,
                 tls_server_name=server_name,
             )
         except TLSSetupError as exc:

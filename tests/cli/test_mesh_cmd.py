@@ -275,3 +275,39 @@ def test_every_action_names_a_mesh_admin_method() -> None:
     assert parser.parse_args(["leave", "--force"]).force
     with pytest.raises(SystemExit):
         parser.parse_args(["remove"])  # remove names the node
+
+
+def test_the_cli_signs_its_admin_calls_with_the_cluster_secret(
+    tmp_path: Path,
+    isolated: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a cluster secret, drain (a signed admin call) is refused unless the CLI signs it
+    with the same secret, which it takes from the node's config as the node does."""
+    secret = "c0ffee" * 11
+    mesh_port = free_port()
+    node = start_node_on_free_port(
+        tmp_path,
+        {
+            "BRIO_NODE_ID": "signed",
+            "BRIO_MESH_ENABLED": "true",
+            "BRIO_MESH_LISTEN": f"127.0.0.1:{mesh_port}",
+            "BRIO_MESH_CLUSTER_SECRET": secret,
+        },
+    )
+    address = f"127.0.0.1:{mesh_port}"
+    try:
+        monkeypatch.setenv("BRIO_NODE_ID", "signed")
+        monkeypatch.setenv("BRIO_MESH_CLUSTER_SECRET", "another" * 8)
+        code, _, err = run(capsys, "drain", "--node", address)
+        assert (
+            code == 1
+            and err == "brio: the cluster-secret signature does not match (another secret?)\n"
+        ), err
+        monkeypatch.setenv("BRIO_MESH_CLUSTER_SECRET", secret)
+        code, out, err = run(capsys, "drain", "--node", address)
+        assert code == 0, err
+        assert out.startswith("signed is draining"), out
+    finally:
+        assert node.terminate() == 0
