@@ -16,7 +16,7 @@ import trio
 
 import brio.api.app
 import brio.api.server
-from tests.api.conftest import Node, node_config, running_node
+from tests.nodes import Node, node_config, running_node
 from tests.system.nodeproc import start_node_on_free_port
 
 TOKEN = "s3cret"

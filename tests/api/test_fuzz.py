@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from tests.api.conftest import node_config, running_node
+from tests.nodes import node_config, running_node
 
 TOKEN = "fuzz-token"
 # About a minute on a shared two-core machine: enough for every phase to reach every operation.

@@ -13,7 +13,7 @@ from trio_websocket import HandshakeError, open_websocket_url
 
 from brio import __version__
 from brio.api.app import ApiDeps, create_app
-from tests.api.conftest import Node, node_config, running_node
+from tests.nodes import Node, node_config, running_node
 
 
 async def test_health_has_the_guide_shape(node: Node) -> None:

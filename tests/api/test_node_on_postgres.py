@@ -10,7 +10,7 @@ import trio
 
 from brio import aio
 from brio.store import open_store
-from tests.api.conftest import node_config, running_node
+from tests.nodes import node_config, running_node
 
 pytestmark = pytest.mark.postgres
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from tests.api.conftest import Node, node_config, running_node
+from tests.nodes import Node, node_config, running_node
 
 EVIL = "http://evil.example"
 TASK = {"agent": "echo", "prompt": "x"}

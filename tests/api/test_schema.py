@@ -22,7 +22,7 @@ from brio.api import models
 from brio.api.errors import ApiError
 from brio.api.routing import Reply, Router, install, json_response
 from brio.store._common import encode_cursor
-from tests.api.conftest import Node, node_config
+from tests.nodes import Node, node_config
 
 CURSOR = re.compile(models.CURSOR_PATTERN)
 

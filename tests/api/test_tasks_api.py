@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from tests.api.conftest import Node, node_config, running_node
+from tests.nodes import Node, node_config, running_node
 
 
 async def test_echo_task_is_committed_then_succeeds(node: Node) -> None:

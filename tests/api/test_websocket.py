@@ -12,7 +12,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from brio.node.root import run_node
-from tests.api.conftest import Node, node_config, running_node
+from tests.nodes import Node, node_config, running_node
 
 
 def ws_url(node: Node) -> str:

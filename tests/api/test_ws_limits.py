@@ -12,8 +12,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 import brio.api.routes.ws
 from brio.api.models import MAX_ID
-from tests.api.conftest import Node, node_config, running_node
 from tests.api.test_websocket import subscribe, ws_url
+from tests.nodes import Node, node_config, running_node
 
 
 async def closed_with(ws: WebSocketConnection) -> tuple[list[dict[str, object]], int | None]:

@@ -32,7 +32,7 @@ from brio.mesh.transport import (
     MeshCallError,
     TransportStats,
 )
-from tests.api.conftest import Node, node_config, running_node
+from tests.nodes import Node, node_config, running_node
 
 NODE_ID = "abused"
 CALL = "/brio.mesh.v1.Mesh/Call"

@@ -23,8 +23,8 @@ import pytest
 import trio
 
 from brio import __version__
-from tests.api.conftest import node_config, running_node
 from tests.certs import make_cluster_certs, tls_config
+from tests.nodes import node_config, running_node
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto" / "brio" / "mesh" / "v1"
 NODE_ID = "wire-node"
