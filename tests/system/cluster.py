@@ -248,3 +248,30 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def launch(node: MeshNode) -> None:
+    """Start ``node`` as ``MeshNode.start`` does, without waiting for it (see ``is_up``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"}
+    env.update(HOME=str(node.dir), BRIO_CONFIG=str(node.config))
+    (node.dir / "data" / "mesh-address").unlink(missing_ok=True)
+    with (node.dir / "node.log").open("ab") as log:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "brio", "serve"],
+            cwd=node.dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def is_up(node: MeshNode) -> bool:
+    """Whether a node started by ``launch`` is ready (what ``MeshNode.start`` waits for);
+    raises if its process has exited."""
+    if node.proc is None:
+        return False
+    if node.proc.poll() is not None:
+        raise AssertionError(f"{node.node_id} exited; log:\n{node.log()[-4000:]}")
+    if not (node.dir / "data" / "mesh-address").exists():
+        return False
+    return node.http_url is None or ready(node.http_url + "/health/ready")
