@@ -40,3 +40,7 @@ ci: lint test
 # the simulator's long run: 10,000 seeds of mixed faults, every safety measure on (docs/simulator.md)
 chaos *ARGS:
     {{venv}}/python -m sim --seeds 10000 --progress {{ARGS}}
+
+# the cluster benchmark on PostgreSQL, a table plus JSON (docs/benchmarks.md); --quick: a smoke run
+bench-cluster *ARGS:
+    {{venv}}/python -m bench.cluster {{ARGS}}
