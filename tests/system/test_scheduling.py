@@ -2,7 +2,9 @@
 
 - 20 unprefixed ``echo`` tasks submitted to the coordinator spread round-robin over the nodes
   that run ``echo``: the two workers and the coordinator (coordinators run agents by default).
-  Round-robin over three nodes gives each 6 or 7 of them.
+  Round-robin over three nodes gives each 6 or 7 of them. The primary's ``task.run`` notice
+  of each batch is accepted by the node it names (a refused one leaves the node to find its
+  work at its next poll).
 - ``[agents.sleep] node_affinity = ["worker-2"]``: ``sleep`` tasks run on worker-2 only.
 - ``kill -9`` of a worker running tasks: once the primary's membership marks it failed, its
   tasks go back to the queue with attempt 2 and run, then finish, on another node. ``nap`` is
@@ -133,6 +135,17 @@ def test_echo_tasks_spread_round_robin_over_the_capable_nodes(cluster: Cluster) 
     # round-robin over the three nodes that run echo: each gets 20 // 3 or 20 // 3 + 1
     assert set(spread) == set(IPS), spread
     assert sorted(spread.values()) == [6, 7, 7], spread
+
+
+def test_the_primary_s_placement_notices_are_accepted(cluster: Cluster) -> None:
+    """The primary tells each node of its batch with a ``task.run`` call; the node claims at
+    once instead of at its next poll. A refused notice is logged by the primary."""
+    refused = [
+        line
+        for line in cluster.coordinator.log().splitlines()
+        if "task.run on" in line and "MeshError" in line
+    ]
+    assert not refused, f"{len(refused)} task.run notice(s) refused, e.g. {refused[0]}"
 
 
 def test_sleep_tasks_run_only_where_node_affinity_allows(cluster: Cluster) -> None:
