@@ -152,6 +152,11 @@ class Mesh:
             )
         mesh_view_lease = lease.view if lease is not None else _no_lease
         meter = TaskMeter(local.node_id, bus)
+        forwarder = EventForwarder(local.node_id, bus, membership, calls)
+        if placer is not None:  # a freed slot or a node's new state: the primary looks again
+            supervisor.on_finished = placer.wake
+            forwarder.on_remote_finished = placer.wake
+            peers.on_state_change = placer.wake
         return cls(
             config=config,
             local=local,
@@ -160,7 +165,7 @@ class Mesh:
             stats=stats,
             calls=calls,
             peers=peers,
-            forwarder=EventForwarder(local.node_id, bus, membership, calls),
+            forwarder=forwarder,
             queue_counter=QueueCounter(local, store, settings.heartbeat_interval, meter),
             router=MeshRouter(local, membership, calls, lease_view=mesh_view_lease, placer=placer),
             placer=placer,

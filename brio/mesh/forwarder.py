@@ -14,6 +14,7 @@ again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ class EventForwarder:
         self.membership = membership
         self.calls = calls
         self.counts = TaskCounts()
+        self.on_remote_finished: Callable[[], None] = lambda: None
         self._unsent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,6 +134,8 @@ class EventForwarder:
                 await trio.sleep(0.02)
 
     def publish_remote(self, origin: str, events: list[dict[str, Any]]) -> int:
+        if any(item["type"] == "task_completed" for item in events):
+            self.on_remote_finished()  # a slot is free on ``origin``: the placer may use it
         for item in events:
             self.bus.publish(
                 str(item["type"]),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import trio
@@ -63,6 +64,7 @@ class Peers:
         self.local = local
         self.calls = calls
         self.heartbeats_received = 0
+        self.on_state_change: Callable[[], None] = lambda: None
         self._probes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._last_heartbeat: float | None = None  # wall clock, for /health
@@ -188,6 +190,8 @@ class Peers:
         for change in changes:
             _log_change(change)
         self._changed.set()
+        if any(c.new is not c.old for c in changes):
+            self.on_state_change()  # a node came, went or failed: the placer looks again
         # A removed peer that neither the config nor discovery names is forgotten: nobody
         # dials it any more, and it comes back by itself, as any new node does, with its
         # next heartbeat to us. A configured or discovered one stays and keeps being probed.

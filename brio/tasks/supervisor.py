@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -102,6 +103,8 @@ class Supervisor:
         self._accepting = True
         self._idle = trio.Event()
         self._idle.set()
+        # A slot is free: the primary's placer, when it runs here, may place more now.
+        self.on_finished: Callable[[], None] = _nothing
 
     @property
     def active(self) -> int:
@@ -354,6 +357,7 @@ class Supervisor:
                 return
             if done is not None:
                 publish_completed(self._bus, done)
+                self.on_finished()
 
     async def _requeue(self, task: TaskRecord) -> None:
         with trio.CancelScope(shield=True), trio.fail_after(_FINAL_WRITE_TIMEOUT):
@@ -364,6 +368,10 @@ class Supervisor:
 
     def _publish_update(self, task: TaskRecord) -> None:
         publish_update(self._bus, task)
+
+
+def _nothing() -> None:
+    pass
 
 
 def publish_update(bus: EventBus, task: TaskRecord, *, reason: str | None = None) -> None:

@@ -128,3 +128,33 @@ async def test_a_store_failure_before_the_agent_requeues_the_task(store: Store) 
     done = await run_until_done(flaky, agents(record=record), task.id)
     assert done.status is TaskStatus.SUCCEEDED
     assert ran == [2]  # the first attempt never started; the task came back and ran again
+
+
+async def test_a_finished_task_wakes_the_placer_for_the_next(store: Store) -> None:
+    """With one slot and polls a minute apart, a backlog still drains at once: each finish
+    wakes the placer, whose assignment wakes the supervisor."""
+
+    async def quick(ctx: AgentContext) -> str:
+        return ctx.prompt
+
+    reg = agents(quick=quick)
+    bus = EventBus()
+    sup = Supervisor(store, reg, bus, "n1", 1, poll_interval=60)
+    placer = Placer(
+        store,
+        Scheduler(SchedulerSettings()),
+        SingleNodeDirectory("n1", "coordinator", reg, sup),
+        bus,
+        poll=60,
+    )
+    sup.on_finished = placer.wake
+    ids = [(await store.create_task(NewTask(agent="quick", prompt=str(i))))[0].id for i in range(5)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(LocalPrimary("n1", store, placer).run)
+        await nursery.start(sup.run)
+        with trio.fail_after(10):
+            for task_id in ids:
+                while (task := await store.get_task(task_id)) is None or not task.status.terminal:
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert placer.placed == 5
