@@ -1,5 +1,6 @@
 """The CI run: a few hundred seeds of every fault (but drift beyond the bound), every safety
-measure on. Zero violations, and liveness held in every seed after the heal.
+measure on, tasks included. Zero violations, and liveness (a primary, membership, every task
+finished) held in every seed after the heal.
 
 Three shapes: the default cluster (5 nodes, 3 candidates, production timings), a crowded,
 hurried one (7 nodes, 5 candidates, elections ten times faster) where campaigns interleave
@@ -10,18 +11,26 @@ before it votes (``no-amnesia-guard`` in ``test_teeth.py``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sim.config import Fault, SimConfig
 from sim.world import run_seed
 
+# Tasks cost about 70 % more CPU per seed; to keep CI's added CPU near a minute, half of the
+# default and crowded seeds run with tasks and the other half without (``task_rate=0``: the
+# lease and membership exactly as before tasks, same traces), each part within the per-test
+# timeout on a busy machine.
+CROWDED = SimConfig(nodes=7, coordinators=5, election_timeout=(0.1, 0.3))
 SHAPES = {
-    # about 25 s on one core of the 2-core CI machine
-    "default": (SimConfig(), 500),
-    "crowded": (SimConfig(nodes=7, coordinators=5, election_timeout=(0.1, 0.3)), 200),
+    "default": (SimConfig(), range(0, 250)),
+    "default-lease": (SimConfig(task_rate=0.0), range(250, 500)),
+    "crowded": (CROWDED, range(0, 100)),
+    "crowded-lease": (replace(CROWDED, task_rate=0.0), range(100, 200)),
     "disk-loss": (
         SimConfig(nodes=3, coordinators=2, faults=(Fault.PARTITION, Fault.DISK_LOSS)),
-        150,
+        range(150),
     ),
 }
 
@@ -29,13 +38,18 @@ SHAPES = {
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_mixed_faults_all_measures_on(shape: str) -> None:
     config, seeds = SHAPES[shape]
-    failovers = 0
-    for seed in range(seeds):
+    failovers = tasks = 0
+    for seed in seeds:
         result = run_seed(config, seed)
         assert result.violation is None, (seed, result.violation, result.trace[-40:])
         assert result.primary_after_heal is not None, seed
         assert result.members_after_heal is not None, seed
+        assert result.tasks_after_heal is not None or not config.tasks, seed
         assert result.primary_after_heal <= config.primary_bound
         assert result.members_after_heal <= config.membership_bound
+        assert result.tasks_after_heal is None or result.tasks_after_heal <= config.task_bound
+        assert result.tasks_completed <= result.executions
         failovers += len(result.failovers)
-    assert failovers > seeds  # the faults did take primaries away
+        tasks += result.tasks_completed
+    assert failovers > len(seeds)  # the faults did take primaries away
+    assert tasks > 50 * len(seeds) or not config.tasks  # and tasks ran through them
