@@ -232,6 +232,9 @@ class Store(Protocol):
         """Every assigned or running task of these nodes -> queued with attempt + 1, while
         the fence is at ``epoch`` (the primary redistributing a failed node's work)."""
 
+    async def running_on_node(self, node_id: str) -> list[TaskRecord]:
+        """The tasks the store has ``running`` on ``node_id``, oldest first."""
+
     async def claim_assigned(self, node_id: str, agents: list[str], limit: int) -> list[TaskRecord]:
         """Up to ``limit`` tasks assigned to ``node_id`` -> running, priority then age."""
 

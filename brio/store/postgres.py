@@ -312,6 +312,10 @@ class PostgresStore:
         rows = await self._read(lambda conn: conn.fetch(sql, *args))
         return sorted((_ROWS.task(row) for row in rows), key=lambda task: task.seq)
 
+    async def running_on_node(self, node_id: str) -> list[TaskRecord]:
+        sql, args = SQL.running_on_node.bind(node_id=node_id)
+        return [_ROWS.task(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
+
     async def claim_assigned(self, node_id: str, agents: list[str], limit: int) -> list[TaskRecord]:
         if not agents or limit <= 0:
             return []

@@ -314,6 +314,10 @@ class Statements:
             _REQUEUE_NODES[d.name].format(nodes=d.is_in("node_id", "nodes"))
         )
         # a worker takes the tasks assigned to it straight into running, a batch at a time
+        self.running_on_node = q(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE node_id = :node_id AND status = 'running'"
+            " ORDER BY seq"
+        )
         self.claim_assigned = q(
             "UPDATE tasks SET status = 'running', started_at = :now, updated_at = :now"
             " WHERE seq IN (SELECT seq FROM tasks WHERE status = 'assigned'"

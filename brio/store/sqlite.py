@@ -358,6 +358,11 @@ class SQLiteStore:
 
         return sorted(await self._transaction(requeue), key=lambda task: task.seq)
 
+    async def running_on_node(self, node_id: str) -> list[TaskRecord]:
+        stmt = SQL.running_on_node.bind(node_id=node_id)
+        rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
+        return [_ROWS.task(row) for row in rows]
+
     async def claim_assigned(self, node_id: str, agents: list[str], limit: int) -> list[TaskRecord]:
         if not agents or limit <= 0:
             return []

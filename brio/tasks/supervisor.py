@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _FINAL_WRITE_TIMEOUT = 10.0
 #: At most this many assigned tasks are taken (straight into running) in one claim.
 CLAIM_BATCH = 64
+#: How often the supervisor looks for tasks the store says run here but that do not.
+RECONCILE_EVERY = 5.0
 
 
 class StopReason(Enum):
@@ -138,6 +140,7 @@ class Supervisor:
             log.warning("task %s was left unfinished by a previous run; requeued", task.id)
             self._publish_update(task)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reconcile)
             task_status.started()
             while self._accepting:
                 await self._slots.acquire()
@@ -174,6 +177,34 @@ class Supervisor:
                     self._idle = trio.Event()
                     self._publish_update(task)
                     nursery.start_soon(self._run_one, task, entry)
+
+    async def _reconcile(self) -> None:
+        """Put back tasks the store says run here but that no agent here runs.
+
+        A claim commits in the store before its answer reaches us; if the answer is lost (the
+        connection drops), its tasks stay ``running`` on this healthy node, and nobody else
+        would move them. Seen so twice in a row, ``RECONCILE_EVERY`` apart and for the same
+        attempt, such a task is requeued (attempt + 1): a claim in flight is never that old.
+        """
+        suspects: set[tuple[str, int]] = set()
+        while self._accepting:
+            await trio.sleep(RECONCILE_EVERY)
+            try:
+                rows = await self._store.running_on_node(self._node_id)
+            except Exception as exc:
+                log.debug("looking for orphaned tasks failed: %s", exc)
+                continue
+            now = {(t.id, t.attempt) for t in rows if t.id not in self._running}
+            for task in rows:
+                if (task.id, task.attempt) in suspects & now and self._accepting:
+                    log.warning(
+                        "task %s is running here in the store, but no agent here runs it "
+                        "(a claim whose answer was lost); requeued",
+                        task.id,
+                    )
+                    await self._requeue(task)
+                    self.on_finished()
+            suspects = now
 
     def _release(self, count: int) -> None:
         for _ in range(count):

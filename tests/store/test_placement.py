@@ -118,3 +118,15 @@ async def test_requeue_lands_nothing_once_the_fence_moved(store: Store) -> None:
     assert await store.requeue_nodes_tasks(epoch, ["w1"]) == []
     still = await store.get_task(task.id)
     assert still is not None and (still.status, still.node_id) == (TaskStatus.ASSIGNED, "w1")
+
+
+async def test_running_on_node_lists_what_the_store_says_runs_there(store: Store) -> None:
+    epoch = await primary(store)
+    a, b, c = await queued(store), await queued(store), await queued(store)
+    await store.assign_tasks(
+        epoch, [Assignment(a.id, 1, "w1"), Assignment(b.id, 1, "w1"), Assignment(c.id, 1, "w2")]
+    )
+    assert await store.running_on_node("w1") == []  # assigned, not running yet
+    await store.claim_assigned("w1", ["echo"], 10)
+    assert [t.id for t in await store.running_on_node("w1")] == [a.id, b.id]
+    assert await store.running_on_node("w2") == []

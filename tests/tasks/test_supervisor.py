@@ -16,6 +16,7 @@ from brio.core.scheduler import Scheduler, SchedulerSettings
 from brio.core.tasks import TaskStatus
 from brio.store import open_store
 from brio.store.base import NewTask, Store, StoreError, TaskRecord
+from brio.tasks import supervisor as supervisor_module
 from brio.tasks.events import EventBus
 from brio.tasks.placer import Placer
 from brio.tasks.single import LocalPrimary, SingleNodeDirectory
@@ -158,3 +159,31 @@ async def test_a_finished_task_wakes_the_placer_for_the_next(store: Store) -> No
                     await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert placer.placed == 5
+
+
+async def test_a_claim_whose_answer_was_lost_is_put_back_and_runs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim commits, then its answer is lost: the task is running in the store on a
+    healthy node that does not run it. The supervisor finds it and requeues it."""
+    monkeypatch.setattr(supervisor_module, "RECONCILE_EVERY", 0.05)
+    ran: list[int] = []
+
+    async def record(ctx: AgentContext) -> str:
+        ran.append(ctx.attempt)
+        return "ok"
+
+    class LosesOneAnswer(FlakyStore):
+        lost = 0
+
+        async def claim_assigned(self, *args: Any) -> list[TaskRecord]:
+            claimed: list[TaskRecord] = await self.inner.claim_assigned(*args)
+            if claimed and not self.lost:
+                self.lost += 1
+                raise StoreError("the connection dropped before the answer")
+            return claimed
+
+    task, _ = await store.create_task(NewTask(agent="record", prompt=""))
+    done = await run_until_done(LosesOneAnswer(store), agents(record=record), task.id)
+    assert (done.status, done.attempt) == (TaskStatus.SUCCEEDED, 2)
+    assert ran == [2]  # attempt 1 was never run: its claim's answer never arrived
