@@ -16,8 +16,9 @@ result for the attempt it ran. A crash loses its runs; a pause delays them.
 
 A statement whose answer does not come back in time is asked again under the same request id,
 and the store answers from its memory of that id (the read-back the lease driver does for the
-fence). ``brio.tasks.supervisor`` does not read back a claim: ``READ_BACK_CLAIMS = False`` shows
-what that costs (``tests/sim/test_core_findings.py``).
+fence). ``brio.tasks.supervisor`` recovers a lost claim another way, by a sweep of the rows the
+store says run on it (``Supervisor._reconcile``), which this model does not repeat;
+``READ_BACK_CLAIMS = False`` shows what having neither costs (``tests/sim/test_core_findings.py``).
 """
 
 from __future__ import annotations
