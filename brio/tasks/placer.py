@@ -24,6 +24,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import trio
@@ -132,7 +133,7 @@ class Placer:
         if not queued:
             self.waiting = 0
             return False
-        nodes = [_with_load(c, loads.get(c.node_id, 0)) for c in self.directory.candidates()]
+        nodes = [replace(c, load=loads.get(c.node_id, 0)) for c in self.directory.candidates()]
         plan = self.scheduler.plan(
             [
                 QueuedTask(
@@ -182,15 +183,3 @@ class Placer:
         if len(self._waits_logged) > 10 * self.batch:  # bounded: forget the oldest half
             for key in list(self._waits_logged)[: len(self._waits_logged) // 2]:
                 del self._waits_logged[key]
-
-
-def _with_load(candidate: Candidate, load: int) -> Candidate:
-    return Candidate(
-        node_id=candidate.node_id,
-        agents=candidate.agents,
-        capacity=candidate.capacity,
-        load=load,
-        role=candidate.role,
-        healthy=candidate.healthy,
-        draining=candidate.draining,
-    )
