@@ -143,31 +143,30 @@ class Supervisor:
             nursery.start_soon(self._reconcile)
             task_status.started()
             while self._accepting:
-                await self._slots.acquire()
-                free = 1
-                while free < CLAIM_BATCH:
-                    try:
-                        self._slots.acquire_nowait()
-                    except trio.WouldBlock:
-                        break
-                    free += 1
+                await self._slots.acquire()  # one slot held while we claim
                 if not self._accepting:
-                    self._release(free)
+                    self._slots.release()
                     break
+                # Claim for every free slot, but hold only one meanwhile: agent.invoke takes
+                # the others without waiting, and must not find them all taken by a claim.
+                limit = min(CLAIM_BATCH, 1 + self._slots.value)
                 claimed: list[TaskRecord] = []
                 try:
                     claimed = await self._store.claim_assigned(
-                        self._node_id, sorted(self._agents), free
+                        self._node_id, sorted(self._agents), limit
                     )
                 except Exception:
                     log.exception("claiming tasks failed; retrying")
-                self._release(free - len(claimed))
                 if not claimed:
+                    self._slots.release()
                     with trio.move_on_after(self._poll_interval):
                         await self._wake.wait()
                     self._wake = trio.Event()
                     continue
-                for task in claimed:
+                for n, task in enumerate(claimed):
+                    if n and not self._slot_now():  # an invoke took the slot meanwhile
+                        await self._requeue(task)
+                        continue
                     if not self._accepting:  # drain began while we were claiming
                         self._slots.release()
                         await self._requeue(task)
@@ -177,6 +176,13 @@ class Supervisor:
                     self._idle = trio.Event()
                     self._publish_update(task)
                     nursery.start_soon(self._run_one, task, entry)
+
+    def _slot_now(self) -> bool:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
 
     async def _reconcile(self) -> None:
         """Put back tasks the store says run here but that no agent here runs.
@@ -205,10 +211,6 @@ class Supervisor:
                     await self._requeue(task)
                     self.on_finished()
             suspects = now
-
-    def _release(self, count: int) -> None:
-        for _ in range(count):
-            self._slots.release()
 
     async def invoke(self, agent_name: str, prompt: str, input_: dict[str, Any]) -> Any:
         """Run an agent once, outside the task queue (a mesh ``agent.invoke`` call).
