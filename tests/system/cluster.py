@@ -116,6 +116,20 @@ class MeshNode:
         return {p["node_id"] or p["address"]: p for p in reply["peers"]}
 
 
+def fast_timings(interval: float, timeout: float, threshold: int) -> dict[str, dict[str, Any]]:
+    """Config tables for a test cluster that detects failures and fails over in seconds."""
+    return {
+        "mesh.failure_detection": {
+            "heartbeat_interval": interval,
+            "heartbeat_timeout": timeout,
+            "suspicion_threshold": threshold,
+            "remove_delay": 120,
+            "degraded_latency": 2.0,
+        },
+        "mesh.lease": {"lease_duration": 2.0, "election_timeout": [0.3, 0.8]},
+    }
+
+
 def write_cluster(
     base: Path,
     ips: dict[str, str],

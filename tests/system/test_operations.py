@@ -28,7 +28,7 @@ import pytest
 
 from tests.certs import make_cluster_certs, tls_config
 from tests.pg import PostgresServer
-from tests.system.cluster import MeshNode, wait_for, write_cluster
+from tests.system.cluster import MeshNode, fast_timings, wait_for, write_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -85,14 +85,7 @@ def cluster(
     certs = make_cluster_certs(base / "certs", {n: [ip] for n, ip in IPS.items()})
     database = postgres_server.create_database("mesh_operations")
     tables: dict[str, dict[str, Any]] = {
-        "mesh.failure_detection": {
-            "heartbeat_interval": INTERVAL,
-            "heartbeat_timeout": TIMEOUT,
-            "suspicion_threshold": THRESHOLD,
-            "remove_delay": 120,
-            "degraded_latency": 2.0,
-        },
-        "mesh.lease": {"lease_duration": 2.0, "election_timeout": [0.3, 0.8]},
+        **fast_timings(INTERVAL, TIMEOUT, THRESHOLD),
     }
     tls = {n: tls_config(certs, n) for n in IPS}
     mesh = {"coordinators_run_agents": False}

@@ -27,7 +27,14 @@ import pytest
 
 from tests.certs import make_cluster_certs, tls_config
 from tests.pg import PostgresServer
-from tests.system.cluster import MeshNode, query, wait_for, wait_primary, write_cluster
+from tests.system.cluster import (
+    MeshNode,
+    fast_timings,
+    query,
+    wait_for,
+    wait_primary,
+    write_cluster,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -66,14 +73,7 @@ def cluster(
     certs = make_cluster_certs(base / "certs", {n: [ip] for n, ip in IPS.items()})
     database = postgres_server.create_database(DB)
     tables: dict[str, dict[str, Any]] = {
-        "mesh.failure_detection": {
-            "heartbeat_interval": INTERVAL,
-            "heartbeat_timeout": TIMEOUT,
-            "suspicion_threshold": THRESHOLD,
-            "remove_delay": 120,
-            "degraded_latency": 2.0,
-        },
-        "mesh.lease": {"lease_duration": 2.0, "election_timeout": [0.3, 0.8]},
+        **fast_timings(INTERVAL, TIMEOUT, THRESHOLD),
         "agents.sleep": {"node_affinity": ["worker-2"]},
         "agents.nap": {"kind": "sleep", "node_affinity": ["worker-1", "worker-2"]},
     }
