@@ -298,13 +298,7 @@ class Supervisor:
         if agent is None:
             await self._finish(claimed, TaskStatus.FAILED, error=f"unknown agent {claimed.agent!r}")
             return
-        task = claimed
-        if task.status is not TaskStatus.RUNNING:
-            started = await self._store.mark_running(claimed.id, claimed.attempt)
-            if started is None:  # cancelled (or reassigned) between claim and start
-                return
-            task = entry.task = started
-            self._publish_update(task)
+        task = claimed  # claim_assigned took it straight into running
         history: list[HistoryMessage] = []
         if task.session_id is not None:
             history = [
