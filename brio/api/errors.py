@@ -24,19 +24,25 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(body)"
+def _field(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    inner = ".".join(str(part) for part in loc)
+    if prefix:
+        return f"{prefix}.{inner}" if inner else prefix
+    return inner or "(body)"
 
 
-def validation_error(exc: ValidationError, where: str) -> ApiError:
-    """A 422 naming every bad field, what was wrong, and (when short) what was given."""
+def validation_error(exc: ValidationError, where: str, prefix: str = "") -> ApiError:
+    """A 422 naming every bad field, what was wrong, and (when short) what was given.
+
+    ``prefix`` names where the validated value sits in the body (``tasks[3]`` for an item of a
+    batch), so the fields are those of the whole body."""
     errors = exc.errors(include_url=False, include_context=False)
     if len(errors) == 1 and errors[0]["type"] in CODED:
         err = errors[0]
-        return ApiError(422, err["type"], err["msg"], {"field": _field(err["loc"])})
+        return ApiError(422, err["type"], err["msg"], {"field": _field(err["loc"], prefix)})
     details = []
     for err in errors:
-        item: dict[str, Any] = {"field": _field(err["loc"]), "message": err["msg"]}
+        item: dict[str, Any] = {"field": _field(err["loc"], prefix), "message": err["msg"]}
         if err["type"] != "missing":
             item["input"] = repr(err["input"])[:100]
         details.append(item)
