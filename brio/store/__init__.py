@@ -12,6 +12,7 @@ from pathlib import Path
 from brio.store._common import redact_url
 from brio.store.base import (
     JSON,
+    MAX_CREATE_BATCH,
     AgentRecord,
     MessageRecord,
     NewTask,
@@ -29,6 +30,7 @@ from brio.store.sqlite import SQLiteStore
 
 __all__ = [
     "JSON",
+    "MAX_CREATE_BATCH",
     "AgentRecord",
     "MessageRecord",
     "NewTask",

@@ -11,8 +11,8 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,11 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 from brio.core.tasks import TaskStatus
 from brio.store.base import (
     JSON,
+    MAX_CREATE_BATCH,
     AgentRecord,
     FenceRecord,
     MessageRecord,
+    NewTask,
     NodeRecord,
     NodeStateRecord,
+    NotFound,
     QueuedRecord,
     SessionRecord,
     TaskRecord,
@@ -87,6 +90,95 @@ def check_cluster_view(epoch: int, states: list[tuple[str, str]]) -> None:
         if node_id in seen:
             raise ValueError(f"cluster view: node {node_id!r} is listed twice")
         seen.add(node_id)
+
+
+Created = tuple[TaskRecord, bool] | NotFound  # one outcome of create_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    task_id: str  # the item is inserted under this new id
+
+
+@dataclass(frozen=True, slots=True)
+class _SameAs:
+    key: str  # the item gets the task that holds this key once the batch is written
+
+
+@dataclass(slots=True)
+class TaskBatch:
+    """What ``create_tasks`` decides outside SQL, the same for both backends.
+
+    A backend reads the tasks that already hold the batch's keys and which of its sessions
+    exist (``keys``, ``session_ids``), inserts what ``plan`` gives, and hands the inserted
+    rows (and, on PostgreSQL, the tasks of keys a concurrent writer took meanwhile) to
+    ``outcomes``. Items decide in ``create_task``'s order: a used key first (in the store,
+    then earlier in the batch), then the session.
+    """
+
+    items: list[NewTask]
+    _slots: list[Created | _Insert | _SameAs] = field(default_factory=list)
+    _owner: dict[str, str] = field(default_factory=dict)  # key -> id of the item inserting it
+
+    @classmethod
+    def of(cls, batch: Sequence[NewTask]) -> TaskBatch:
+        if len(batch) > MAX_CREATE_BATCH:
+            raise ValueError(
+                f"create_tasks takes at most {MAX_CREATE_BATCH} tasks at once, not {len(batch)}"
+            )
+        return cls(list(batch))
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted({n.idempotency_key for n in self.items if n.idempotency_key is not None})
+
+    @property
+    def session_ids(self) -> list[str]:
+        return sorted({n.session_id for n in self.items if n.session_id is not None})
+
+    def plan(
+        self, existing: Mapping[str, TaskRecord], sessions: set[str]
+    ) -> list[tuple[str, NewTask]]:
+        """The (new id, task) pairs to insert, given the tasks holding keys already and the
+        sessions that exist."""
+        inserts: list[tuple[str, NewTask]] = []
+        for new in self.items:
+            key = new.idempotency_key
+            if key is not None and key in existing:
+                self._slots.append((existing[key], False))
+            elif key is not None and key in self._owner:
+                self._slots.append(_SameAs(key))
+            elif new.session_id is not None and new.session_id not in sessions:
+                self._slots.append(NotFound(f"session {new.session_id!r} does not exist"))
+            else:
+                task_id = new_id()
+                inserts.append((task_id, new))
+                if key is not None:
+                    self._owner[key] = task_id
+                self._slots.append(_Insert(task_id))
+        return inserts
+
+    def lost_keys(self, inserted: Mapping[str, TaskRecord]) -> list[str]:
+        """The keys whose insert did nothing: a concurrent writer committed them first."""
+        return sorted(key for key, task_id in self._owner.items() if task_id not in inserted)
+
+    def outcomes(
+        self, inserted: Mapping[str, TaskRecord], raced: Mapping[str, TaskRecord]
+    ) -> list[Created]:
+        """One outcome per item, in order. ``inserted`` maps new ids to their rows; ``raced``
+        maps each of ``lost_keys`` to the task that holds it."""
+        by_key = {key: inserted.get(task_id) or raced[key] for key, task_id in self._owner.items()}
+        out: list[Created] = []
+        for slot, new in zip(self._slots, self.items, strict=True):
+            if isinstance(slot, _SameAs):
+                out.append((by_key[slot.key], False))
+            elif not isinstance(slot, _Insert):
+                out.append(slot)
+            elif slot.task_id in inserted:
+                out.append((inserted[slot.task_id], True))
+            else:  # lost to a concurrent writer: only items with a key can be
+                out.append((raced[str(new.idempotency_key)], False))
+        return out
 
 
 def task_input(value: JSON) -> JSON:

@@ -12,6 +12,7 @@ return ``None`` when the condition no longer holds, so racing writers cannot bot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -19,6 +20,9 @@ from typing import Any, Protocol
 from brio.core.tasks import TaskStatus
 
 JSON = Any
+
+# The most tasks one create_tasks call inserts (one transaction); callers cap below it.
+MAX_CREATE_BATCH = 1000
 
 
 class StoreError(Exception):
@@ -176,6 +180,15 @@ class Store(Protocol):
     async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
         """Insert a queued task; with an idempotency key already used, return that task
         and False."""
+
+    async def create_tasks(
+        self, batch: Sequence[NewTask]
+    ) -> list[tuple[TaskRecord, bool] | NotFound]:
+        """Insert every task of ``batch`` in one transaction (one commit), each as
+        ``create_task`` would: an idempotency key already used (in the store, or by an earlier
+        item of the batch) gives that task and False; an item naming an unknown session gives
+        a NotFound in its place while the others are still inserted. One outcome per item, in
+        the batch's order. ValueError for more than ``MAX_CREATE_BATCH`` items."""
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 

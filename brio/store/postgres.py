@@ -20,7 +20,7 @@ began, which may be before it waited), so that they order as the writes did.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,7 +30,9 @@ from brio import aio
 from brio.core.tasks import TaskStatus
 from brio.store import schema
 from brio.store._common import (
+    Created,
     RowDecoder,
+    TaskBatch,
     check_cluster_view,
     check_limit,
     check_messages,
@@ -216,6 +218,40 @@ class PostgresStore:
             if row is None:  # a concurrent create with the same key committed first
                 return _ROWS.task(await conn.fetchrow(key_sql, *key_args)), False
             return _ROWS.task(row), True
+
+        return await self._transaction(create)
+
+    async def create_tasks(self, batch: Sequence[NewTask]) -> list[Created]:
+        plan = TaskBatch.of(batch)
+        if not plan.items:
+            return []
+        sessions_sql, sessions_args = SQL.sessions_existing.bind(ids=plan.session_ids)
+
+        async def by_keys(conn: Connection, keys: list[str]) -> dict[str, TaskRecord]:
+            sql, args = SQL.tasks_by_keys.bind(keys=keys)
+            return {row["idempotency_key"]: _ROWS.task(row) for row in await conn.fetch(sql, *args)}
+
+        async def create(conn: Connection) -> list[Created]:
+            existing = await by_keys(conn, plan.keys) if plan.keys else {}
+            sessions: set[str] = set()
+            if plan.session_ids:
+                sessions = {row["id"] for row in await conn.fetch(sessions_sql, *sessions_args)}
+            inserts = plan.plan(existing, sessions)
+            inserted: dict[str, TaskRecord] = {}
+            if inserts:
+                sql, args = SQL.insert_tasks.bind(
+                    ids=[task_id for task_id, _ in inserts],
+                    agents=[n.agent for _, n in inserts],
+                    prompts=[n.prompt for _, n in inserts],
+                    inputs=[json.dumps(task_input(n.input)) for _, n in inserts],
+                    session_ids=[n.session_id for _, n in inserts],
+                    keys=[n.idempotency_key for _, n in inserts],
+                    priorities=[n.priority for _, n in inserts],
+                    target_nodes=[n.node_id for _, n in inserts],
+                )
+                inserted = {row["id"]: _ROWS.task(row) for row in await conn.fetch(sql, *args)}
+            lost = plan.lost_keys(inserted)  # committed by a concurrent writer meanwhile
+            return plan.outcomes(inserted, await by_keys(conn, lost) if lost else {})
 
         return await self._transaction(create)
 

@@ -221,6 +221,38 @@ _REQUEUE_NODES: dict[schema.Dialect, str] = {
     ),
 }
 
+# create_tasks: a whole batch in one INSERT, in the batch's order (so seq follows it). The
+# caller has already dropped the keys in use and the unknown sessions; ON CONFLICT leaves out a
+# key a concurrent writer took meanwhile (PostgreSQL only: BEGIN IMMEDIATE rules it out on
+# SQLite). SQLite reads the rows from one JSON array of arrays (``WHERE true`` keeps its parser
+# from reading ON CONFLICT as a join's ON); PostgreSQL unnests one array per column, with the
+# input as JSON text.
+_TASK_INSERT_COLUMNS = (
+    "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key, priority, status,"
+    " target_node, attempt, created_at, updated_at)"
+)
+_INSERT_TASKS: dict[schema.Dialect, str] = {
+    "sqlite": f"""
+        {_TASK_INSERT_COLUMNS}
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+               json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+               json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+               json_extract(value, '$[6]'), 'queued', json_extract(value, '$[7]'), 1, :now, :now
+        FROM json_each(:rows) WHERE true ORDER BY key
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
+    "postgresql": f"""
+        {_TASK_INSERT_COLUMNS}
+        SELECT t.id, t.agent, t.prompt, CAST(t.input AS jsonb), t.session_id, t.key, t.priority,
+               'queued', t.target_node, 1, :now, :now
+        FROM unnest(CAST(:ids AS text[]), CAST(:agents AS text[]), CAST(:prompts AS text[]),
+                    CAST(:inputs AS text[]), CAST(:session_ids AS text[]), CAST(:keys AS text[]),
+                    CAST(:priorities AS int[]), CAST(:target_nodes AS text[]))
+             WITH ORDINALITY AS t (id, agent, prompt, input, session_id, key, priority,
+                                   target_node, n)
+        ORDER BY t.n
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
+}
+
 # list_tasks filters, in the order their flags key Statements.task_page's table.
 _PAGE_TESTS = ("status = :status", "agent = :agent", "session_id = :session_id", "seq < :before")
 
@@ -261,6 +293,10 @@ class Statements:
             " :target_node, 1, :now, :now)"
             f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"
         )
+        self.tasks_by_keys = q(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE {d.is_in('idempotency_key', 'keys')}"
+        )
+        self.insert_tasks = q(_INSERT_TASKS[d.name])
         self.claim_task = q(
             "UPDATE tasks SET status = 'assigned', node_id = :node_id, updated_at = :now"
             " WHERE seq = (SELECT seq FROM tasks WHERE status = 'queued'"
@@ -334,6 +370,7 @@ class Statements:
 
         # sessions and conversation history
         self.session_exists = q("SELECT 1 FROM sessions WHERE id = :id")
+        self.sessions_existing = q(f"SELECT id FROM sessions WHERE {d.is_in('id', 'ids')}")
         self.insert_session = q(
             "INSERT INTO sessions (id, title, metadata, created_at, updated_at)"
             " VALUES (:id, :title, :metadata, :now, :now) RETURNING *"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +29,9 @@ import trio
 from brio.core.tasks import TaskStatus
 from brio.store import schema
 from brio.store._common import (
+    Created,
     RowDecoder,
+    TaskBatch,
     check_cluster_view,
     check_limit,
     check_messages,
@@ -252,6 +254,43 @@ class SQLiteStore:
             if task is None:  # the key was taken since the check: BEGIN IMMEDIATE rules it out
                 raise StoreError(f"idempotency key {key!r} appeared during create_task")
             return task, True
+
+        return await self._transaction(create)
+
+    async def create_tasks(self, batch: Sequence[NewTask]) -> list[Created]:
+        plan = TaskBatch.of(batch)
+        if not plan.items:
+            return []
+        keys, session_ids = json.dumps(plan.keys), json.dumps(plan.session_ids)
+
+        def create(conn: sqlite3.Connection) -> list[Created]:
+            existing = {
+                row["idempotency_key"]: _ROWS.task(row)
+                for row in conn.execute(*SQL.tasks_by_keys.bind(keys=keys))
+            }
+            sessions = {
+                row[0] for row in conn.execute(*SQL.sessions_existing.bind(ids=session_ids))
+            }
+            rows = [
+                (
+                    task_id,
+                    n.agent,
+                    n.prompt,
+                    json.dumps(task_input(n.input)),
+                    n.session_id,
+                    n.idempotency_key,
+                    n.priority,
+                    n.node_id,
+                )
+                for task_id, n in plan.plan(existing, sessions)
+            ]
+            inserted: dict[str, TaskRecord] = {}
+            if rows:
+                stmt = SQL.insert_tasks.bind(rows=json.dumps(rows), now=_now())
+                inserted = {row["id"]: _ROWS.task(row) for row in conn.execute(*stmt)}
+            if plan.lost_keys(inserted):  # BEGIN IMMEDIATE rules it out
+                raise StoreError("an idempotency key appeared during create_tasks")
+            return plan.outcomes(inserted, {})
 
         return await self._transaction(create)
 
