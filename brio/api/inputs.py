@@ -21,11 +21,11 @@ from brio.api.models import MAX_NUMBER
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate(model: type[M], data: Any, where: str) -> M:
+def validate(model: type[M], data: Any, where: str, prefix: str = "") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, where) from None
+        raise validation_error(exc, where, prefix) from None
 
 
 def _no_constants(name: str) -> Any:
@@ -73,18 +73,10 @@ def unstorable(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
-def parse_json_object(raw: bytes | str, where: str) -> dict[str, Any]:
-    """Strict JSON (no NaN/Infinity), an object, storable everywhere; else a precise 422."""
+def check_storable(data: Any, where: str, path: str = "") -> None:
+    """A precise 422 if ``data`` (found at ``path`` in the body) holds what no store keeps."""
     try:
-        data = json.loads(raw, parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(422, "invalid_json", f"the {where} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(422, "invalid_json", f"the {where} is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_body", f"the {where} must be a JSON object")
-    try:
-        bad = unstorable(data, "")
+        bad = unstorable(data, path)
     except RecursionError:
         raise ApiError(422, "invalid_json", f"the {where} is nested too deeply") from None
     if bad is not None:
@@ -95,7 +87,29 @@ def parse_json_object(raw: bytes | str, where: str) -> dict[str, Any]:
             f"invalid {where}: {field}: {message}",
             [{"field": field, "message": message}],
         )
+
+
+def parse_json_object(raw: bytes | str, where: str, *, storable: bool = True) -> dict[str, Any]:
+    """Strict JSON (no NaN/Infinity), an object, storable everywhere (unless ``storable`` is
+    False: the caller checks the parts); else a precise 422."""
+    try:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(422, "invalid_json", f"the {where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_json", f"the {where} is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"the {where} must be a JSON object")
+    if storable:
+        check_storable(data, where)
     return data
+
+
+def read_item(model: type[M], data: Any, path: str) -> M:
+    """One item of a batch body, found at ``path`` (``tasks[3]``), as ``model``: checked as a
+    body of its own would be, its faults named by their place in the whole body."""
+    check_storable(data, "request body", path)
+    return validate(model, data, "request body", path)
 
 
 JSON = "application/json"
@@ -123,7 +137,11 @@ async def read_body(model: type[M], *, required: bool) -> M:
         return validate(model, {}, "request body")
     if not raw:
         raise ApiError(422, "invalid_body", "the request body must be a JSON object")
-    return validate(model, parse_json_object(raw, "request body"), "request body")
+    # A batch's items are checked one by one (``read_item``): each fault is that item's own.
+    storable = not getattr(model, "checks_items_apart", False)
+    return validate(
+        model, parse_json_object(raw, "request body", storable=storable), "request body"
+    )
 
 
 def read_query(model: type[M]) -> M:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -20,7 +20,7 @@ from typing_extensions import TypeAliasType
 
 from brio.agents.registry import RegisteredAgent
 from brio.core.tasks import TaskStatus
-from brio.store.base import MessageRecord, SessionRecord, TaskRecord
+from brio.store.base import MAX_CREATE_BATCH, MessageRecord, SessionRecord, TaskRecord
 from brio.tasks.service import task_json
 
 REF = "#/components/schemas/{model}"
@@ -143,6 +143,27 @@ class TaskCreate(Body):
     session_id: str | None = text(MAX_ID, 1, default=None)
     idempotency_key: str | None = text(MAX_ID, 1, default=None)
     priority: JsonInt = Field(default=0, ge=-1000, le=1000)
+
+
+# The most tasks one POST /api/tasks:batch carries: as many as the store commits in one
+# transaction.
+MAX_BATCH = MAX_CREATE_BATCH
+
+TaskItem = Annotated[
+    dict[str, Any],
+    PlainValidator(_object, json_schema_input_type=dict[str, Any]),
+    Field(description="a TaskCreate, checked on its own: a bad one is that item's error"),
+]
+
+
+class TaskBatch(Body):
+    """Many tasks in one request, each a ``TaskCreate``; the body is at most ``[server]
+    max_body_bytes``. Each item is checked on its own (so here it is any object): one bad item
+    is its own outcome, and the others are still submitted."""
+
+    checks_items_apart: ClassVar[bool] = True  # see brio.api.inputs.read_body
+
+    tasks: list[TaskItem] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class TaskListQuery(Query):
@@ -334,6 +355,24 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class BatchOutcome(BaseModel):
+    """One item's outcome, in the request's order. ``status`` is what ``POST /api/tasks``
+    would have answered for the item alone: 202 accepted, 200 existing (its idempotency key
+    named a task already: that task), or an error status with ``error``."""
+
+    outcome: Literal["accepted", "existing", "error"]
+    status: int
+    task: TaskOut | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    existing: int
+    failed: int
+    results: list[BatchOutcome]
 
 
 WsId = Annotated[str, text(MAX_ID, 1)]

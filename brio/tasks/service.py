@@ -7,15 +7,15 @@ is then stopped and its late result is refused by the store's attempt check.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import trio
 
 from brio.agents.registry import RegisteredAgent
-from brio.core.routing import Local, Route
-from brio.store.base import NewTask, Store, TaskRecord
+from brio.core.routing import Local, Route, RouteError
+from brio.store.base import NewTask, NotFound, Store, TaskRecord
 from brio.tasks.events import EventBus
 from brio.tasks.supervisor import Supervisor, publish_completed
 
@@ -47,6 +47,28 @@ class IdempotencyConflict(ValueError):
 
 class NotAccepting(RuntimeError):
     """The node is shutting down and takes no new tasks."""
+
+
+# Why one task of a batch was not submitted (what ``submit`` would have raised for it alone).
+Refusal = UnknownAgent | UnknownSession | IdempotencyConflict | RouteError
+# One task of a batch: the task and whether it is new, or why it was refused.
+Submitted = tuple[TaskRecord, bool] | Refusal
+
+
+def _conflict(new: NewTask, task: TaskRecord) -> IdempotencyConflict | None:
+    """``task`` was found by ``new``'s idempotency key: the fields in which they differ."""
+    differs = [
+        name
+        for name, mine, theirs in (
+            ("agent", new.agent, task.agent),
+            ("prompt", new.prompt, task.prompt),
+            ("input", new.input, task.input),
+            ("session_id", new.session_id, task.session_id),
+            ("priority", new.priority, task.priority),
+        )
+        if mine != theirs
+    ]
+    return IdempotencyConflict(task, differs) if differs else None
 
 
 def task_json(task: TaskRecord) -> dict[str, Any]:
@@ -135,27 +157,55 @@ class TaskService:
         if new.session_id is not None and await self.store.get_session(new.session_id) is None:
             raise UnknownSession(new.session_id)
         task, created = await self.store.create_task(new)
-        if not created:
-            differs = [
-                name
-                for name, mine, theirs in (
-                    ("agent", new.agent, task.agent),
-                    ("prompt", new.prompt, task.prompt),
-                    ("input", new.input, task.input),
-                    ("session_id", new.session_id, task.session_id),
-                    ("priority", new.priority, task.priority),
-                )
-                if mine != theirs
-            ]
-            if differs:
-                raise IdempotencyConflict(task, differs)
+        if not created and (conflict := _conflict(new, task)) is not None:
+            raise conflict
         if created:
-            self.bus.publish("task_created", task.id, task.session_id, task_json(task))
-            if self.mesh is not None:
-                self.mesh.wake_placement()
-            elif self.wake_local is not None:
-                self.wake_local()
+            self._announce([task])
         return task, created
+
+    async def submit_many(self, batch: Sequence[NewTask]) -> list[Submitted]:
+        """Commit many tasks in one store call; one outcome per task, in order.
+
+        Each task is checked as ``submit`` checks it, but a refusal is that task's outcome
+        rather than an exception, and the others are still committed. Raises only what refuses
+        the whole batch: ``NotAccepting``, or the store's failure (then nothing was committed).
+        An idempotency key an earlier task of the same batch used makes this one a replay of it.
+        """
+        if not self.accepting:
+            raise NotAccepting("the node is shutting down")
+        outcomes: dict[int, Submitted] = {}
+        resolved: list[tuple[int, NewTask]] = []
+        for i, new in enumerate(batch):
+            try:
+                agent, node_id = self.resolve(new.agent)
+            except (UnknownAgent, RouteError) as exc:
+                outcomes[i] = exc
+                continue
+            resolved.append((i, replace(new, agent=agent, node_id=node_id)))
+        stored = await self.store.create_tasks([new for _, new in resolved]) if resolved else []
+        created: list[TaskRecord] = []
+        for (i, new), result in zip(resolved, stored, strict=True):
+            if isinstance(result, NotFound):
+                assert new.session_id is not None  # the only row an item names
+                outcomes[i] = UnknownSession(new.session_id)
+                continue
+            task, is_new = result
+            if is_new:
+                created.append(task)
+            outcomes[i] = result if is_new else (_conflict(new, task) or result)
+        self._announce(created)
+        return [outcomes[i] for i in range(len(batch))]
+
+    def _announce(self, created: list[TaskRecord]) -> None:
+        """Tell the subscribers of each new task, then wake the placer once."""
+        if not created:
+            return
+        for task in created:
+            self.bus.publish("task_created", task.id, task.session_id, task_json(task))
+        if self.mesh is not None:
+            self.mesh.wake_placement()
+        elif self.wake_local is not None:
+            self.wake_local()
 
     async def cancel(self, task_id: str) -> TaskRecord | None:
         """Cancel a task in any non-terminal state; None when it was already finished."""
