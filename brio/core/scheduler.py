@@ -111,6 +111,12 @@ class Plan:
     assignments: list[Assign]
     waits: list[Wait]
 
+    @property
+    def capacity_waits(self) -> int:
+        """Tasks that wait only for room: a task finishing on a node they may use is worth
+        another plan; nothing else is (the driver's cue to plan again when a slot frees)."""
+        return sum(1 for wait in self.waits if wait.for_capacity)
+
 
 @dataclass(frozen=True)
 class _Stuck:

@@ -154,8 +154,8 @@ class Mesh:
         meter = TaskMeter(local.node_id, bus)
         forwarder = EventForwarder(local.node_id, bus, membership, calls)
         if placer is not None:  # a freed slot or a node's new state: the primary looks again
-            supervisor.on_finished = placer.wake
-            forwarder.on_remote_finished = placer.wake
+            supervisor.on_finished = forwarder.on_remote_finished = placer.slot_freed
+            supervisor.on_queued = placer.wake
             peers.on_state_change = placer.wake
         return cls(
             config=config,

@@ -138,7 +138,8 @@ async def _run(
         if mesh is None:  # a cluster of one: its own primary, placing on itself
             directory = SingleNodeDirectory(node_id, config.mesh.role, agents, supervisor)
             placer = Placer(store, Scheduler(scheduler_settings(config)), directory, bus)
-            service.wake_local = supervisor.on_finished = placer.wake
+            service.wake_local = supervisor.on_queued = placer.wake
+            supervisor.on_finished = placer.slot_freed
             await tree.start("placement", LocalPrimary(node_id, store, placer).run)
         http: HttpServer | None = None
         websockets_closing = trio.Event()

@@ -8,14 +8,16 @@ itself. Each round:
 
 1. the tasks of nodes that are down (failed, removed) go back to the queue with
    ``attempt + 1``, in one fenced write, and their events say so;
-2. the first ``batch`` queued tasks, the live nodes (a ``NodeDirectory``) and the load per
-   node (one query) go into ``Scheduler.plan``;
+2. the first ``batch`` queued tasks and the load per node (two queries, sent at once) and the
+   live nodes (a ``NodeDirectory``) go into ``Scheduler.plan``;
 3. the plan's assignments land in one write conditional on the fence (``FenceLost`` if it
    moved: a newer primary exists), and each node is told of its batch in one notice.
 
-A round runs when woken (a submit here, a notice from another coordinator, a change of a
-peer's state) and at least every ``poll`` seconds; a full batch is followed at once by the
-next.
+A round runs when woken (``wake``: a submit here, a notice from another coordinator, a task
+put back in the queue, a change of a peer's state; ``slot_freed``: a task finished, which
+matters only while the last round left tasks waiting for room) and at least every ``poll``
+seconds; a full batch is followed at once by the next. Wakes that come while a round runs
+make one next round, so that a burst of submits is placed in a few rounds, not one each.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import trio
 
 from brio.config.model import BrioConfig
 from brio.core.scheduler import Candidate, QueuedTask, Scheduler, SchedulerSettings, Wait
-from brio.store.base import Assignment, FenceLost, Store, TaskRecord
+from brio.store.base import Assignment, FenceLost, QueuedRecord, Store, TaskRecord
 from brio.tasks.events import EventBus
 from brio.tasks.supervisor import publish_update
 
@@ -95,15 +97,26 @@ class Placer:
         self.placed = 0  # assignments that landed, for status and tests
         self.redistributed = 0  # tasks put back from nodes that went down
         self.waiting = 0  # queued tasks that no node could take in the last round
+        self._capacity_waits = 0  # of those, the ones that wait only for room
 
     def wake(self) -> None:
         """Something changed (a task was queued, a node came or went): plan now."""
         self._wake.set()
 
+    def slot_freed(self) -> None:
+        """A task finished somewhere: plan now only if the last round left tasks waiting for
+        room. A finish with nothing waiting would cost a round of store reads that can place
+        nothing; a task queued meanwhile wakes the placer itself."""
+        if self._capacity_waits:
+            self._wake.set()
+
     async def run(self, epoch: int) -> None:
         """Place tasks under ``epoch`` until cancelled; raises ``FenceLost`` when deposed."""
         log.info("placing tasks for epoch %d", epoch)
         while True:
+            # A fresh event before the round: a wake that comes while it runs (a submit
+            # after its queue read) is kept for the next round, and wakes during one round
+            # coalesce into one next round.
             self._wake = trio.Event()
             full = await self.round(epoch)
             if not full:
@@ -113,7 +126,8 @@ class Placer:
     async def round(self, epoch: int) -> bool:
         """One round; True when the batch was full (more may wait)."""
         now = trio.current_time()
-        loads = await self.store.node_loads()
+        loads, queued = await self._read()
+        t_read = trio.current_time()
         down = self.directory.down(set(loads))
         if down:
             back = await self.store.requeue_nodes_tasks(epoch, down)
@@ -127,11 +141,12 @@ class Placer:
                 )
                 for task in back:
                     publish_update(self.bus, task, reason="its node is down")
+                # place them in this round: read the queue (and the loads) again
+                loads, queued = await self._read()
             for node_id in down:
                 self.scheduler.node_down(node_id, now)
-        queued = await self.store.queued_tasks(self.batch)
         if not queued:
-            self.waiting = 0
+            self.waiting = self._capacity_waits = 0
             return False
         nodes = [replace(c, load=loads.get(c.node_id, 0)) for c in self.directory.candidates()]
         plan = self.scheduler.plan(
@@ -151,7 +166,9 @@ class Placer:
             now,
         )
         self.waiting = len(plan.waits)
+        self._capacity_waits = plan.capacity_waits
         self._log_waits(plan.waits, now)
+        t_plan = trio.current_time()
         if plan.assignments:
             batch = [Assignment(a.task_id, a.attempt, a.node_id) for a in plan.assignments]
             landed = await self.store.assign_tasks(epoch, batch)
@@ -160,7 +177,31 @@ class Placer:
                 if fence != epoch:
                     raise FenceLost(fence)
             self._tell(landed)
+        log.debug(
+            "round: %d queued, %d placed, %d wait; read %.1f ms, plan %.1f ms, assign %.1f ms",
+            len(queued),
+            len(plan.assignments),
+            len(plan.waits),
+            (t_read - now) * 1e3,
+            (t_plan - t_read) * 1e3,
+            (trio.current_time() - t_plan) * 1e3,
+        )
         return len(queued) == self.batch and bool(plan.assignments)
+
+    async def _read(self) -> tuple[dict[str, int], list[QueuedRecord]]:
+        """The load per node and the head of the queue, read at once (two connections): a
+        round waits for one store round trip, not two."""
+        loads: dict[str, int] = {}
+        queued: list[QueuedRecord] = []
+
+        async def read_loads() -> None:
+            nonlocal loads
+            loads = await self.store.node_loads()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_loads)
+            queued = await self.store.queued_tasks(self.batch)
+        return loads, queued
 
     def _tell(self, landed: Sequence[TaskRecord]) -> None:
         self.placed += len(landed)

@@ -105,8 +105,10 @@ class Supervisor:
         self._accepting = True
         self._idle = trio.Event()
         self._idle.set()
-        # A slot is free: the primary's placer, when it runs here, may place more now.
+        # The primary's placer, when it runs here: a slot is free (it places more if tasks
+        # wait for room), and a task went back to the queue (it places it again).
         self.on_finished: Callable[[], None] = _nothing
+        self.on_queued: Callable[[], None] = _nothing
 
     @property
     def active(self) -> int:
@@ -142,7 +144,13 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reconcile)
             task_status.started()
+            more = True  # look at once: tasks may have been assigned here before we started
             while self._accepting:
+                if not more:
+                    with trio.move_on_after(self._poll_interval):
+                        await self._wake.wait()
+                # A wake from now on (a notice while we claim) is kept for the next claim.
+                self._wake = trio.Event()
                 await self._slots.acquire()  # one slot held while we claim
                 if not self._accepting:
                     self._slots.release()
@@ -151,17 +159,25 @@ class Supervisor:
                 # the others without waiting, and must not find them all taken by a claim.
                 limit = min(CLAIM_BATCH, 1 + self._slots.value)
                 claimed: list[TaskRecord] = []
+                t_claim = trio.current_time()
                 try:
                     claimed = await self._store.claim_assigned(
                         self._node_id, sorted(self._agents), limit
                     )
                 except Exception:
                     log.exception("claiming tasks failed; retrying")
+                log.debug(
+                    "claimed %d of %d in %.1f ms",
+                    len(claimed),
+                    limit,
+                    (trio.current_time() - t_claim) * 1e3,
+                )
+                # Fewer than asked: nothing more is assigned here, so wait for the next
+                # notice (or poll) instead of a claim that would find nothing. As many as
+                # asked: more may be waiting for a slot; claim again once one is free.
+                more = len(claimed) == limit
                 if not claimed:
                     self._slots.release()
-                    with trio.move_on_after(self._poll_interval):
-                        await self._wake.wait()
-                    self._wake = trio.Event()
                     continue
                 for n, task in enumerate(claimed):
                     if n and not self._slot_now():  # an invoke took the slot meanwhile
@@ -209,7 +225,6 @@ class Supervisor:
                         task.id,
                     )
                     await self._requeue(task)
-                    self.on_finished()
             suspects = now
 
     async def invoke(self, agent_name: str, prompt: str, input_: dict[str, Any]) -> Any:
@@ -392,6 +407,7 @@ class Supervisor:
             if back is not None:
                 log.info("task %s requeued (attempt %d next)", back.id, back.attempt)
                 self._publish_update(back)
+                self.on_queued()
 
     def _publish_update(self, task: TaskRecord) -> None:
         publish_update(self._bus, task)

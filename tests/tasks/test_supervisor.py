@@ -148,7 +148,7 @@ async def test_a_finished_task_wakes_the_placer_for_the_next(store: Store) -> No
         bus,
         poll=60,
     )
-    sup.on_finished = placer.wake
+    sup.on_finished = placer.slot_freed
     ids = [(await store.create_task(NewTask(agent="quick", prompt=str(i))))[0].id for i in range(5)]
     async with trio.open_nursery() as nursery:
         await nursery.start(LocalPrimary("n1", store, placer).run)
@@ -187,3 +187,115 @@ async def test_a_claim_whose_answer_was_lost_is_put_back_and_runs(
     done = await run_until_done(LosesOneAnswer(store), agents(record=record), task.id)
     assert (done.status, done.attempt) == (TaskStatus.SUCCEEDED, 2)
     assert ran == [2]  # attempt 1 was never run: its claim's answer never arrived
+
+
+class CountingStore(FlakyStore):
+    """A real store that counts the calls of chosen methods."""
+
+    def __init__(self, inner: Store, *names: str) -> None:
+        super().__init__(inner)
+        self.calls = dict.fromkeys(names, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.calls:
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
+async def wait_terminal(store: Store, ids: list[str]) -> None:
+    with trio.fail_after(10):
+        for task_id in ids:
+            while (task := await store.get_task(task_id)) is None or not task.status.terminal:
+                await trio.sleep(0.01)
+
+
+async def test_a_freed_slot_costs_a_round_only_when_tasks_wait_for_room(store: Store) -> None:
+    """With room for every task, a finish reads nothing; with tasks waiting for room, each
+    finish brings the next one in (polls a minute apart, so only wakes can do it)."""
+
+    async def quick(ctx: AgentContext) -> str:
+        return ctx.prompt
+
+    reg = agents(quick=quick)
+    counting = CountingStore(store, "queued_tasks", "claim_assigned")
+    bus = EventBus()
+    sup = Supervisor(counting, reg, bus, "n1", 2, poll_interval=60)
+    placer = Placer(
+        counting,
+        Scheduler(SchedulerSettings()),
+        SingleNodeDirectory("n1", "coordinator", reg, sup),
+        bus,
+        poll=60,
+    )
+    sup.on_finished = placer.slot_freed
+    async with trio.open_nursery() as nursery:
+        await nursery.start(LocalPrimary("n1", store, placer).run)
+        await nursery.start(sup.run)
+        await trio.sleep(0.1)  # the first round (empty queue) and the first claim are done
+        rounds = counting.calls["queued_tasks"]
+        task, _ = await store.create_task(NewTask(agent="quick", prompt="one"))
+        placer.wake()
+        await wait_terminal(store, [task.id])
+        await trio.sleep(0.1)
+        # one round placed it; its finish (nothing waiting) did not start another
+        assert counting.calls["queued_tasks"] == rounds + 1
+        # the claim got fewer tasks than it asked for: no second claim that finds nothing
+        assert counting.calls["claim_assigned"] == 2
+
+        ids = [
+            (await store.create_task(NewTask(agent="quick", prompt=str(i))))[0].id for i in range(5)
+        ]
+        placer.wake()
+        await wait_terminal(store, ids)
+        nursery.cancel_scope.cancel()
+    assert placer.placed == 6
+
+
+async def test_a_task_requeued_by_the_supervisor_wakes_the_placer(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task put back here (a claim whose answer was lost) is placed again at once, not at
+    the next poll a minute later."""
+    monkeypatch.setattr(supervisor_module, "RECONCILE_EVERY", 0.05)
+
+    async def quick(ctx: AgentContext) -> str:
+        return ctx.prompt
+
+    class LosesOneAnswer(FlakyStore):
+        lost = 0
+
+        async def claim_assigned(self, *args: Any) -> list[TaskRecord]:
+            claimed: list[TaskRecord] = await self.inner.claim_assigned(*args)
+            if claimed and not self.lost:
+                self.lost += 1
+                raise StoreError("the connection dropped before the answer")
+            return claimed
+
+    reg = agents(quick=quick)
+    flaky = LosesOneAnswer(store)
+    bus = EventBus()
+    sup = Supervisor(flaky, reg, bus, "n1", 2, poll_interval=0.05)
+    placer = Placer(
+        flaky,
+        Scheduler(SchedulerSettings()),
+        SingleNodeDirectory("n1", "coordinator", reg, sup),
+        bus,
+        poll=60,
+    )
+    sup.on_finished = placer.slot_freed
+    sup.on_queued = placer.wake
+    task, _ = await store.create_task(NewTask(agent="quick", prompt="x"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(LocalPrimary("n1", store, placer).run)
+        await nursery.start(sup.run)
+        await wait_terminal(store, [task.id])
+        nursery.cancel_scope.cancel()
+    done = await store.get_task(task.id)
+    assert done is not None and (done.status, done.attempt) == (TaskStatus.SUCCEEDED, 2)
+    assert placer.placed == 2
