@@ -4,6 +4,21 @@ The choices an episode makes when it starts (whom to cut off, how lossy, which c
 slow) come from the seed's fault stream. The current primary is the favourite target: faults
 that hit it are the ones that exercise failover and stale beliefs. At the heal, every fault
 ends at once and the undo of an episode still running does nothing.
+
+Some episodes are *aimed*: instead of striking at a random moment, they wait for a moment the
+live state offers (``sending`` sees every call as it leaves) and strike then, at the races
+the lease must win (docs/simulator.md, *Aimed faults*):
+
+- *late answers*: a ``delay`` episode waits for the primary's next renewal round (or a
+  candidate's election round), holds every answer to it until just inside the call's
+  timeout, then cuts that node off: a lease timed from the answers instead of the round's
+  start outlives the voters' promises, and a rival is elected into the gap.
+- *held votes*: during a ``delay`` episode, a candidate's round of (pre-)vote requests is
+  held on its way, for as long as it takes another candidate's election timer to fire if one
+  is due soon (elections overlap), else for a random part of the call's timeout: its votes
+  arrive after voters promised someone else, and a voter that ignores a promise is caught.
+- *frozen between deciding and acting* (``pause``, below): a primary freezes right after
+  deciding a write, or a batch of assignments, and sends it when it wakes.
 """
 
 from __future__ import annotations
@@ -14,15 +29,31 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from brio.core.lease import RenewRequest, Role, VoteRequest
 from sim.config import Fault
 from sim.faults import Episode
 from sim.network import Impairment, Link
 from sim.node import STORE, SimNode
+from sim.wire import Request
 
 if TYPE_CHECKING:
     from sim.world import World
 
 Undo = Callable[[], None]
+
+#: Aim ``delay`` episodes at the lease's races (tests switch it off to measure what it adds).
+AIMED = True
+#: Of the ``delay`` episodes: the share aimed as late answers, and as held votes.
+LATE_ANSWERS = 1 / 3
+HELD_VOTES = 1 / 3
+#: Late answers arrive after this part of the call's timeout (before it ends: they count).
+LATE = (0.88, 0.97)
+#: How long the links stay slow: long enough for the round's requests to arrive and be answered.
+LATE_WINDOW = 0.1
+#: How long a node whose answers came late is then cut off, in lease durations.
+CUT_AFTER_LATE = (1.0, 3.0)
+#: A held round of vote requests waits this part of the call's timeout (no rival due soon).
+HELD = (0.1, 0.9)
 
 
 class Chaos:
@@ -32,6 +63,9 @@ class Chaos:
         self.counts: Counter[str] = Counter()
         self._healed = False
         self._drifts: list[dict[str, float]] = []  # active clock-rate overrides, newest last
+        self._late_armed = 0  # late-answer episodes waiting for a round to strike at
+        self._holding = 0  # held-votes episodes running
+        self._held: set[tuple[str, int]] = set()  # (candidate, round) already held
 
     def schedule(self, episodes: list[Episode]) -> None:
         for episode in episodes:
@@ -52,6 +86,7 @@ class Chaos:
         """Every fault ends: full connectivity, clocks within the bound, everyone up."""
         world = self._world
         self._healed = True
+        self._late_armed = self._holding = 0
         world.note("chaos", "heal: every fault ends")
         world.network.heal()
         self._drifts.clear()
@@ -96,6 +131,8 @@ class Chaos:
 
     def _start(self, episode: Episode) -> Undo:
         match episode.kind:
+            case Fault.DELAY if AIMED:
+                return self._aim_delay()
             case Fault.LOSS | Fault.DUP | Fault.REORDER | Fault.DELAY:
                 return self._impair(episode.kind)
             case Fault.PARTITION:
@@ -118,6 +155,115 @@ class Chaos:
                 return self._crash(self._victim(prefer_primary=0.5), lose_disk=True)
             case Fault.PAUSE:
                 return self._pause(self._victim(prefer_primary=0.6), episode)
+
+    # ---------------------------------------------------------------- aimed
+
+    def _aim_delay(self) -> Undo:
+        """A ``delay`` episode: aimed at late answers, at held votes, or a plain one."""
+        draw = self._rng.random()
+        if draw < LATE_ANSWERS:
+            self._late_armed += 1
+            self._world.note("chaos", "aimed: the next round's answers will come late")
+
+            def disarm() -> None:
+                self._late_armed = max(0, self._late_armed - 1)
+
+            return disarm
+        if draw < LATE_ANSWERS + HELD_VOTES:
+            self._holding += 1
+            self._world.note("chaos", "aimed: candidates' vote requests are held on their way")
+
+            def stop() -> None:
+                self._holding = max(0, self._holding - 1)
+                self._world.note("chaos", "aimed: vote requests are no longer held")
+
+            return stop
+        return self._impair(Fault.DELAY)
+
+    def sending(self, src: SimNode, request: Request) -> None:
+        """A call leaves ``src`` now (before its request is on the wire): the moment an armed
+        aim waits for. Called for every call, so it returns at once when nothing is armed."""
+        if self._healed or not (self._late_armed or self._holding):
+            return
+        match request:
+            case RenewRequest(round=round_id) | VoteRequest(pre_vote=False, round=round_id):
+                if self._late_armed and src.lease is not None:
+                    self._late_armed -= 1
+                    self._late_answers(src, round_id)
+                    return
+            case _:
+                pass
+        if self._holding and isinstance(request, VoteRequest):
+            key = (src.name, request.round)
+            if key not in self._held:
+                self._held.add(key)
+                self._hold(src, request)
+
+    def _late_answers(self, node: SimNode, round_id: int) -> None:
+        """Every answer to ``node``'s round ``round_id`` comes just inside the call's timeout;
+        then ``node`` is cut off, so that only that round's answers extend its lease."""
+        world, rng = self._world, self._rng
+        timeout = world.config.rpc_timeout
+        late = Impairment(
+            frozenset({node.name}),
+            delay=1.0,
+            delay_min=LATE[0] * timeout,
+            delay_max=LATE[1] * timeout,
+        )
+        self.counts["aimed: late answers"] += 1
+        world.note(node.name, f"aimed: the answers to round {round_id} will come late")
+        # The requests are on the wire by the end of this event, the answers leave as they
+        # arrive (after at least the link's latency): impair the links in between.
+        world.loop.at(world.loop.now, partial(self._impair_now, late))
+        world.loop.after(LATE_WINDOW, partial(self._restore_now, late))
+        cut_at = LATE[1] * timeout + 0.1
+        length = rng.uniform(*CUT_AFTER_LATE) * world.config.lease_duration
+        world.loop.after(cut_at, partial(self._cut_off, node.name, length))
+
+    def _impair_now(self, impairment: Impairment) -> None:
+        if not self._healed:
+            self._world.network.impair(impairment)
+
+    def _restore_now(self, impairment: Impairment) -> None:
+        if not self._healed:
+            self._world.network.restore(impairment)
+
+    def _cut_off(self, name: str, length: float) -> None:
+        if self._healed:
+            return
+        rest = [n for n in self._names() if n != name]
+        links = _links([name], rest) + _links(rest, [name])
+        undo = self._cut(f"aimed: cut {name} off after its late answers", links)
+        self._world.loop.after(length, partial(self._end, undo))
+
+    def _hold(self, node: SimNode, request: VoteRequest) -> None:
+        """Hold ``node``'s round of vote requests on its way: until another candidate's
+        election timer fires, when one is due within the call's timeout, else a while."""
+        world, rng = self._world, self._rng
+        now, timeout = world.loop.now, world.config.rpc_timeout
+        due = [
+            other.clock.true_at(other.lease.next_deadline()) - now
+            for other in world.nodes.values()
+            if other is not node
+            and other.up
+            and other.coordinator
+            and other.lease is not None
+            and other.lease.role is not Role.PRIMARY
+        ]
+        soon = [d for d in due if 0 <= d < timeout]
+        if soon:
+            hold = min(soon) + rng.uniform(0.0, 0.05)
+            what = "until a rival's election timer fires"
+        else:
+            hold = rng.uniform(*HELD) * timeout
+            what = "a while"
+        kind = "pre-vote" if request.pre_vote else "vote"
+        self.counts["aimed: held votes"] += 1
+        world.note(node.name, f"aimed: its {kind} requests r{request.round} held {what}")
+        # This round's requests all leave in this event: delay them, and only them.
+        held = Impairment(frozenset({node.name}), delay=1.0, delay_min=hold, delay_max=hold)
+        world.network.impair(held)
+        world.loop.at(now, partial(self._restore_now, held))
 
     def _impair(self, kind: Fault) -> Undo:
         rng, world = self._rng, self._world

@@ -453,6 +453,7 @@ class World:
         on_reply: Callable[[Reply], None],
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
+        self.chaos.sending(src, request)  # aimed faults strike at the moment a round leaves
         self._calls.call(
             src, dst, request, timeout=timeout, on_reply=on_reply, on_timeout=on_timeout
         )
