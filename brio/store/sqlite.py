@@ -1,29 +1,37 @@
 """The SQLite backend: the embedded database of a single node (the quick start).
 
-One ``sqlite3`` connection, used from trio's worker threads one call at a time under a
-``trio.Lock``; a worker thread is never abandoned on cancellation, so a transaction always
-finishes (commit or rollback) before the lock is released. Every write is one ``BEGIN
-IMMEDIATE`` transaction, committed before the method returns: IMMEDIATE takes the write lock up
-front, so two processes on one file (a node and a CLI, or two stores in a test) serialise
-instead of failing half-way with SQLITE_BUSY.
+Writes go to one thread that owns the write connection (``_Writer``) and group-commits: it
+takes every write queued meanwhile, runs them in one ``BEGIN IMMEDIATE`` transaction, each
+under its own savepoint so that a failing write fails only its caller, commits once, and only
+then answers the callers. IMMEDIATE takes the write lock up front, so two processes on one
+file (a node and a CLI, or two stores in a test) serialise instead of failing half-way with
+SQLITE_BUSY. Reads run on their own connections in trio's worker threads (``_Readers``): in
+WAL mode they see the last commit and never wait for the writer. A thread is never abandoned
+on cancellation: a write already taken finishes (commit or rollback) before its caller sees
+the cancellation; one still queued is dropped and never runs.
 
-The file runs in WAL mode (readers never block the writer) with ``synchronous = FULL``: the API
-promises that a task is durable before it answers 202, and NORMAL may lose the last commits
-on power loss. The price is one fsync of the WAL per commit, which a single node can afford.
-Timestamps are fixed-width ISO 8601 text in UTC; JSON is text. The statements are
+The file runs in WAL mode with ``synchronous = FULL``: the API promises that a task is
+durable before it answers 202, and NORMAL may lose the last commits on power loss. The price
+is one fsync of the WAL per commit, which group commit shares among every write that waited
+for it. Timestamps are fixed-width ISO 8601 text in UTC; JSON is text. The statements are
 ``brio.store.sql``'s, shared with PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import outcome
 import trio
 
 from brio.core.tasks import TaskStatus
@@ -64,7 +72,10 @@ from brio.store.sql import Bound
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT = 10.0  # seconds another process may hold the write lock before we give up
+READERS = 4  # read connections (each read holds one in a worker thread)
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 
 
@@ -168,14 +179,197 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _connect_reader(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _store_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        wrapped = StoreError(f"sqlite: {exc}")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
+@dataclass(eq=False, slots=True)
+class _Write:
+    """One caller's write, waiting in the writer's queue (compared by identity)."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    task: trio.lowlevel.Task
+    token: trio.lowlevel.TrioToken
+    result: outcome.Outcome[Any] = outcome.Error(StoreError("the write never ran"))
+
+
+class _Writer:
+    """The one thread that writes, committing every write that waits in one transaction.
+
+    Group commit: while a commit's fsync runs, callers queue their writes; the thread then
+    takes them all, runs each under its own savepoint inside one ``BEGIN IMMEDIATE``
+    transaction, commits once (one fsync under ``synchronous = FULL``) and only then answers
+    every caller, so nothing is acknowledged before it is durable. A write that raises is
+    rolled back to its savepoint and fails alone; if the transaction itself fails (the commit,
+    or SQLite abandoning the transaction after an I/O error), every write of the group runs
+    again alone, so each caller gets its own outcome. A caller costs two hand-offs: its write
+    into the queue and its answer back into trio with the group's (``run_sync_soon``).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._cond = threading.Condition()
+        self._queue: list[_Write] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="brio-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        write = _Write(fn, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
+        with self._cond:
+            if self._closing:
+                raise StoreError("the SQLite store is closed")
+            self._queue.append(write)
+            self._cond.notify()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            with self._cond:
+                if write in self._queue:  # not taken yet: it never ran
+                    self._queue.remove(write)
+                    return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED  # running: wait for its outcome, then cancel
+
+        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    async def close(self) -> None:
+        """Finish what was queued, refuse more, and close the connection."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await trio.to_thread.run_sync(self._thread.join)
+        self._conn.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                group, self._queue = self._queue, []
+            if not group:
+                return  # closing, and nothing left
+            if len(group) == 1:
+                self._alone(group[0])
+            else:
+                self._group(group)
+            self._answer(group)
+
+    def _alone(self, write: _Write) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = write.fn(conn)
+            conn.execute("COMMIT")
+            write.result = outcome.Value(value)
+        except BaseException as exc:
+            self._rollback()
+            write.result = outcome.Error(_store_error(exc))
+
+    def _group(self, group: list[_Write]) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in group:
+                conn.execute("SAVEPOINT brio_write")
+                try:
+                    write.result = outcome.Value(write.fn(conn))
+                except Exception as exc:
+                    write.result = outcome.Error(_store_error(exc))
+                    conn.execute("ROLLBACK TO brio_write")
+                conn.execute("RELEASE brio_write")
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            for write in group:
+                self._alone(write)
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("sqlite: rolling back failed")
+
+    @staticmethod
+    def _answer(group: list[_Write]) -> None:
+        by_run: dict[trio.lowlevel.TrioToken, list[_Write]] = {}
+        for write in group:
+            by_run.setdefault(write.token, []).append(write)
+        for token, writes in by_run.items():
+
+            def wake(writes: list[_Write] = writes) -> None:
+                for write in writes:
+                    trio.lowlevel.reschedule(write.task, write.result)
+
+            with contextlib.suppress(trio.RunFinishedError):  # that run is gone: nobody waits
+                token.run_sync_soon(wake)
+
+
+class _Readers:
+    """Connections that only read, used from trio's worker threads, one call per connection at
+    a time. In WAL mode a reader sees the last commit and never waits for the writer."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._slots = trio.Semaphore(READERS)
+        self._closed = False
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._slots:
+            if self._closed:
+                raise StoreError("the SQLite store is closed")
+            conn = self._idle.pop() if self._idle else None
+            box: list[sqlite3.Connection] = []
+
+            def read() -> T:
+                reader = conn if conn is not None else _connect_reader(self._path)
+                box.append(reader)
+                try:
+                    return fn(reader)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"sqlite: {exc}") from exc
+
+            try:
+                return await trio.to_thread.run_sync(read)
+            finally:
+                self._idle.extend(box)
+
+    async def close(self) -> None:
+        self._closed = True
+        for _ in range(READERS):  # wait out the reads in flight
+            await self._slots.acquire()
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
 class SQLiteStore:
     """A ``Store`` on one SQLite file (or ``:memory:``)."""
 
     backend = "sqlite"
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._lock = trio.Lock()
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._writer = _Writer(conn)
+        # A second connection to ":memory:" would open another, empty database.
+        self._readers = None if path == ":memory:" else _Readers(path)
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStore:
@@ -184,7 +378,7 @@ class SQLiteStore:
             conn = await trio.to_thread.run_sync(_connect, path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
-        store = cls(conn)
+        store = cls(conn, path)
         try:
             await store._transaction(_migrate)
         except BaseException:
@@ -194,31 +388,20 @@ class SQLiteStore:
         return store
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def guarded() -> T:
-            try:
-                return fn(self._conn)
-            except sqlite3.Error as exc:
-                raise StoreError(f"sqlite: {exc}") from exc
-
-        async with self._lock:
-            return await trio.to_thread.run_sync(guarded)
+        """A read, on a reader connection: it waits for no commit."""
+        if self._readers is None:
+            return await self._writer.run(fn)
+        return await self._readers.run(fn)
 
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def transaction(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return await self._run(transaction)
+        """A write, committed (with the others queued meanwhile) before this returns; an
+        exception from ``fn`` rolls back only ``fn``'s own statements."""
+        return await self._writer.run(fn)
 
     async def close(self) -> None:
-        await self._run(lambda conn: conn.close())
+        if self._readers is not None:
+            await self._readers.close()
+        await self._writer.close()
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute(SQL.ping.text).fetchone())
