@@ -4,8 +4,11 @@ grpclib lives on asyncio and the node on trio; everything here is entered throug
 ``brio.aio``. What this module adds to grpclib, and why:
 
 - Connections from outside ``[mesh.access_control] allowed_cidrs`` are closed before a
-  byte of HTTP/2 is read (logged and counted). With TLS on, asyncio completes the TLS
-  handshake before our protocol sees the connection, so the refusal comes right after it.
+  byte of HTTP/2 (or of a TLS handshake) is read, logged and counted.
+- TLS handshakes are ours, not ``create_server(ssl=...)``'s: at most
+  ``max_tls_handshakes`` in progress per listener (more are closed at accept), each with a
+  timeout, and each with a 32 KiB read buffer instead of asyncio's 256 KiB (300 half-open
+  handshakes held 84 MB, and glibc kept most of it after they ended).
 - Requests are read with a size cap: the 5-byte gRPC frame header is checked before the
   body is buffered, so a peer cannot make the node hold a 10 MB (or 4 GB) message.
   Undecodable protobuf is ``INVALID_ARGUMENT``; nothing a client sends raises past a handler.
@@ -21,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -28,9 +32,11 @@ import logging
 import math
 import ssl
 import struct
+import sys
 import time
 import types
 import typing
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -165,10 +171,14 @@ class ConnectionLimits:
     max_resets_per_second: int = 100
     #: A connection with no stream in flight and nothing received for this long is closed.
     idle_timeout: float = 300.0
-    #: Connections at once from one IP address (after the TLS handshake); more are closed.
+    #: Connections at once from one IP address, open or in their TLS handshake; more are closed.
     max_connections_per_address: int = 32
     #: A TLS handshake that takes longer is abandoned (asyncio's default is 60 s).
     tls_handshake_timeout: float = 5.0
+    #: TLS handshakes in progress at once on the listener; connections beyond it are closed
+    #: at accept. A mesh has a few peers, each with one connection: 64 leaves room for a
+    #: cluster restarting at once while bounding what half-open handshakes hold (~40 KB each).
+    max_tls_handshakes: int = 64
 
 
 @dataclass
@@ -184,6 +194,7 @@ class TransportStats:
     bytes_received: int = 0
     bytes_sent: int = 0
     refused_connections: int = 0
+    refused_handshakes: int = 0  # closed at accept: max_tls_handshakes were in progress
     oversized_requests: int = 0
     malformed_requests: int = 0
     unauthenticated_requests: int = 0
@@ -264,6 +275,31 @@ def address_allowed(host: str, allowed: Networks) -> bool:
     return any(ip.version == net.version and ip in net for net in allowed)
 
 
+def _admitted(server: MeshServer, host: str, held: int, transport: asyncio.BaseTransport) -> bool:
+    """Whether a connection from ``host`` may go on: it is in the allow-list and ``held``
+    (its connections open, and in their TLS handshake) is under
+    ``max_connections_per_address``. Otherwise it is counted, logged (the cap's warning
+    rate-limited: a flood must not become a flood of log lines) and aborted."""
+    if not address_allowed(host, server.allowed):
+        log.warning(
+            "refused a mesh connection from %s: not in [mesh.access_control] allowed_cidrs",
+            host or "an unknown address",
+        )
+    elif held >= server.stats.limits.max_connections_per_address:
+        _refusals.warn(
+            (host, "per-address"),
+            "refused a mesh connection from %s: it has %d open already "
+            "([mesh] max_connections_per_address)",
+            host,
+            held,
+        )
+    else:
+        return True
+    server.stats.refused_connections += 1
+    typing.cast(asyncio.Transport, transport).abort()
+    return False
+
+
 class _GuardedProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol, refusing addresses outside the allow-list (or over the
     per-address cap) at accept, and holding each connection to ``ConnectionLimits``."""
@@ -285,29 +321,14 @@ class _GuardedProtocol(H2Protocol):
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if peer else ""
         server = self._server
-        if not address_allowed(host, server.allowed):
+        # with TLS, _TLSAcceptor checked before the handshake (counting this one as in it)
+        if not _admitted(server, host, server.by_address[host], transport):
             self.refused = True
-            server.stats.refused_connections += 1
-            log.warning(
-                "refused a mesh connection from %s: not in [mesh.access_control] allowed_cidrs",
-                host or "an unknown address",
-            )
-            transport.abort()
-            return
-        if server.by_address[host] >= self.limits.max_connections_per_address:
-            self.refused = True
-            server.stats.refused_connections += 1
-            _refusals.warn(
-                (host, "per-address"),
-                "refused a mesh connection from %s: it has %d open already "
-                "([mesh] max_connections_per_address)",
-                host,
-                server.by_address[host],
-            )
-            transport.abort()
             return
         self.host = host
         server.by_address[host] += 1
+        # registered only now: a refused connection's handler would never close
+        server._handlers.add(typing.cast(grpclib.server.Handler, self.handler))
         self.last_activity = time.monotonic()
         super().connection_made(transport)
         self.connection._connection.update_settings(
@@ -413,6 +434,62 @@ class _GuardedProtocol(H2Protocol):
             transport.close()
 
 
+class _SSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol with a 32 KiB read buffer: asyncio allocates (and zeroes)
+    256 KiB per connection at accept, before a byte of the handshake. A TLS record is at
+    most 16 KiB, so reads of 32 KiB lose nothing."""
+
+    max_size = 32 * 1024
+
+
+class _TLSAcceptor(asyncio.Protocol):
+    """The first protocol of an accepted TCP connection when TLS is on: refuses addresses
+    outside the allow-list, over ``max_connections_per_address`` (open and handshaking
+    together, so that one address cannot take every handshake slot) or beyond
+    ``max_tls_handshakes`` before the handshake costs anything, then hands the socket to
+    ``_SSLProtocol``, which makes the ``_GuardedProtocol`` its application once the
+    handshake is done."""
+
+    def __init__(self, server: MeshServer, context: ssl.SSLContext) -> None:
+        self._server = server
+        self._context = context
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, base)
+        server = self._server
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if peer else ""
+        if not _admitted(server, host, server.by_address[host] + server.handshaking[host], base):
+            return
+        limits = server.stats.limits
+        if server.handshakes >= limits.max_tls_handshakes:
+            server.stats.refused_handshakes += 1
+            _refusals.warn(
+                (host, "handshakes"),
+                "refused a mesh connection from %s: %d TLS handshakes are in progress "
+                "(max_tls_handshakes)",
+                host or "an unknown address",
+                server.handshakes,
+            )
+            transport.abort()
+            return
+        server.handshakes += 1
+        server.handshaking[host] += 1
+        loop = server._loop
+        waiter = loop.create_future()
+        waiter.add_done_callback(functools.partial(server._handshake_ended, host))
+        tls = _SSLProtocol(
+            loop,
+            server._protocol_factory(),
+            self._context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=limits.tls_handshake_timeout,  # type: ignore[arg-type]  # seconds
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+
+
 class MeshServer(grpclib.server.Server):
     def __init__(
         self, handlers: Iterable[Any], *, allowed: Networks, stats: TransportStats
@@ -422,6 +499,9 @@ class MeshServer(grpclib.server.Server):
         self.stats = stats
         self.protocols: set[_GuardedProtocol] = set()
         self.by_address: collections.Counter[str] = collections.Counter()
+        self.handshakes = 0  # TLS handshakes in progress
+        self.handshaking: collections.Counter[str] = collections.Counter()  # the same, by address
+        self._handshakes_ended = 0  # since the heap was last trimmed
         self._reaper: asyncio.Task[None] | None = None
 
     def _protocol_factory(self) -> H2Protocol:
@@ -429,32 +509,42 @@ class MeshServer(grpclib.server.Server):
         handler = grpclib.server.Handler(
             self._mapping, self._codec, self._status_details_codec, self.__dispatch__
         )
-        self._handlers.add(handler)
         return _GuardedProtocol(self, handler, self._config, self._h2_config)
 
     async def listen(
         self, host: str, port: int, *, ssl: ssl.SSLContext | None, reuse_address: bool
     ) -> None:
-        """grpclib's ``start``, plus the TLS handshake timeout and the idle reaper."""
+        """grpclib's ``start``, with our own TLS handshakes (``_TLSAcceptor``) and the idle
+        reaper."""
         if self._server is not None:
             raise RuntimeError("Server is already started")
-        timeout = self.stats.limits.tls_handshake_timeout if ssl is not None else None
+        context = ssl
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            self._protocol_factory if context is None else (lambda: _TLSAcceptor(self, context))
+        )
         self._server = await self._loop.create_server(
-            self._protocol_factory,
-            host,
-            port,
-            ssl=ssl,
-            reuse_address=reuse_address,
-            ssl_handshake_timeout=timeout,
+            factory, host, port, reuse_address=reuse_address
         )
         self._server_closed_fut = self._loop.create_future()
         self._reaper = self._loop.create_task(self._reap_idle())
 
+    def _handshake_ended(self, host: str, waiter: asyncio.Future[None]) -> None:
+        self.handshakes -= 1
+        self.handshaking[host] -= 1
+        if self.handshaking[host] <= 0:
+            del self.handshaking[host]
+        self._handshakes_ended += 1
+        if not waiter.cancelled():
+            waiter.exception()  # a failed handshake is the client's problem: not logged
+
     async def _reap_idle(self) -> None:
-        every = min(5.0, self.stats.limits.idle_timeout / 4)
+        every = min(1.0, self.stats.limits.idle_timeout / 4)
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
+            if self._handshakes_ended >= _TRIM_AFTER_HANDSHAKES and not self.handshakes:
+                self._handshakes_ended = 0
+                _trim_heap()
             for protocol in list(self.protocols):
                 if protocol.idle(now) and not protocol.closing:
                     self.stats.idle_closed_connections += 1
@@ -468,6 +558,27 @@ class MeshServer(grpclib.server.Server):
         super().close()
         for protocol in list(self.protocols):
             protocol.goaway()
+
+
+#: Handshakes ended (done or failed) after which, once none is in progress, the heap is trimmed.
+_TRIM_AFTER_HANDSHAKES = 32
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc's ``malloc_trim``): after a burst of
+    connections the freed TLS state is scattered between live objects, and glibc returns
+    only the top of its heaps by itself, so RSS stayed at the burst's peak. Milliseconds,
+    run only after a burst. A no-op where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # only on this rare path
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 async def _recv_capped(stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> bytes:
