@@ -28,7 +28,8 @@ import trio
 
 from brio import aio
 from brio.core.tasks import TaskStatus
-from brio.store import schema
+from brio.core.witness import Request as WitnessRequest
+from brio.store import schema, witness
 from brio.store._common import (
     Created,
     RowDecoder,
@@ -62,6 +63,7 @@ from brio.store.base import (
     TaskRecord,
 )
 from brio.store.sql import POSTGRES_SQL as SQL
+from brio.store.witness import WitnessAnswer
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type hints
@@ -473,3 +475,11 @@ class PostgresStore:
     async def get_config(self, key: str) -> JSON | None:
         sql, args = SQL.get_config.bind(key=key)
         return await self._read(lambda conn: conn.fetchval(sql, *args))
+
+    # the witness voter of the coordinator lease (brio.store.witness): one statement per
+    # request, committed on its own
+
+    async def ask_witness(self, request: WitnessRequest, lease_duration: float) -> WitnessAnswer:
+        sql, args = witness.bind(request, lease_duration)
+        row = await self._read(lambda conn: conn.fetchrow(sql, *args))
+        return witness.answer(request, row)

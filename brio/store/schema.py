@@ -167,6 +167,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "lease_witness: the store's record as a voter in the coordinator lease",
+        (
+            # One row (brio.core.witness.WitnessRecord), changed only by the statements of
+            # brio.store.witness. Times are seconds of the database clock (clock_timestamp()).
+            # Created on SQLite too, where it stays unused: the schema is one for both.
+            """
+            CREATE TABLE lease_witness (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                term BIGINT NOT NULL CHECK (term >= 0),
+                voted_for TEXT,
+                promised_to TEXT,
+                promise_until DOUBLE PRECISION NOT NULL,
+                voters_digest TEXT NOT NULL
+            )""",
+            "INSERT INTO lease_witness (id, term, voted_for, promised_to, promise_until,"
+            " voters_digest) VALUES (1, 0, NULL, NULL, 0, '')",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
