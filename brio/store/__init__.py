@@ -2,7 +2,8 @@
 
 ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``
 open the embedded single-node database; ``postgresql://`` (or ``postgres://``) URLs open the
-shared database of a mesh, which needs ``brio.aio.open_loop()`` around it.
+shared database of a mesh, which needs ``brio.aio.open_loop()`` around it. Its module
+(asyncpg, trio-asyncio) is imported only to open one: a SQLite node never loads it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from brio.store.base import (
     TaskPage,
     TaskRecord,
 )
-from brio.store.postgres import PostgresStore
 from brio.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "NewTask",
     "NodeRecord",
     "NotFound",
-    "PostgresStore",
     "SQLiteStore",
     "SessionRecord",
     "Store",
@@ -75,6 +74,8 @@ async def open_store(
             )
         return await SQLiteStore.open(path)
     if scheme in ("postgresql", "postgres"):
+        from brio.store.postgres import PostgresStore
+
         return await PostgresStore.open(
             url, max_connections=max_connections, connect_timeout=connect_timeout
         )
