@@ -38,15 +38,24 @@ class RegisteredAgent:
     settings: AgentConfig
 
 
-def _builtin_factories() -> dict[str, Factory]:
-    from brio.agents.llm import make_llm_agent
-    from brio.agents.shell import make_shell_agent
+def _shell(name: str, settings: AgentConfig, config: BrioConfig) -> Agent:
+    from brio.agents.shell import make_shell_agent  # imported only by a node that has one
 
+    return make_shell_agent(name, settings, config)
+
+
+def _llm(name: str, settings: AgentConfig, config: BrioConfig) -> Agent:
+    from brio.agents.llm import make_llm_agent  # httpx, stamina: only with an llm agent
+
+    return make_llm_agent(name, settings, config)
+
+
+def _builtin_factories() -> dict[str, Factory]:
     return {
         "echo": lambda _n, _s, _c: builtin.echo,
         "sleep": lambda _n, _s, _c: builtin.sleep,
-        "shell": make_shell_agent,
-        "llm": make_llm_agent,
+        "shell": _shell,
+        "llm": _llm,
     }
 
 
