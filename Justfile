@@ -34,8 +34,8 @@ fmt:
 proto:
     {{venv}}/python proto/generate.py
 
-# what CI runs: lint, then every test
-ci: lint test
+# what CI runs: lint, every test, then the benchmark suite's smoke run (proves the harness)
+ci: lint test bench-smoke
 
 # the simulator's long run: 10,000 seeds of mixed faults, every safety measure on (docs/simulator.md)
 chaos *ARGS:
@@ -44,3 +44,13 @@ chaos *ARGS:
 # the cluster benchmark on PostgreSQL, a table plus JSON (docs/benchmarks.md); --quick: a smoke run
 bench-cluster *ARGS:
     {{venv}}/python -m bench.cluster {{ARGS}}
+
+# the benchmark suite (issue 12): every row, Brio beside its baseline in the same run, a table
+# plus JSON (docs/benchmarks.md); needs pip install -e '.[bench]' and redis-server; --rows a,b
+bench *ARGS:
+    {{venv}}/python -m bench.suite {{ARGS}}
+
+# the suite at tiny sizes, Brio rows and the bare-app baseline only (no Celery, Ray or
+# PostgreSQL): seconds, run by CI to prove the harness works, its figures mean nothing
+bench-smoke *ARGS:
+    {{venv}}/python -m bench.suite --smoke {{ARGS}}
