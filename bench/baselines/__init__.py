@@ -1,0 +1,1 @@
+"""The baselines the benchmark suite measures Brio beside (``bench/suite.py``)."""

@@ -1,0 +1,1 @@
+"""The rows of the benchmark suite (``bench/suite.py``), one module each."""
