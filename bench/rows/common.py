@@ -79,7 +79,8 @@ def tree(pid: int) -> list[int]:
 
 def run_json(args: list[str], what: str, timeout: float = 900, ok: tuple[int, ...] = (0,)) -> Run:
     """Run a child of the suite from the repository root; its stdout is one JSON object
-    (or its last line is). Its CPU time lands in ``os.times().children_*`` (``loadgen`` in ``Meter``)."""
+    (or its last line is). Its CPU time lands in ``os.times().children_*``, which
+    ``Meter`` reports as ``loadgen``."""
     done = subprocess.run(
         args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
