@@ -29,6 +29,7 @@ NAMED_VARIABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "BRIO_MESH_PEERS": ("mesh", "peers"),
         "BRIO_MESH_ROLE": ("mesh", "role"),
         "BRIO_MESH_LEASE_VOTERS": ("mesh", "lease", "voters"),
+        "BRIO_MESH_LEASE_WITNESS": ("mesh", "lease", "witness"),
         "BRIO_MESH_DISCOVERY": ("mesh", "discovery", "method"),
         "BRIO_MESH_K8S_NAMESPACE": ("mesh", "discovery", "k8s_namespace"),
         "BRIO_MESH_K8S_LABEL_SELECTOR": ("mesh", "discovery", "k8s_label_selector"),

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_core import PydanticCustomError
 
 from brio.core.lease import MAX_TERM  # the highest lease term: the fence is a 64-bit integer
+from brio.core.witness import WITNESS_ID
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -124,10 +125,25 @@ class ServerConfig(Section):
         return value
 
 
+def _not_reserved(value: str) -> str:
+    """Node ids starting with "@" are reserved for voters that are not nodes (the store)."""
+    if value.startswith("@"):
+        raise ValueError(
+            f"a node id cannot start with '@' (got {value!r}): such ids are reserved for "
+            f"voters that are not nodes, such as {WITNESS_ID!r}, the store ([mesh.lease] witness)"
+        )
+    return value
+
+
 class PeerConfig(Section):
     id: str | None = None  # learned from the first heartbeat when not given
     address: str
     role: Literal["coordinator", "worker"] = "worker"
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        return None if value is None else _not_reserved(value)
 
     @field_validator("address")
     @classmethod
@@ -223,6 +239,9 @@ class LeaseConfig(Section):
     # A lease message whose term is more than this above the receiver's own is refused and
     # logged as an attack (terms grow by one per election; docs/lease.md, Authentication).
     max_term_jump: int = Field(default=MAX_TERM_JUMP, ge=1, le=MAX_TERM)
+    # The shared database as one more voter (brio.core.witness, docs/lease.md): "store" always,
+    # "off" never, "auto" when the voters are an even number (two coordinators: three voters).
+    witness: Literal["auto", "store", "off"] = "auto"
 
     @field_validator("lease_duration")
     @classmethod
@@ -274,6 +293,11 @@ class LeaseConfig(Section):
         for position, item in enumerate(value, start=1):
             if not item:
                 raise ValueError(f"voter {position} is empty; expected a node id")
+            if item.startswith("@"):
+                raise ValueError(
+                    f"voter {position} ({item!r}) starts with '@': ids that do are reserved; "
+                    f"the store votes as {WITNESS_ID!r} through [mesh.lease] witness, not voters"
+                )
         doubled = sorted(item for item, count in Counter(value).items() if count > 1)
         if doubled:
             raise ValueError(f"each node id may be listed once; repeated: {', '.join(doubled)}")
@@ -289,6 +313,12 @@ class MeshConfig(Section):
     enabled: bool = False
     node_id: str = Field(default_factory=_default_node_id, min_length=1)
     listen_addr: str = "0.0.0.0:50051"
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        return _not_reserved(value)
+
     # The host:port other nodes dial to reach this one; default: listen_addr, with a
     # wildcard host (0.0.0.0, ::) replaced by this machine's host name.
     advertise_addr: str | None = None
@@ -369,8 +399,20 @@ class MeshConfig(Section):
         would let two majorities of different sets elect two primaries.
         """
         if self.lease.voters is not None:
-            return frozenset(self.lease.voters)
-        return frozenset([self.node_id, *(peer.id for peer in self.peers if peer.id)])
+            nodes = frozenset(self.lease.voters)
+        else:
+            nodes = frozenset([self.node_id, *(peer.id for peer in self.peers if peer.id)])
+        return nodes | {WITNESS_ID} if self.witness_on(nodes) else nodes
+
+    def witness_on(self, nodes: frozenset[str] | None = None) -> bool:
+        """Whether the store votes (``[mesh.lease] witness``): "auto" turns it on for an even
+        number of node voters, whose majority cannot lose one of them; an odd number plus
+        the store would be even again, and gain nothing."""
+        if self.lease.witness != "auto":
+            return self.lease.witness == "store"
+        if nodes is None:
+            nodes = self.lease_voters() - {WITNESS_ID}
+        return len(nodes) % 2 == 0
 
     def lease_voters_warning(self) -> str | None:
         """Why the default voter set may not be what the operator meant, or None."""
@@ -549,6 +591,29 @@ def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
                 "a multi-node mesh needs PostgreSQL: set [database] url = 'postgresql://...' "
                 f"(or BRIO_DATABASE_URL); {why}, but the database is SQLite",
                 (("mesh", "enabled"), cause),
+            )
+        )
+    # (A multi-node mesh on SQLite is refused above already.)
+    if (
+        mesh.enabled
+        and not multi_node
+        and mesh.witness_on()
+        and config.database_backend == "sqlite"
+    ):
+        voters = sorted(mesh.lease_voters() - {WITNESS_ID})
+        why = (
+            "witness = 'store'"
+            if mesh.lease.witness == "store"
+            else f"witness = 'auto' (the default) and an even number of voters "
+            f"({', '.join(voters)})"
+        )
+        found.append(
+            Conflict(
+                ("mesh", "lease", "witness"),
+                f"the store can be a lease voter only on PostgreSQL: {why}, but the database "
+                "is SQLite, a single node's file; set witness = 'off' "
+                "(BRIO_MESH_LEASE_WITNESS=off), or [database] url = 'postgresql://...'",
+                (("database", "url"), ("mesh", "lease", "voters")),
             )
         )
     unauthenticated = not mesh.tls.enabled and mesh.cluster_secret is None

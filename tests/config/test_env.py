@@ -60,6 +60,7 @@ def test_every_named_variable(load_toml: Loader) -> None:
         "BRIO_MESH_CLUSTER_SECRET": "cluster-s3cret",
         "BRIO_MESH_ROLE": "worker",
         "BRIO_MESH_LEASE_VOTERS": "c1, c2,,n1",
+        "BRIO_MESH_LEASE_WITNESS": "store",
     }
     assert set(env) == set(NAMED_VARIABLES)
     loaded = load_toml(FILE, env)
@@ -80,7 +81,8 @@ def test_every_named_variable(load_toml: Loader) -> None:
     assert config.server.auth_token.get_secret_value() == "t0ken"
     assert config.mesh.role == "worker"
     assert config.mesh.lease.voters == ["c1", "c2", "n1"]
-    assert config.mesh.lease_voters() == {"c1", "c2", "n1"}
+    assert config.mesh.lease.witness == "store"
+    assert config.mesh.lease_voters() == {"c1", "c2", "n1", "@store"}
     assert loaded.env_overrides == sorted(env)
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import pytest
+
+from brio.config import BrioConfig, ConfigError, load_config
 from brio.core.lease import (
     BecamePrimary,
     Lease,
@@ -171,3 +174,50 @@ def test_without_the_witness_two_coordinators_cannot_lose_one() -> None:
     survivor = "c2" if first == "c1" else "c1"
     assert all(name == first for name, _ in cluster.primaries)
     assert cluster.nodes[survivor].role is not Role.PRIMARY
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _config(env: dict[str, str]) -> BrioConfig:
+    return load_config(None, env, search=False).config
+
+
+def _problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env, search=False)
+    return list(caught.value.problems)
+
+
+PG = {"BRIO_DATABASE_URL": "postgresql://db/brio", "BRIO_MESH_ENABLED": "true"}
+
+
+def test_auto_adds_the_store_to_an_even_voter_set() -> None:
+    two = _config({**PG, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2"})
+    assert two.mesh.lease.witness == "auto"
+    assert two.mesh.lease_voters() == {"c1", "c2", WITNESS_ID}
+    three = _config({**PG, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2,w1"})
+    assert three.mesh.lease_voters() == {"c1", "c2", "w1"}
+    forced = {**PG, "BRIO_MESH_LEASE_VOTERS": "c1,c2,w1", "BRIO_MESH_LEASE_WITNESS": "store"}
+    assert WITNESS_ID in _config(forced).mesh.lease_voters()
+    off = {**PG, "BRIO_MESH_LEASE_VOTERS": "c1,c2", "BRIO_MESH_LEASE_WITNESS": "off"}
+    assert _config(off).mesh.lease_voters() == {"c1", "c2"}
+
+
+def test_the_witness_id_is_no_node_id() -> None:
+    (line,) = _problems({**PG, "BRIO_NODE_ID": "@store"})
+    assert "BRIO_NODE_ID: [mesh] node_id: got '@store'; a node id cannot start with '@'" in line
+    (line,) = _problems({**PG, "BRIO_MESH_LEASE_VOTERS": "c1,@store"})
+    assert "voter 2 ('@store') starts with '@'" in line and "[mesh.lease] witness" in line
+
+
+def test_the_witness_needs_postgresql() -> None:
+    env = {"BRIO_MESH_ENABLED": "true", "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_WITNESS": "store"}
+    (line,) = _problems(env)
+    assert line.endswith(
+        "[mesh.lease] witness: the store can be a lease voter only on PostgreSQL: witness = "
+        "'store', but the database is SQLite, a single node's file; set witness = 'off' "
+        "(BRIO_MESH_LEASE_WITNESS=off), or [database] url = 'postgresql://...'"
+    )
+    (bad,) = _problems({**PG, "BRIO_MESH_LEASE_WITNESS": "yes"})
+    assert bad.endswith("[mesh.lease] witness: got 'yes'; expected one of 'auto', 'store', 'off'")
