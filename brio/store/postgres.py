@@ -112,6 +112,20 @@ async def _init_connection(conn: Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg has no type hints
+    """A pooled connection whose release costs no round trip.
+
+    asyncpg resets every connection it takes back with ``SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL;``, one round trip per operation. The store leaves no
+    session state to reset: it sets no parameters, listens to nothing, holds no session
+    advisory lock (the migration's is a transaction lock) and opens cursors only inside
+    transactions. asyncpg still rolls back a transaction left open, whatever this returns.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def _create_pool(url: str, max_connections: int, connect_timeout: float) -> Any:
     return await asyncpg.create_pool(
         url,
@@ -119,6 +133,7 @@ async def _create_pool(url: str, max_connections: int, connect_timeout: float) -
         max_size=max_connections,
         timeout=connect_timeout,
         init=_init_connection,
+        connection_class=_Connection,
     )
 
 
@@ -172,6 +187,9 @@ class PostgresStore:
             raise StoreError(f"postgresql: {exc}") from exc
 
     async def _read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """``fn`` on a pooled connection outside any transaction: a read, or a write that is
+        one statement, which commits on its own (no BEGIN and COMMIT round trips)."""
+
         async def read() -> T:
             async with self._pool.acquire() as conn:
                 return await fn(conn)
@@ -179,6 +197,8 @@ class PostgresStore:
         return await self._call(read)
 
     async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """``fn`` in one transaction: for writes of more than one statement."""
+
         async def transaction() -> T:
             async with self._pool.acquire() as conn, conn.transaction():
                 return await fn(conn)
@@ -209,19 +229,19 @@ class PostgresStore:
             target_node=new.node_id,
         )
 
+        # One statement, committed on its own. A used key makes the INSERT do nothing (ON
+        # CONFLICT waits for a writer of that key still in its transaction), before the
+        # session's foreign key is checked: the key answers first, as on SQLite.
         async def create(conn: Connection) -> tuple[TaskRecord, bool]:
-            if new.idempotency_key is not None:
-                row = await conn.fetchrow(key_sql, *key_args)
-                if row is not None:
-                    return _ROWS.task(row), False
-            if new.session_id is not None and not await _session_exists(conn, new.session_id):
-                raise NotFound(f"session {new.session_id!r} does not exist")
-            row = await conn.fetchrow(insert_sql, *insert_args)
-            if row is None:  # a concurrent create with the same key committed first
-                return _ROWS.task(await conn.fetchrow(key_sql, *key_args)), False
-            return _ROWS.task(row), True
+            try:
+                row = await conn.fetchrow(insert_sql, *insert_args)
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound(f"session {new.session_id!r} does not exist") from None
+            if row is not None:
+                return _ROWS.task(row), True
+            return _ROWS.task(await conn.fetchrow(key_sql, *key_args)), False
 
-        return await self._transaction(create)
+        return await self._read(create)
 
     async def create_tasks(self, batch: Sequence[NewTask]) -> list[Created]:
         plan = TaskBatch.of(batch)
@@ -274,11 +294,11 @@ class PostgresStore:
         if not agents:
             return None
         sql, args = SQL.claim_task.bind(node_id=node_id, agents=agents)
-        return _opt_task(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
+        return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
 
     async def mark_running(self, task_id: str, attempt: int) -> TaskRecord | None:
         sql, args = SQL.mark_running.bind(id=task_id, attempt=attempt)
-        return _opt_task(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
+        return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
 
     async def finish_task(
         self,
@@ -302,19 +322,20 @@ class PostgresStore:
                 await _insert_messages(conn, task.session_id, messages, task.id)
             return task
 
-        return await self._transaction(finish)
+        # without messages it is one statement, committed on its own
+        return await (self._transaction(finish) if messages else self._read(finish))
 
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
         sql, args = SQL.cancel_task.bind(id=task_id)
-        return _opt_task(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
+        return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
 
     async def requeue_task(self, task_id: str, attempt: int) -> TaskRecord | None:
         sql, args = SQL.requeue_task.bind(id=task_id, attempt=attempt)
-        return _opt_task(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
+        return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
 
     async def requeue_node_tasks(self, node_id: str) -> list[TaskRecord]:
         sql, args = SQL.requeue_node_tasks.bind(node_id=node_id)
-        rows = await self._transaction(lambda conn: conn.fetch(sql, *args))
+        rows = await self._read(lambda conn: conn.fetch(sql, *args))
         return sorted((_ROWS.task(row) for row in rows), key=lambda task: task.seq)
 
     async def count_tasks(self, status: TaskStatus) -> int:
@@ -368,7 +389,7 @@ class PostgresStore:
     ) -> SessionRecord:
         metadata = {} if metadata is None else metadata
         sql, args = SQL.insert_session.bind(id=new_id(), title=title, metadata=metadata)
-        return _ROWS.session(await self._transaction(lambda conn: conn.fetchrow(sql, *args)))
+        return _ROWS.session(await self._read(lambda conn: conn.fetchrow(sql, *args)))
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         sql, args = SQL.session_by_id.bind(id=session_id)
@@ -414,7 +435,7 @@ class PostgresStore:
             status=node.status,
             last_seen=node.last_seen,
         )
-        await self._transaction(lambda conn: conn.execute(sql, *args))
+        await self._read(lambda conn: conn.execute(sql, *args))
 
     async def list_nodes(self) -> list[NodeRecord]:
         rows = await self._read(lambda conn: conn.fetch(SQL.list_nodes.text))
@@ -470,7 +491,7 @@ class PostgresStore:
 
     async def put_config(self, key: str, value: JSON) -> None:
         sql, args = SQL.put_config.bind(key=key, value=value)
-        await self._transaction(lambda conn: conn.execute(sql, *args))
+        await self._read(lambda conn: conn.execute(sql, *args))
 
     async def get_config(self, key: str) -> JSON | None:
         sql, args = SQL.get_config.bind(key=key)
