@@ -194,11 +194,14 @@ _RECORD_CLUSTER_VIEW: dict[schema.Dialect, str] = {
 _ASSIGN_SET = "UPDATE tasks SET status = 'assigned', node_id = a_node, updated_at = :now"
 _ASSIGN_WHERE = "tasks.id = a_id AND tasks.attempt = a_attempt AND tasks.status = 'queued'"
 _ASSIGN: dict[schema.Dialect, str] = {
+    # The unary + keeps SQLite off the status index, which made it scan every queued task for
+    # each row of the batch (0.5 s for 64 rows behind 4000 queued); by id it is one lookup each.
     "sqlite": f"""
         {_ASSIGN_SET}
         FROM (SELECT json_extract(value, '$[0]') AS a_id, json_extract(value, '$[1]') AS a_attempt,
                      json_extract(value, '$[2]') AS a_node FROM json_each(:batch))
-        WHERE {_ASSIGN_WHERE} RETURNING {TASK_COLUMNS}""",
+        WHERE {_ASSIGN_WHERE.replace("tasks.status", "+tasks.status")}
+        RETURNING {TASK_COLUMNS}""",
     "postgresql": f"""
         WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE)
         {_ASSIGN_SET}
