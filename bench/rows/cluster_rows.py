@@ -8,6 +8,8 @@ repetitions (3; ``--quick`` 2 with short phases when the suite runs with ``--smo
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from typing import Any
@@ -17,7 +19,16 @@ from bench.rows.common import ROOT, Settings, Unavailable
 SIDES = {
     "throughput": ("single node", "coordinator + 2 workers"),
     "scale-out": ("1 worker", "2 workers"),
+    "scale-out-slots": ("1 worker", "2 workers"),
 }
+
+
+def sides(row: dict[str, Any]) -> tuple[str, str]:
+    """Names for A and B: known rows by name, others from ``what`` ("x (A) vs y (B)")."""
+    if row["row"] in SIDES:
+        return SIDES[row["row"]]
+    found = re.search(r"([^:,]+?) \(A\) vs ([^,]+?) \(B\)", row.get("what", ""))
+    return (found[1].strip(), found[2].strip()) if found else ("A", "B")
 
 
 def convert(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -27,7 +38,7 @@ def convert(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     for row in report["rows"]:
         name = row["row"]
         if "figures" in row:
-            a_name, b_name = SIDES.get(name, ("A", "B"))
+            a_name, b_name = sides(row)
             for label, fig in row["figures"].items():
                 systems = {
                     a_name: {**fig["A"], "n": len(fig["A"]["values"])},
@@ -40,7 +51,7 @@ def convert(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
                         "better": "lower" if "ms" in label else "higher",
                         "baseline": a_name,
                         "systems": systems,
-                        "ratio": {b_name: fig["ratio"]},
+                        "ratio": {b_name: fig["ratio"] if math.isfinite(fig["ratio"]) else None},
                     }
                 )
         elif name == "placement":

@@ -98,8 +98,10 @@ def run(settings: Settings) -> dict[str, Any]:
     with ExitStack() as stack:
         stack.enter_context(pg)
         database = pg.create_database("failover")
+        base = settings.tmp / "cluster"
+        base.mkdir()
         nodes = write_cluster(
-            settings.tmp / "cluster",
+            base,
             IPS,
             ROLES,
             database,

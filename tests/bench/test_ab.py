@@ -156,3 +156,16 @@ def test_a_row_that_cannot_run_says_why_and_still_records_the_machine(tmp_path: 
     failed = run_row("batch", broken, settings)
     assert failed["failed"] is True and "KeyError('rate')" in failed["reason"]
     assert table_rows([row, failed])[1][:2] == ["batch", "not available"]
+
+
+def test_cluster_rows_not_known_by_name_take_their_sides_from_what_they_say() -> None:
+    nan = float("nan")
+    spread_ = {"median": 0.0, "min": 0.0, "max": 0.0, "values": [0.0]}
+    row = {
+        "row": "scale-out-wide",
+        "what": "sleep 1000 ms, 100 closed-loop users: 1 worker (A) vs 2 (B)",
+        "figures": {"completed/s": {"A": spread_, "B": spread_, "ratio": nan}},
+    }
+    (fig,), _ = convert({"rows": [row]})
+    assert list(fig["systems"]) == ["1 worker", "2"]
+    assert fig["ratio"] == {"2": None}
