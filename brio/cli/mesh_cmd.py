@@ -186,6 +186,8 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
                 ("primary", reply.lease.primary or "unknown"),
                 ("lease_left", _left(reply.lease.lease_remaining)),
             ]
+            if reply.lease.voters:
+                fields.append(("voters", _voters(reply.lease)))
         print_fields(fields)
         return
     rows = [
@@ -202,6 +204,8 @@ def _print_status(reply: pb.StatusResponse, detail: bool) -> None:
     print(f"{me.node_id} ({me.role}) at {me.address}: {len(reply.peers)} peer(s)")
     if reply.lease is not None:
         print(_lease_line(reply.lease))
+        if reply.lease.voters:
+            print(f"voters: {_voters(reply.lease)}")
     if rows:
         print_table(["Node ID", "Address", "Status", "Last Seen", "Latency"], rows)
 
@@ -217,6 +221,11 @@ def _lease_line(lease: pb.LeaseStatus) -> str:
         return f"lease: primary, epoch {lease.epoch}, {_left(lease.lease_remaining)} left{voter}"
     primary = lease.primary or "unknown"
     return f"lease: {lease.role}, epoch {lease.epoch}, primary {primary}{voter}"
+
+
+def _voters(lease: pb.LeaseStatus) -> str:
+    """The voter set, the store's witness named as such ("@store (the store)")."""
+    return ", ".join(f"{v} (the store)" if v.startswith("@") else v for v in lease.voters)
 
 
 def _print_ping(reply: pb.PingResponse, count: int) -> None:

@@ -241,7 +241,7 @@ class LeaseConfig(Section):
     max_term_jump: int = Field(default=MAX_TERM_JUMP, ge=1, le=MAX_TERM)
     # The shared database as one more voter (brio.core.witness, docs/lease.md): "store" always,
     # "off" never, "auto" when the voters are an even number (two coordinators: three voters).
-    witness: Literal["auto", "store", "off"] = "auto"
+    witness: Literal["auto", "store", "off"] = "off"
 
     @field_validator("lease_duration")
     @classmethod
@@ -604,8 +604,7 @@ def find_conflicts(config: BrioConfig) -> tuple[Conflict, ...]:
         why = (
             "witness = 'store'"
             if mesh.lease.witness == "store"
-            else f"witness = 'auto' (the default) and an even number of voters "
-            f"({', '.join(voters)})"
+            else f"witness = 'auto' and an even number of voters ({', '.join(voters)})"
         )
         found.append(
             Conflict(

@@ -49,6 +49,7 @@ from brio.mesh.transport import (
     bind_address,
 )
 from brio.store.base import Store
+from brio.store.witness import Witness
 from brio.tasks.events import EventBus
 from brio.tasks.mesh_view import LeaseView
 from brio.tasks.placer import Placer, scheduler_settings
@@ -149,6 +150,7 @@ class Mesh:
                 misconfigured=partial(
                     _coordinators_outside, membership, peers, voters, mesh.lease_candidates()
                 ),
+                witness=store if isinstance(store, Witness) else None,
             )
         mesh_view_lease = lease.view if lease is not None else _no_lease
         meter = TaskMeter(local.node_id, bus)
@@ -202,6 +204,8 @@ class Mesh:
         problem = self.lease_view().problem
         if problem is not None:
             found.append(f"lease: not campaigning: {problem}")
+        if self.lease is not None and (trouble := self.lease.witness_trouble) is not None:
+            found.append(f"lease: {trouble}")
         refused = self.stats.refused_connections
         if refused and self.membership.peers() and not self.membership.connected():
             found.append(

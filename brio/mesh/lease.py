@@ -9,6 +9,11 @@ LeaseDriver.run
                      scope whose deadline falls before the lease ends by this node's clock
 ```
 
+Requests addressed to the store's witness voter (``brio.core.witness.WITNESS_ID``) go to the
+store (``brio.store.witness.Witness``) instead of a peer, with the same timeout; its answer is
+fed back as a reply from the witness. A store that cannot answer is silence, as an unreachable
+peer is; after ``WITNESS_TROUBLE_AFTER`` failures in a row it is also a problem in /health.
+
 Incoming ``Vote`` and ``Renew`` requests are handled synchronously (``handle``): the core's
 actions run in order, the vote is written to disk (fsync + rename) before the reply is returned,
 and no other event can slip in between. Time is ``trio.current_time()``, the same monotonic
@@ -29,10 +34,12 @@ import trio
 from brio.config.model import LeaseConfig
 from brio.core import lease as core
 from brio.core.lease import MAX_TERM
+from brio.core.witness import WITNESS_ID
 from brio.mesh import methods, pb
 from brio.mesh.lease_state import load_lease_state, save_lease_state
 from brio.mesh.methods import Method
 from brio.mesh.primary import FenceLost
+from brio.store.witness import Witness
 from brio.tasks.mesh_view import LeaseView
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,8 @@ MISMATCH_LOG_EVERY = 60.0
 PROBLEM_CHECK_EVERY = 1.0
 #: A refused (forged) lease message is logged at most this often per sender address and reason.
 REFUSAL_LOG_EVERY = 10.0
+#: Failed witness requests in a row (about two leases of renewals) before /health says so.
+WITNESS_TROUBLE_AFTER = 6
 
 
 class LeaseTransport(Protocol):
@@ -74,6 +83,7 @@ class LeaseDriver:
         primary: Callable[[int], Awaitable[None]] | None,
         warning: str | None = None,
         misconfigured: Callable[[], str | None] = lambda: None,
+        witness: Witness | None = None,
     ) -> None:
         self.node_id = node_id
         self.settings = settings_from(config)
@@ -86,6 +96,10 @@ class LeaseDriver:
         self.warning = warning  # about the voter set, logged at start
         self._misconfigured = misconfigured  # a reason not to campaign, looked at each second
         self.problem: str | None = None  # why this coordinator holds back from the lease
+        # The store as a voter, when the voter set names it; None: the witness is silent.
+        self.witness = witness if WITNESS_ID in voters else None
+        self.witness_failures = 0  # in a row
+        self.witness_errors = 0  # in all
         self._mismatch_seen: dict[str, float] = {}  # candidate peer -> last digest mismatch
         self.core: core.Lease | None = None
         self._nursery: trio.Nursery | None = None
@@ -111,6 +125,22 @@ class LeaseDriver:
             remaining = max(0.0, status.lease_until - trio.current_time())
         return LeaseView(
             role, status.epoch, status.primary, remaining, status.voter, problem=self.problem
+        )
+
+    @property
+    def witness_trouble(self) -> str | None:
+        """Why the store's witness has not answered lately, or None."""
+        if WITNESS_ID not in self.voters or not self.is_candidate:
+            return None
+        if self.witness is None:
+            return (
+                f"the voter set names {WITNESS_ID} (the store), but this node's store is no witness"
+            )
+        if self.witness_failures < WITNESS_TROUBLE_AFTER:
+            return None
+        return (
+            f"the store's witness voter ({WITNESS_ID}) did not answer the last "
+            f"{self.witness_failures} lease requests: the database is unreachable or slow"
         )
 
     def status_pb(self) -> pb.LeaseStatus:
@@ -288,6 +318,9 @@ class LeaseDriver:
             scope.cancel()  # marks it finished, so that an extension starts a fresh one
 
     async def _send(self, to: str, message: core.Message) -> None:
+        if to == WITNESS_ID:
+            await self._ask_witness(message)
+            return
         method, request = _to_pb(message)
         timeout = self.settings.renew_interval
         try:
@@ -309,6 +342,25 @@ class LeaseDriver:
             return
         self._execute(self.core.receive(trio.current_time(), to, reply))
 
+    async def _ask_witness(self, message: core.Message) -> None:
+        """A request to the store's witness voter: one statement, within the lease call
+        timeout; its answer is a reply from ``WITNESS_ID``, its failure silence."""
+        if self.witness is None or not isinstance(message, core.VoteRequest | core.RenewRequest):
+            return
+        answer = None
+        with trio.move_on_after(self.settings.renew_interval):
+            try:
+                answer = await self.witness.ask_witness(message, self.settings.lease_duration)
+            except Exception as exc:  # the store's error: the witness is silent this time
+                log.debug("lease: %s to the store's witness: %s", type(message).__name__, exc)
+        if answer is None:
+            self.witness_failures += 1
+            self.witness_errors += 1
+            return
+        self.witness_failures = 0
+        if self.core is not None:
+            self._execute(self.core.receive(trio.current_time(), WITNESS_ID, answer.reply))
+
     def log_refused_by(self, peer: str, kind: str, exc: Exception) -> None:
         now = trio.current_time()
         key = f"refused-by:{peer}"
@@ -325,10 +377,17 @@ class LeaseDriver:
         recent = sorted(
             peer
             for peer, at in self._mismatch_seen.items()
-            if peer in self.candidates and now - at < 3 * self.settings.lease_duration
+            if peer in self.candidates | {WITNESS_ID}
+            and now - at < 3 * self.settings.lease_duration
         )
         problem = self._misconfigured()
-        if problem is None and recent:
+        if problem is None and recent == [WITNESS_ID]:
+            problem = (
+                f"the store's witness ({WITNESS_ID}) holds a promise under another voter set: "
+                "a coordinator with other [mesh.lease] voters (or another cluster) uses this "
+                "database; every node needs the same voters (BRIO_MESH_LEASE_VOTERS)"
+            )
+        elif problem is None and recent:
             problem = (
                 f"coordinator {', '.join(recent)} runs with another voter set; every node "
                 "needs the same [mesh.lease] voters (BRIO_MESH_LEASE_VOTERS)"

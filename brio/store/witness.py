@@ -17,7 +17,7 @@ through these statements and through ``brio.core.witness.decide`` and compares b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from brio.core.lease import RenewReply, RenewRequest, VoteReply, VoteRequest
 from brio.core.witness import OTHER_VOTERS, WITNESS_ID, Reply, Request, WitnessRecord
@@ -108,8 +108,9 @@ class WitnessAnswer:
     now: float
 
 
+@runtime_checkable
 class Witness(Protocol):
-    """A store that can act as the witness voter (PostgreSQL)."""
+    """A store that can act as the witness voter (PostgreSQL; SQLite cannot)."""
 
     async def ask_witness(self, request: Request, lease_duration: float) -> WitnessAnswer:
         """Decide ``request``; StoreError when the database cannot be reached."""

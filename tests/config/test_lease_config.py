@@ -220,8 +220,7 @@ role = "coordinator"
 def test_default_voters_are_this_node_and_every_peer_with_an_id(load_toml: Loader) -> None:
     mesh = load_toml(THREE_COORDINATORS).config.mesh
     # The last peer names no id: it cannot be counted until it answers, so it is left out.
-    # Four node voters, an even number: [mesh.lease] witness = "auto" adds the store.
-    assert mesh.lease_voters() == frozenset({"c1", "c2", "c3", "w1", "@store"})
+    assert mesh.lease_voters() == frozenset({"c1", "c2", "c3", "w1"})
     assert mesh.lease_candidates() == frozenset({"c1", "c2", "c3"})
 
 

@@ -193,10 +193,13 @@ PG = {"BRIO_DATABASE_URL": "postgresql://db/brio", "BRIO_MESH_ENABLED": "true"}
 
 
 def test_auto_adds_the_store_to_an_even_voter_set() -> None:
-    two = _config({**PG, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2"})
-    assert two.mesh.lease.witness == "auto"
+    default = _config({**PG, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2"})
+    assert default.mesh.lease.witness == "off"
+    assert default.mesh.lease_voters() == {"c1", "c2"}
+    auto = {**PG, "BRIO_MESH_LEASE_WITNESS": "auto"}
+    two = _config({**auto, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2"})
     assert two.mesh.lease_voters() == {"c1", "c2", WITNESS_ID}
-    three = _config({**PG, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2,w1"})
+    three = _config({**auto, "BRIO_NODE_ID": "c1", "BRIO_MESH_LEASE_VOTERS": "c1,c2,w1"})
     assert three.mesh.lease_voters() == {"c1", "c2", "w1"}
     forced = {**PG, "BRIO_MESH_LEASE_VOTERS": "c1,c2,w1", "BRIO_MESH_LEASE_WITNESS": "store"}
     assert WITNESS_ID in _config(forced).mesh.lease_voters()
