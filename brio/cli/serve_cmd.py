@@ -20,9 +20,6 @@ from brio.config.errors import ConfigError
 from brio.config.load import load_config
 from brio.exc import leaves
 from brio.logs import setup_logging
-from brio.mesh.lease_state import LeaseStateError
-from brio.mesh.tls import TLSSetupError
-from brio.store.base import StoreError
 
 log = logging.getLogger("brio.serve")
 
@@ -86,10 +83,19 @@ async def _serve(config_path: str | None) -> None:
         nursery.cancel_scope.cancel()
 
 
-_EXPECTED = (ConfigError, StoreError, OSError, TLSSetupError, LeaseStateError)
+def _expected() -> tuple[type[BaseException], ...]:
+    """The failures an operator can cause, each told in one line. Imported when a start has
+    failed: the mesh's and the store's modules are not otherwise needed by every node."""
+    from brio.mesh.lease_state import LeaseStateError
+    from brio.mesh.tls import TLSSetupError
+    from brio.store.base import StoreError
+
+    return (ConfigError, StoreError, OSError, TLSSetupError, LeaseStateError)
 
 
 def _describe(exc: BaseException) -> str:
+    from brio.store.base import StoreError
+
     if isinstance(exc, ConfigError):
         return f"invalid configuration:\n{exc}"
     if isinstance(exc, StoreError):
@@ -103,7 +109,8 @@ def serve(config_path: str | None) -> int:
         trio.run(_serve, config_path, strict_exception_groups=True)
     except BaseException as exc:
         found = leaves(exc)
-        if not all(isinstance(leaf, _EXPECTED) for leaf in found):
+        expected = _expected()
+        if not all(isinstance(leaf, expected) for leaf in found):
             raise
         for leaf in found:
             print(f"brio: {_describe(leaf)}", file=sys.stderr)

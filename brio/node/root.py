@@ -29,29 +29,31 @@ finish within ``server.shutdown_grace`` (the mesh stays up meanwhile, so their e
 reach the coordinators), close the WebSockets, flush the last forwarded events, then stop
 every part in reverse order: the supervisor, http, the lease, ..., the mesh server (GOAWAY
 to every connection) and the store last.
+
+A single node on SQLite imports only what it runs: the mesh (grpclib, protobuf, DNS,
+cryptography), the asyncio bridge (trio-asyncio) and asyncpg are imported when the config
+enables the mesh or names PostgreSQL (issue 12: ``brio serve`` started in 0.90 s, almost all
+imports; see docs/architecture.md, "Start-up and memory").
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
-from brio import __version__, aio
+from brio import __version__
 from brio.agents.registry import RegisteredAgent, build_registry
 from brio.api.app import ApiDeps, create_app
 from brio.api.server import HttpServer
 from brio.config.model import BrioConfig
 from brio.core.scheduler import Scheduler
-from brio.mesh.assembly import Mesh
-from brio.mesh.discovery import run_discovery
-from brio.mesh.handlers import MeshHandlers
-from brio.mesh.lease_state import load_lease_state
-from brio.mesh.listener import MeshListener
-from brio.mesh.tls import check_files
 from brio.node.data_dir import MESH_ADDRESS_FILE, locked_data_dir
 from brio.node.data_dir import node_id as remembered_node_id
 from brio.node.store import StorePart
@@ -63,6 +65,9 @@ from brio.tasks.placer import Placer, scheduler_settings
 from brio.tasks.service import TaskService
 from brio.tasks.single import LocalPrimary, SingleNodeDirectory
 from brio.tasks.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from brio.mesh.assembly import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +99,28 @@ async def run_node(
             update={"mesh": config.mesh.model_copy(update={"node_id": node_id})}
         )
         if config.mesh.enabled:
+            from brio.mesh.lease_state import load_lease_state
+            from brio.mesh.tls import check_files
+
             check_files(config.mesh.tls)  # a bad certificate fails the start, before anything runs
             load_lease_state(config.data_dir)  # and so does a corrupt lease-state file
-        async with aio.open_loop():
+        async with _asyncio_if_needed(config):
             await _run(config, agents, shutdown, task_status)
     log.info("node %s stopped", node_id)
+
+
+@asynccontextmanager
+async def _asyncio_if_needed(config: BrioConfig) -> AsyncIterator[None]:
+    """The asyncio bridge (``brio.aio``) around the node when something lives on asyncio:
+    grpclib (the mesh) or asyncpg (PostgreSQL). Without either, neither trio-asyncio nor
+    asyncio's event loop is imported (agents run on trio: docs/agents.md)."""
+    if not (config.mesh.enabled or config.database_backend == "postgresql"):
+        yield
+        return
+    from brio import aio
+
+    async with aio.open_loop():
+        yield
 
 
 async def _run(
@@ -118,6 +140,11 @@ async def _run(
 
         mesh: Mesh | None = None
         if config.mesh.enabled:
+            from brio.mesh.assembly import Mesh
+            from brio.mesh.discovery import run_discovery
+            from brio.mesh.handlers import MeshHandlers
+            from brio.mesh.listener import MeshListener
+
             mesh = Mesh.build(config, store=store, supervisor=supervisor, bus=bus, agents=agents)
             listener = MeshListener(
                 config.mesh, MeshHandlers(mesh).services(), mesh.stats, mesh.local
