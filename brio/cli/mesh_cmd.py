@@ -225,7 +225,8 @@ def _lease_line(lease: pb.LeaseStatus) -> str:
 
 def _voters(lease: pb.LeaseStatus) -> str:
     """The voter set, the store's witness named as such ("@store (the store)")."""
-    return ", ".join(f"{v} (the store)" if v.startswith("@") else v for v in lease.voters)
+    nodes = [v for v in lease.voters if not v.startswith("@")]
+    return ", ".join([*nodes, *(f"{v} (the store)" for v in lease.voters if v.startswith("@"))])
 
 
 def _print_ping(reply: pb.PingResponse, count: int) -> None:
