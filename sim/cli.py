@@ -186,6 +186,12 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULTS.task_capacity,
         help=f"agent slots per node (default {DEFAULTS.task_capacity})",
     )
+    p.add_argument(
+        "--witness",
+        action="store_true",
+        help="the store votes too, as [mesh.lease] witness = 'store' (brio.core.witness); "
+        "with faults, coordinators are also cut off from the store at times (store-cut)",
+    )
     p.add_argument("--trace", action="store_true", help="print every seed's whole event trace")
     p.add_argument(
         "--json", action="store_true", help="print one JSON summary object instead of text"
@@ -219,6 +225,7 @@ def config_from(args: argparse.Namespace, p: argparse.ArgumentParser) -> SimConf
         max_events=args.max_events,
         task_rate=args.task_rate,
         task_capacity=args.task_capacity,
+        witness=args.witness,
     )
     if config.fault_end < 1.0:
         p.error(
@@ -253,6 +260,8 @@ def flags(config: SimConfig) -> list[str]:
         out += ["--task-rate", repr(config.task_rate)]
     if config.task_capacity != DEFAULTS.task_capacity:
         out += ["--task-capacity", str(config.task_capacity)]
+    if config.witness:
+        out.append("--witness")
     for knob in sorted(config.unsafe):
         out += ["--unsafe", str(knob)]
     return out

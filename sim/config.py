@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from brio.core.lease import LeaseSettings, SafetyKnobs
 from brio.core.membership import DetectorSettings
+from brio.core.witness import WITNESS_ID, WitnessKnobs
 
 
 class Fault(StrEnum):
@@ -48,6 +49,8 @@ class Unsafe(StrEnum):
     NO_ATTEMPT_CHECK = "no-attempt-check"
     #: a batch of assignments lands whatever the fence holds (the requeue stays fenced)
     NO_ASSIGN_FENCE = "no-assign-fence"
+    #: the store's witness votes while it promised another (``WitnessKnobs.keep_promise``)
+    WITNESS_BREAKS_PROMISE = "witness-breaks-promise"
 
 
 def knobs_for(unsafe: frozenset[Unsafe]) -> SafetyKnobs:
@@ -102,6 +105,10 @@ class SimConfig:
     task_rate: float = 2.0
     #: Agent slots per node (its ``max_agents``), the scheduler's capacity.
     task_capacity: int = 2
+    #: The store votes too (``brio.core.witness``): the voters are the nodes and ``@store``.
+    #: With faults, the run then also cuts one coordinator at a time off from the store
+    #: (``store-cut``, on a schedule of its own: ``sim.world``).
+    witness: bool = False
 
     @property
     def event_budget(self) -> int:
@@ -119,6 +126,15 @@ class SimConfig:
     @property
     def knobs(self) -> SafetyKnobs:
         return knobs_for(self.unsafe)
+
+    @property
+    def witness_knobs(self) -> WitnessKnobs:
+        return WitnessKnobs(keep_promise=Unsafe.WITNESS_BREAKS_PROMISE not in self.unsafe)
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        """Every node, and the store's witness with ``witness``."""
+        return (*self.node_ids, WITNESS_ID) if self.witness else self.node_ids
 
     @property
     def detector(self) -> DetectorSettings:

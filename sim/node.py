@@ -36,6 +36,7 @@ from brio.core.lease import (
 )
 from brio.core.membership import Membership, NodeFacts, StateChanged
 from brio.core.scheduler import SchedulerSettings
+from brio.core.witness import WITNESS_ID
 from sim.clock import Clock
 from sim.config import SimConfig
 from sim.loop import EventLoop
@@ -196,7 +197,7 @@ class SimNode:
         self._rng = random.Random(f"{tag}/driver")
         self.lease = Lease(
             self.name,
-            voters=config.node_ids,
+            voters=config.voters,
             candidate=self.coordinator,
             settings=config.lease,
             now=now,
@@ -294,7 +295,9 @@ class SimNode:
                 case Send(to=to, message=message):
                     on_reply = partial(self._on_lease_reply, to)
                     timeout = self.host.config.rpc_timeout
-                    self.host.call(self, to, message, timeout=timeout, on_reply=on_reply)
+                    # The witness lives in the store: its requests take the store's path.
+                    dst = STORE if to == WITNESS_ID else to
+                    self.host.call(self, dst, message, timeout=timeout, on_reply=on_reply)
                 case BecamePrimary():
                     self.host.note(
                         self.name,

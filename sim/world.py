@@ -14,9 +14,10 @@ from collections.abc import Callable
 from functools import partial
 
 from brio.core.balancer import STRATEGIES
-from brio.core.lease import Role
+from brio.core.lease import RenewRequest, Role, VoteReply, VoteRequest
 from brio.core.membership import PeerState
 from brio.core.scheduler import QueuedTask, SchedulerSettings
+from brio.core.witness import WITNESS_ID, WitnessRecord, accepted, decide
 from sim.chaos import Chaos
 from sim.clock import Clock
 from sim.config import SimConfig
@@ -49,6 +50,10 @@ from sim.wire import (
 
 #: Clock offsets: nodes booted at different times, so their monotonic clocks read differently.
 OFFSETS = (0.0, 10_000.0)
+#: With the witness, a coordinator is cut off from the store about once every this many lease
+#: durations (a Poisson process), for this long (a range, in lease durations).
+STORE_CUT_GAP = 3.0
+STORE_CUT_LENGTH = (0.4, 3.0)
 
 
 class World:
@@ -74,6 +79,13 @@ class World:
             self.nodes[name] = SimNode(
                 self, name, coordinator=name in coordinators, clock=clock, seed=seed
             )
+        # The store's witness voter: its record, and the database's clock (a stream of its
+        # own, so that the nodes' clocks are drawn as without it).
+        self.witness = WitnessRecord()
+        witness_clock = self._stream("witness/clock")
+        self.witness_clock = Clock(
+            witness_clock.uniform(*OFFSETS), witness_clock.uniform(1 - spread, 1 + spread)
+        )
         self.primaries: set[str] = set()  # nodes whose core says PRIMARY
         self.elections = 0
         self.events = 0
@@ -116,6 +128,8 @@ class World:
         )
         self.loop.at(config.fault_end, self._heal)
         self.chaos.schedule(episodes)
+        if config.witness and config.faults:
+            self._schedule_store_cuts()
         if config.tasks:
             self.note("tasks", self._describe_settings())
             self._next_submission()
@@ -469,6 +483,8 @@ class World:
         if dst == STORE:
             if is_task_statement(request):
                 return self._task_statement(sender, request)
+            if isinstance(request, VoteRequest | RenewRequest):
+                return self._witness_answer(sender, request)
             return self._store(sender, request)
         node = self.nodes[dst]
         if not node.up:
@@ -494,6 +510,55 @@ class World:
         for entry in self.store.log[logged:]:
             self.checker.store_accepted(entry)
         return answer
+
+    # ---------------------------------------------------------------- the witness
+
+    def _witness_answer(self, sender: str, request: VoteRequest | RenewRequest) -> Reply | None:
+        """The store's witness decides by its own clock, one request at a time (the row lock)."""
+        if not self.config.witness:
+            return None
+        now = self.witness_clock.local(self.loop.now)
+        lease = self.config.lease_duration
+        self.witness, reply = decide(self.witness, request, now, lease, self.config.witness_knobs)
+        self.note(WITNESS_ID, f"<- {sender} {describe(request)}: {describe(reply)}")
+        if isinstance(reply, VoteReply) and not reply.pre_vote and accepted(reply):
+            self.checker.voted(self.loop.now, WITNESS_ID, reply.term, sender)
+        return reply
+
+    def _schedule_store_cuts(self) -> None:
+        """``store-cut`` episodes: one coordinator (the primary half the time) cannot reach
+        the store, the witness with it, for a while. Their own stream: the other faults are
+        drawn as without them."""
+        rng = self._stream("witness/cuts")
+        gap = STORE_CUT_GAP * self.config.lease_duration
+        start = rng.expovariate(1 / gap)
+        while start < self.config.fault_end:
+            low, high = STORE_CUT_LENGTH
+            end = min(
+                start + rng.uniform(low, high) * self.config.lease_duration, self.config.fault_end
+            )
+            self.loop.at(start, partial(self._store_cut, random.Random(rng.random()), end))
+            start += rng.expovariate(1 / gap)
+
+    def _store_cut(self, rng: random.Random, end: float) -> None:
+        if self.healed_at is not None:
+            return
+        primary = self.current_primary()
+        coordinators = self.config.node_ids[: self.config.coordinators]
+        victim = (
+            primary.name if primary is not None and rng.random() < 0.5 else rng.choice(coordinators)
+        )
+        links = [(victim, STORE), (STORE, victim)]
+        self.chaos.counts["store-cut"] += 1
+        self.note("chaos", f"store-cut: {victim} cut off from the store")
+        self.network.cut(links)
+
+        def mend() -> None:
+            if self.healed_at is None:  # the heal mended every link already
+                self.network.mend(links)
+                self.note("chaos", f"store-cut: {victim} reaches the store again")
+
+        self.loop.at(end, mend)
 
     # ---------------------------------------------------------------- the node's host
 

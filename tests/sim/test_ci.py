@@ -2,11 +2,12 @@
 measure on, tasks included. Zero violations, and liveness (a primary, membership, every task
 finished) held in every seed after the heal.
 
-Three shapes: the default cluster (5 nodes, 3 candidates, production timings), a crowded,
+Four shapes: the default cluster (5 nodes, 3 candidates, production timings), a crowded,
 hurried one (7 nodes, 5 candidates, elections ten times faster) where campaigns interleave
 within one round trip: the race behind ``tests/sim/test_core_findings.py``, and three nodes
 losing their disks across partitions, where a node without a record must learn the terms
-before it votes (``no-amnesia-guard`` in ``test_teeth.py``).
+before it votes (``no-amnesia-guard`` in ``test_teeth.py``); and two coordinators with the
+store's witness as the third voter, cut off from the store at times (``--witness``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ SHAPES = {
         SimConfig(nodes=3, coordinators=2, faults=(Fault.PARTITION, Fault.DISK_LOSS)),
         range(150),
     ),
+    # The guide's two coordinators with the store as the third voter (brio.core.witness),
+    # every fault and store cuts; four slots a node, so that two nodes still run many tasks.
+    "witness": (SimConfig(nodes=2, coordinators=2, witness=True, task_capacity=4), range(120)),
 }
 
 
