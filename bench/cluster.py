@@ -26,11 +26,17 @@ medians):
 - ``scale-out``: ``sleep`` tasks of 100 ms, closed loop: 100 users (2 x max_agents) each submit
   a task to the coordinator and wait for its ``task_completed`` on the coordinator's WebSocket
   before the next. A: agent ``sleep_w1`` (kind sleep, ``node_affinity = ["worker-1"]``: one
-  worker); B: ``sleep`` (both workers). Completions per second after a 1 s warm-up.
+  worker); B: ``sleep`` (both workers). Completions per second over 8 s after a 1 s warm-up,
+  and the coordinator's CPU milliseconds per completed task.
+- ``scale-out-slots``: the same with ``sleep`` tasks of 1 s (warm-up 2 s): one worker can then
+  complete at most 50 tasks/s, two 100/s, so that the figure shows whether placement spreads
+  work when the slots, not the coordinator's CPU, are the limit (with 100 ms tasks one
+  worker's 50 slots could take 500/s, more than one coordinator serves over HTTP here).
 - ``throughput``: ``echo`` tasks, 64 connections POSTing back to back. A: the single node; B:
   the cluster's coordinator. Figures: 202s per second at the client, and completions per
   second from the store (``succeeded`` tasks of the phase over ``max(finished_at) -
-  min(created_at)``, after the queue drained).
+  min(created_at)``, after the queue drained), and the CPU milliseconds per task of the node
+  that took the HTTP load (the single node; the coordinator).
 - ``placement``: at low load (one task at a time, 50 ms apart), ``echo`` to the coordinator:
   from the 202 at the client to the worker's ``task_update`` ``running`` event on the
   coordinator's WebSocket (this includes the forwarding of the event back from the worker),
@@ -42,6 +48,10 @@ medians):
   the default failure detection (heartbeat 30 s, suspicion threshold 3) on the cluster above,
   and on a second cluster with heartbeat 0.5 s (timeout 1 s, threshold 3); killed worker
   restarted between repetitions.
+
+``--only ROW,ROW`` runs some rows, ``--reps N`` sets the repetitions, and ``--profile DIR``
+records the node under load with py-spy during the first repetition of each phase (collapsed
+stacks, one file per phase; the report names the frames with the most samples).
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ import concurrent.futures
 import json
 import os
 import secrets
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,7 +70,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +94,7 @@ from tests.system.cluster import (  # noqa: E402
 
 MAX_AGENTS = 50
 SLEEP_MS = 100
+LONG_TASK_MS = 1000  # scale-out with tasks long enough that the slots, not the coordinator, bind
 CONCURRENCY = 64
 LONG_SLEEP_MS = 600_000
 FAILOVER_TASKS = 20
@@ -90,6 +103,7 @@ MAIN_IPS = {"coordinator-1": "127.0.0.2", "worker-1": "127.0.0.3", "worker-2": "
 SHORT_IPS = {"coordinator-1": "127.0.0.6", "worker-1": "127.0.0.7", "worker-2": "127.0.0.8"}
 SINGLE_IP = "127.0.0.5"
 ROLES = {"coordinator-1": "coordinator", "worker-1": "worker", "worker-2": "worker"}
+ROWS = ("placement", "throughput", "scale-out", "scale-out-slots", "failover")
 
 
 @dataclass(frozen=True)
@@ -296,6 +310,81 @@ class Store:
         }
 
 
+# --- profiles --------------------------------------------------------------------------------
+
+
+class Profiler:
+    """``--profile DIR``: py-spy records the node under load during the first repetition of
+    each phase (``py-spy record --format raw``: collapsed stacks, one per line, that
+    ``flamegraph.pl`` or speedscope read), and the report names the busiest frames."""
+
+    def __init__(self, out: Path | None, py_spy: str | None, rate: int = 100) -> None:
+        self.out = out
+        self.py_spy = py_spy
+        self.rate = rate
+        self.found: dict[str, dict[str, Any]] = {}
+
+    @contextmanager
+    def phase(self, name: str, rep: int, node: MeshNode) -> Iterator[None]:
+        if self.out is None or self.py_spy is None or rep or node.proc is None:
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / f"{name}.txt"
+        spy = subprocess.Popen(
+            [
+                *(self.py_spy, "record", "--format", "raw", "-r", str(self.rate)),
+                *("-o", str(path), "--pid", str(node.proc.pid)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # py-spy attaches
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+            self.found[name] = summarize_profile(path)
+
+
+def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
+    """Samples (the process was running: py-spy leaves idle ones out) and the frames with the
+    most of them, inclusive (anywhere in the stack) and self (the innermost)."""
+    if not path.exists():
+        return {"file": str(path), "samples": 0}
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]  # without line numbers
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+
+    def share(counts: dict[str, int], skip: int = 0) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[skip : skip + top]
+        return [(frame, round(100 * n / total, 1)) for frame, n in ranked]
+
+    # the outermost frames (runpy, the CLI, trio's run loop) are in every sample: skip them
+    always = sum(1 for n in inclusive.values() if n == total)
+    return {
+        "file": str(path),
+        "samples": total,
+        "inclusive_pct": share(inclusive, always),
+        "self_pct": share(own),
+    }
+
+
 # --- statistics ------------------------------------------------------------------------------
 
 
@@ -341,7 +430,13 @@ def measured(meter: Meter, action: Callable[[], dict[str, Any]]) -> dict[str, An
 
 
 def throughput_row(
-    s: Settings, meter: Meter, single: MeshNode, coordinator: MeshNode, stores: dict[str, Store]
+    s: Settings,
+    meter: Meter,
+    *,
+    single: MeshNode,
+    coordinator: MeshNode,
+    stores: dict[str, Store],
+    profiler: Profiler,
 ) -> dict[str, Any]:
     def phase(node: MeshNode, store: Store, label: str) -> Callable[[int], dict[str, Any]]:
         def run(rep: int) -> dict[str, Any]:
@@ -353,12 +448,18 @@ def throughput_row(
                 "concurrency": CONCURRENCY,
                 "seconds": s.throughput_s,
             }
-            result = measured(meter, lambda: loadgen("submit", args))
+            with profiler.phase(f"throughput-{label}", rep, node):
+                result = measured(meter, lambda: loadgen("submit", args))
             result["drain_s"] = store.wait_drained(tag)
             result["store"] = store.completion(tag)
+            # the node that took the HTTP load; its CPU over the load phase per accepted task
+            group = "single" if node is single else "coordinator-1"
+            result["http_node_ms_per_task"] = per_task(result, group, result["store"]["succeeded"])
             log(
                 f"throughput {label} rep {rep}: {result['rps']:.0f} 202/s, "
-                f"{result['store']['rate']:.0f} done/s, other CPU {result['cpu']['other']:.1f}s"
+                f"{result['store']['rate']:.0f} done/s, {group} "
+                f"{result['http_node_ms_per_task']:.1f} ms CPU/task, "
+                f"other CPU {result['cpu']['other']:.1f}s"
             )
             return result
 
@@ -374,29 +475,50 @@ def throughput_row(
         "single node (A) vs coordinator + 2 workers (B), echo, 64 connections",
         runs_a,
         runs_b,
-        {"202/s": lambda r: r["rps"], "completed/s": lambda r: r["store"]["rate"]},
+        {
+            "202/s": lambda r: r["rps"],
+            "completed/s": lambda r: r["store"]["rate"],
+            "node ms/task": lambda r: r["http_node_ms_per_task"],
+        },
     )
 
 
-def scaleout_row(s: Settings, meter: Meter, coordinator: MeshNode, store: Store) -> dict[str, Any]:
+def scaleout_row(
+    s: Settings,
+    meter: Meter,
+    *,
+    coordinator: MeshNode,
+    store: Store,
+    profiler: Profiler,
+    sleep_ms: int = SLEEP_MS,
+) -> dict[str, Any]:
+    name = "scale-out" if sleep_ms == SLEEP_MS else "scale-out-slots"
+
     def phase(agent: str, label: str) -> Callable[[int], dict[str, Any]]:
         def run(rep: int) -> dict[str, Any]:
-            tag = f"so-{label}-{rep}"
+            tag = f"so{sleep_ms}-{label}-{rep}"
+            # long tasks: a longer warm-up (the first round of tasks), a window of 3 at least
+            warmup = max(1.0, 2 * sleep_ms / 1000)
+            window = max(s.scaleout_s, 3 * sleep_ms / 1000)
             args = {
                 "url": coordinator.http_url,
                 "agent": agent,
                 "tag": tag,
-                "input": {"ms": SLEEP_MS},
+                "input": {"ms": sleep_ms},
                 "users": 2 * MAX_AGENTS,
-                "seconds": s.scaleout_s,
-                "warmup": 1.0,
+                "seconds": window + warmup,
+                "warmup": warmup,
             }
-            result = measured(meter, lambda: loadgen("closed", args))
+            with profiler.phase(f"{name}-{label}", rep, coordinator):
+                result = measured(meter, lambda: loadgen("closed", args))
             result["drain_s"] = store.wait_drained(tag)
             result["store"] = store.completion(tag)
+            result["coord_ms_per_task"] = per_task(result, "coordinator-1", result["completed"])
             log(
-                f"scale-out {label} rep {rep}: {result['rate']:.0f} done/s "
-                f"on {result['store']['by_node']}, other CPU {result['cpu']['other']:.1f}s"
+                f"{name} {label} rep {rep}: {result['rate']:.0f} done/s "
+                f"on {result['store']['by_node']}, coordinator "
+                f"{result['coord_ms_per_task']:.1f} ms CPU/task, "
+                f"other CPU {result['cpu']['other']:.1f}s"
             )
             return result
 
@@ -404,12 +526,21 @@ def scaleout_row(s: Settings, meter: Meter, coordinator: MeshNode, store: Store)
 
     runs_a, runs_b = alternate(s.reps, phase("sleep_w1", "one"), phase("sleep", "two"))
     return summarize(
-        "scale-out",
-        f"sleep {SLEEP_MS} ms, {2 * MAX_AGENTS} closed-loop users: 1 worker (A) vs 2 (B)",
+        name,
+        f"sleep {sleep_ms} ms, {2 * MAX_AGENTS} closed-loop users: 1 worker (A) vs 2 (B)",
         runs_a,
         runs_b,
-        {"completed/s": lambda r: r["rate"], "p50 ms": lambda r: r["p50_ms"]},
+        {
+            "completed/s": lambda r: r["rate"],
+            "p50 ms": lambda r: r["p50_ms"],
+            "coord ms/task": lambda r: r["coord_ms_per_task"],
+        },
     )
+
+
+def per_task(result: dict[str, Any], group: str, tasks: int) -> float:
+    """CPU milliseconds ``group`` used per task over the phase (0 without tasks)."""
+    return 1000 * result["cpu"][group] / tasks if tasks else 0.0
 
 
 def summarize(
@@ -430,7 +561,9 @@ def summarize(
     return out
 
 
-def placement_row(s: Settings, meter: Meter, coordinator: MeshNode, store: Store) -> dict[str, Any]:
+def placement_row(
+    s: Settings, meter: Meter, coordinator: MeshNode, store: Store, profiler: Profiler
+) -> dict[str, Any]:
     args = {
         "url": coordinator.http_url,
         "agent": "echo",
@@ -438,7 +571,8 @@ def placement_row(s: Settings, meter: Meter, coordinator: MeshNode, store: Store
         "count": s.latency_count,
         "gap": 0.05,
     }
-    result = measured(meter, lambda: loadgen("latency", args))
+    with profiler.phase("placement", 0, coordinator):
+        result = measured(meter, lambda: loadgen("latency", args))
     ids = ", ".join(f"'{i}'" for i in result["ids"])
     rows = store.rows(
         f"SELECT extract(epoch FROM started_at - created_at) * 1000 FROM tasks WHERE id IN ({ids})"
@@ -572,7 +706,9 @@ def render(report: dict[str, Any]) -> str:
         f"{report['mode']} run, {report['settings']['reps']} reps A B A B..., "
         "medians [min-max]",
         f"brio {report['revision']['start']} (at the end: {report['revision']['end']}); "
-        f"other processes before the start: {report['background_before_cores']:.2f} cores busy",
+        f"other processes before the start: {report['background_before_cores']:.2f} cores busy; "
+        f"load average before {report['loadavg']['before'][0]:.2f}, "
+        f"after {report['loadavg']['after'][0]:.2f}",
         "",
         f"| {'row':<11} | {'figure':<12} | {'A':<22} | {'B':<22} | {'B/A':>5} |",
         f"|{'-' * 13}|{'-' * 14}|{'-' * 24}|{'-' * 24}|{'-' * 7}|",
@@ -614,6 +750,10 @@ def render(report: dict[str, Any]) -> str:
                     f"{sp['median']:.2f} s [{sp['min']:.2f}-{sp['max']:.2f}] over "
                     f"{len(sp['values'])} reps; coordinator log (s after kill): {logs}"
                 )
+    for name, prof in report["profiles"].items():
+        lines.append(f"profile {name}: {prof['samples']} samples in {prof['file']}")
+        for frame, pct in prof.get("inclusive_pct", [])[:8]:
+            lines.append(f"  {pct:5.1f}% {frame}")
     return "\n".join(lines)
 
 
@@ -630,8 +770,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON")
+    parser.add_argument(
+        "--only", default=",".join(ROWS), help=f"rows to run, comma-separated: {', '.join(ROWS)}"
+    )
+    parser.add_argument("--reps", type=int, help="repetitions of each A/B row")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy record the node under load into this directory"
+    )
+    parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="the py-spy binary")
     args = parser.parse_args()
     s = QUICK if args.quick else FULL
+    if args.reps:
+        s = replace(s, reps=args.reps)
+    only = [row.strip() for row in args.only.split(",") if row.strip()]
+    unknown = sorted(set(only) - set(ROWS))
+    if unknown:
+        parser.error(f"--only: unknown row(s) {', '.join(unknown)}; rows are {', '.join(ROWS)}")
+    if args.profile is not None and args.py_spy is None:
+        parser.error("--profile: py-spy not found; install it or name it with --py-spy")
+    profiler = Profiler(args.profile, args.py_spy)
+    load_before = os.getloadavg()
     started = time.time()
     code = revision()
     idle_meter = Meter({})
@@ -661,12 +819,37 @@ def main() -> None:
             groups["postgres"] = postgres_pids(pg)
             meter = Meter(groups)
             coordinator = main_nodes["coordinator-1"]
-            log("placement latency")
-            rows = [placement_row(s, meter, coordinator, stores["cluster"])]
-            rows.append(throughput_row(s, meter, single, coordinator, stores))
-            rows.append(scaleout_row(s, meter, coordinator, stores["cluster"]))
+            rows = []
+            if "placement" in only:
+                log("placement latency")
+                rows.append(placement_row(s, meter, coordinator, stores["cluster"], profiler))
+            if "throughput" in only:
+                rows.append(
+                    throughput_row(
+                        s,
+                        meter,
+                        single=single,
+                        coordinator=coordinator,
+                        stores=stores,
+                        profiler=profiler,
+                    )
+                )
+            for row, sleep_ms in (("scale-out", SLEEP_MS), ("scale-out-slots", LONG_TASK_MS)):
+                if row in only:
+                    rows.append(
+                        scaleout_row(
+                            s,
+                            meter,
+                            coordinator=coordinator,
+                            store=stores["cluster"],
+                            profiler=profiler,
+                            sleep_ms=sleep_ms,
+                        )
+                    )
             single.stop()
-            if args.quick:
+            if "failover" not in only:
+                pass
+            elif args.quick:
                 stores["short"] = stores["cluster"]
                 rows.append(failover_row(s, main_nodes, main_nodes, stores))
             else:
@@ -682,6 +865,8 @@ def main() -> None:
         "settings": s.__dict__,
         "machine": machine(),
         "background_before_cores": background,
+        "loadavg": {"before": load_before, "after": os.getloadavg()},
+        "profiles": profiler.found,
         "revision": {"start": code, "end": revision()},
         "seconds": round(time.time() - started, 1),
         "rows": rows,
