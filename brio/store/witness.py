@@ -25,13 +25,14 @@ from brio.store.sql import POSTGRES, Bound
 
 _COLUMNS = ("term", "voted_for", "promised_to", "promise_until", "voters_digest")
 
-# The row, locked, with the database time read after the lock.
-_LOCKED = """
+# The row with the database time; locked (FOR UPDATE), the time is read after the lock.
+_ROW = """
     w AS (
         SELECT term, voted_for, promised_to, promise_until, voters_digest,
                CAST(extract(epoch FROM clock_timestamp()) AS double precision) AS now
-        FROM lease_witness WHERE id = 1 FOR UPDATE
+        FROM lease_witness WHERE id = 1{lock}
     )"""
+_LOCKED = _ROW.format(lock=" FOR UPDATE")
 _OTHER_VOTERS = f"""
         WHEN w.voters_digest NOT IN ('', CAST(:digest AS text)) AND w.now < w.promise_until
             THEN '{OTHER_VOTERS}'"""
@@ -67,11 +68,7 @@ VOTE = POSTGRES.render(f"""
     SELECT d.*, u.* FROM d LEFT JOIN u ON true""")
 
 PRE_VOTE = POSTGRES.render(f"""
-    WITH w AS (
-        SELECT term, voted_for, promised_to, promise_until, voters_digest,
-               CAST(extract(epoch FROM clock_timestamp()) AS double precision) AS now
-        FROM lease_witness WHERE id = 1
-    )
+    WITH {_ROW.format(lock="")}
     SELECT w.*, CASE {_OTHER_VOTERS} {_PROMISED}
         WHEN CAST(:term AS bigint) > w.term THEN '' ELSE 'term is stale' END AS reason
     FROM w""")
