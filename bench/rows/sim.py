@@ -82,7 +82,7 @@ def run(settings: Settings) -> dict[str, Any]:
         ),
     ]
     beats: dict[str, list[Run]] = {}
-    seconds = 5.0 if settings.smoke else 10.0
+    seconds = 5.0  # five heartbeat periods of the simulator (1 s)
     for nodes in NODES[:1] if settings.smoke else NODES:
         result = heartbeat(nodes, seconds)
         log(f"sim heartbeat {nodes} nodes: {result['messages_per_s']:.0f} msg/s")
