@@ -312,18 +312,21 @@ class PostgresStore:
     ) -> TaskRecord | None:
         check_terminal(status)
         check_messages(messages or [])
-        sql, args = SQL.finish_task[status].bind(
-            id=task_id, attempt=attempt, result=result, error=error
-        )
-
-        async def finish(conn: Connection) -> TaskRecord | None:
-            task = _opt_task(await conn.fetchrow(sql, *args))
-            if task is not None and task.session_id is not None and messages:
-                await _insert_messages(conn, task.session_id, messages, task.id)
-            return task
-
-        # without messages it is one statement, committed on its own
-        return await (self._transaction(finish) if messages else self._read(finish))
+        # one statement either way (the history with it), committed on its own
+        if messages:
+            sql, args = SQL.finish_with_messages[status].bind(
+                id=task_id,
+                attempt=attempt,
+                result=result,
+                error=error,
+                roles=[role for role, _ in messages],
+                contents=[content for _, content in messages],
+            )
+        else:
+            sql, args = SQL.finish_task[status].bind(
+                id=task_id, attempt=attempt, result=result, error=error
+            )
+        return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
 
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
         sql, args = SQL.cancel_task.bind(id=task_id)

@@ -256,6 +256,31 @@ _INSERT_TASKS: dict[schema.Dialect, str] = {
         ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
 }
 
+
+def _finish(status: TaskStatus) -> str:
+    return (
+        f"UPDATE tasks SET status = '{status.value}', result = :result, error = :error,"
+        " finished_at = :now, updated_at = :now WHERE id = :id AND attempt = :attempt"
+        f" AND status IN {sql_in(predecessors(status))} RETURNING {TASK_COLUMNS}"
+    )
+
+
+# The messages go in only if the finish landed and the task has a session, in the order given
+# (their ids follow it); the session is touched only if messages went in.
+_FINISH_WITH_MESSAGES = f"""
+    WITH t AS ({{finish}}),
+    m AS (
+        INSERT INTO messages (session_id, role, content, task_id, created_at)
+        SELECT t.session_id, x.role, x.content, t.id, :now
+        FROM t CROSS JOIN unnest(CAST(:roles AS text[]), CAST(:contents AS text[]))
+             WITH ORDINALITY AS x (role, content, n)
+        WHERE t.session_id IS NOT NULL
+        ORDER BY x.n
+        RETURNING session_id
+    ),
+    s AS (UPDATE sessions SET updated_at = :now WHERE id IN (SELECT session_id FROM m))
+    SELECT {TASK_COLUMNS} FROM t"""
+
 # list_tasks filters, in the order their flags key Statements.task_page's table.
 _PAGE_TESTS = ("status = :status", "agent = :agent", "session_id = :session_id", "seq < :before")
 
@@ -315,15 +340,15 @@ class Statements:
             f" RETURNING {TASK_COLUMNS}"
         )
         # One statement per terminal state, since each may be entered from different states.
-        self.finish_task = {
-            status: q(
-                f"UPDATE tasks SET status = '{status.value}', result = :result, error = :error,"
-                " finished_at = :now, updated_at = :now WHERE id = :id AND attempt = :attempt"
-                f" AND status IN {sql_in(predecessors(status))} RETURNING {TASK_COLUMNS}"
-            )
-            for status in TaskStatus
-            if status.terminal
-        }
+        terminal = [status for status in TaskStatus if status.terminal]
+        self.finish_task = {status: q(_finish(status)) for status in terminal}
+        # PostgreSQL only: the finish and the history it appends, in one statement (no
+        # transaction round trips). SQLite runs them one by one in its one transaction.
+        self.finish_with_messages = (
+            {status: q(_FINISH_WITH_MESSAGES.format(finish=_finish(status))) for status in terminal}
+            if d.name == "postgresql"
+            else {}
+        )
         self.cancel_task = q(
             "UPDATE tasks SET status = 'cancelled', finished_at = :now, updated_at = :now"
             f" WHERE id = :id AND status IN {sql_in(predecessors(TaskStatus.CANCELLED))}"

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,7 +207,9 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     task: trio.lowlevel.Task
     token: trio.lowlevel.TrioToken
-    result: outcome.Outcome[Any] = outcome.Error(StoreError("the write never ran"))
+    result: outcome.Outcome[Any] = field(
+        default_factory=lambda: outcome.Error(StoreError("the write never ran"))
+    )
 
 
 class _Writer:

@@ -70,7 +70,10 @@ def test_both_dialects_bind_the_same_names() -> None:
     as one JSON array on SQLite and one array per column on PostgreSQL."""
     sqlite = dict(statements(SQLITE_SQL))
     postgres = dict(statements(POSTGRES_SQL))
-    assert sqlite.keys() == postgres.keys()
+    # PostgreSQL's one-statement finish with history, which SQLite runs as several
+    postgres_only = {name for name in postgres if name.startswith("finish_with_messages[")}
+    assert len(postgres_only) == len(SQLITE_SQL.finish_task)
+    assert sqlite.keys() == postgres.keys() - postgres_only
     for name, query in sqlite.items():
         if name in ("record_cluster_view", "assign_tasks", "insert_tasks"):
             continue

@@ -292,10 +292,13 @@ async def test_finish_task_needs_a_terminal_status(store: Store) -> None:
 async def test_finish_task_appends_session_messages_in_order(store: Store) -> None:
     session = await store.create_session()
     await store.append_messages(session.id, [("system", "be brief")])
+    touched = await store.get_session(session.id)
     task = await running(store, session_id=session.id)
     turns = [("user", "hi"), ("assistant", "hello"), ("assistant", "bye")]
     done = await store.finish_task(task.id, 1, TaskStatus.SUCCEEDED, result="bye", messages=turns)
-    assert done is not None
+    assert done is not None and done.result == "bye"
+    after = await store.get_session(session.id)
+    assert touched is not None and after is not None and after.updated_at > touched.updated_at
     messages = await store.list_messages(session.id)
     assert [(m.role, m.content) for m in messages] == [("system", "be brief"), *turns]
     assert [m.task_id for m in messages] == [None, task.id, task.id, task.id]
