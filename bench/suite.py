@@ -21,6 +21,10 @@ Rows (``bench/rows/``; docs/benchmarks.md says what each figure means):
 
 Every row records the CPU other processes used while it ran (``bench/cpu.py``): on a shared
 machine that says how far its figures can be trusted.
+
+A row that cannot run here (no redis-server, no PostgreSQL, an endpoint not built yet) says
+why in the table and the JSON and is not a failure. Exit status: 0; 1 when a row failed (its
+traceback on stderr, the other rows still reported); 2 for bad flags.
 """
 
 from __future__ import annotations
