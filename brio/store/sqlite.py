@@ -267,11 +267,13 @@ class _Writer:
                 group, self._queue = self._queue, []
             if not group:
                 return  # closing, and nothing left
-            if len(group) == 1:
-                self._alone(group[0])
-            else:
-                self._group(group)
-            self._answer(group)
+            try:
+                if len(group) == 1:
+                    self._alone(group[0])
+                else:
+                    self._group(group)
+            finally:  # every caller hears back, whatever happened
+                self._answer(group)
 
     def _alone(self, write: _Write) -> None:
         conn = self._conn
@@ -342,9 +344,9 @@ class _Readers:
             box: list[sqlite3.Connection] = []
 
             def read() -> T:
-                reader = conn if conn is not None else _connect_reader(self._path)
-                box.append(reader)
                 try:
+                    reader = conn if conn is not None else _connect_reader(self._path)
+                    box.append(reader)
                     return fn(reader)
                 except sqlite3.Error as exc:
                     raise StoreError(f"sqlite: {exc}") from exc
