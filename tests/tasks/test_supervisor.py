@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,30 +64,63 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
-async def run_until_done(store: Any, reg: dict[str, RegisteredAgent], task_id: str) -> TaskRecord:
-    """Run a supervisor and, as a node without a mesh does, the placer that assigns to it."""
+def single_node(
+    store: Any, reg: dict[str, RegisteredAgent], slots: int, *, poll: float, claim_poll: float
+) -> tuple[Supervisor, Placer]:
+    """A supervisor and the placer that assigns to it, wired as on a node without a mesh
+    (``brio.node.root``): a finished task is a freed slot, a requeued one a queued task."""
     bus = EventBus()
-    sup = Supervisor(store, reg, bus, "n1", 2, poll_interval=0.02)
+    sup = Supervisor(store, reg, bus, "n1", slots, poll_interval=claim_poll)
     placer = Placer(
         store,
         Scheduler(SchedulerSettings()),
         SingleNodeDirectory("n1", "coordinator", reg, sup),
         bus,
-        poll=0.02,
+        poll=poll,
     )
+    sup.on_finished = placer.slot_freed
+    sup.on_queued = placer.wake
+    return sup, placer
+
+
+@asynccontextmanager
+async def running(store: Any, sup: Supervisor, placer: Placer) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         await nursery.start(LocalPrimary("n1", store, placer).run)
         await nursery.start(sup.run)
-        with trio.fail_after(10):
-            while True:
-                task: TaskRecord | None = await store.get_task(task_id)
-                assert task is not None
-                if task.status.terminal:
-                    break
-                await trio.sleep(0.01)
+        yield
         await sup.drain(1)
         nursery.cancel_scope.cancel()
+
+
+async def wait_terminal(store: Store, ids: list[str]) -> None:
+    with trio.fail_after(10):
+        for task_id in ids:
+            while (task := await store.get_task(task_id)) is None or not task.status.terminal:
+                await trio.sleep(0.01)
+
+
+async def run_until_done(store: Any, reg: dict[str, RegisteredAgent], task_id: str) -> TaskRecord:
+    """Run a supervisor and, as a node without a mesh does, the placer that assigns to it."""
+    sup, placer = single_node(store, reg, 2, poll=0.02, claim_poll=0.02)
+    async with running(store, sup, placer):
+        await wait_terminal(store, [task_id])
+    task: TaskRecord | None = await store.get_task(task_id)
+    assert task is not None
     return task
+
+
+class LosesOneAnswer(FlakyStore):
+    """The first claim that takes a task commits, and its answer is lost."""
+
+    lost = 0
+
+    async def claim_assigned(self, *args: Any) -> list[TaskRecord]:
+        claimed: list[TaskRecord] = await self.inner.claim_assigned(*args)
+        if claimed and not self.lost:
+            self.lost += 1
+            raise StoreError("the connection dropped before the answer")
+        return claimed
 
 
 async def test_a_result_json_cannot_hold_fails_the_task(store: Store) -> None:
@@ -138,26 +172,10 @@ async def test_a_finished_task_wakes_the_placer_for_the_next(store: Store) -> No
     async def quick(ctx: AgentContext) -> str:
         return ctx.prompt
 
-    reg = agents(quick=quick)
-    bus = EventBus()
-    sup = Supervisor(store, reg, bus, "n1", 1, poll_interval=60)
-    placer = Placer(
-        store,
-        Scheduler(SchedulerSettings()),
-        SingleNodeDirectory("n1", "coordinator", reg, sup),
-        bus,
-        poll=60,
-    )
-    sup.on_finished = placer.slot_freed
+    sup, placer = single_node(store, agents(quick=quick), 1, poll=60, claim_poll=60)
     ids = [(await store.create_task(NewTask(agent="quick", prompt=str(i))))[0].id for i in range(5)]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(LocalPrimary("n1", store, placer).run)
-        await nursery.start(sup.run)
-        with trio.fail_after(10):
-            for task_id in ids:
-                while (task := await store.get_task(task_id)) is None or not task.status.terminal:
-                    await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
+    async with running(store, sup, placer):
+        await wait_terminal(store, ids)
     assert placer.placed == 5
 
 
@@ -172,16 +190,6 @@ async def test_a_claim_whose_answer_was_lost_is_put_back_and_runs(
     async def record(ctx: AgentContext) -> str:
         ran.append(ctx.attempt)
         return "ok"
-
-    class LosesOneAnswer(FlakyStore):
-        lost = 0
-
-        async def claim_assigned(self, *args: Any) -> list[TaskRecord]:
-            claimed: list[TaskRecord] = await self.inner.claim_assigned(*args)
-            if claimed and not self.lost:
-                self.lost += 1
-                raise StoreError("the connection dropped before the answer")
-            return claimed
 
     task, _ = await store.create_task(NewTask(agent="record", prompt=""))
     done = await run_until_done(LosesOneAnswer(store), agents(record=record), task.id)
@@ -208,13 +216,6 @@ class CountingStore(FlakyStore):
         return counted
 
 
-async def wait_terminal(store: Store, ids: list[str]) -> None:
-    with trio.fail_after(10):
-        for task_id in ids:
-            while (task := await store.get_task(task_id)) is None or not task.status.terminal:
-                await trio.sleep(0.01)
-
-
 async def test_a_freed_slot_costs_a_round_only_when_tasks_wait_for_room(store: Store) -> None:
     """With room for every task, a finish reads nothing; with tasks waiting for room, each
     finish brings the next one in (polls a minute apart, so only wakes can do it)."""
@@ -222,21 +223,9 @@ async def test_a_freed_slot_costs_a_round_only_when_tasks_wait_for_room(store: S
     async def quick(ctx: AgentContext) -> str:
         return ctx.prompt
 
-    reg = agents(quick=quick)
     counting = CountingStore(store, "queued_tasks", "claim_assigned")
-    bus = EventBus()
-    sup = Supervisor(counting, reg, bus, "n1", 2, poll_interval=60)
-    placer = Placer(
-        counting,
-        Scheduler(SchedulerSettings()),
-        SingleNodeDirectory("n1", "coordinator", reg, sup),
-        bus,
-        poll=60,
-    )
-    sup.on_finished = placer.slot_freed
-    async with trio.open_nursery() as nursery:
-        await nursery.start(LocalPrimary("n1", store, placer).run)
-        await nursery.start(sup.run)
+    sup, placer = single_node(counting, agents(quick=quick), 2, poll=60, claim_poll=60)
+    async with running(store, sup, placer):
         await trio.sleep(0.1)  # the first round (empty queue) and the first claim are done
         rounds = counting.calls["queued_tasks"]
         task, _ = await store.create_task(NewTask(agent="quick", prompt="one"))
@@ -253,7 +242,6 @@ async def test_a_freed_slot_costs_a_round_only_when_tasks_wait_for_room(store: S
         ]
         placer.wake()
         await wait_terminal(store, ids)
-        nursery.cancel_scope.cancel()
     assert placer.placed == 6
 
 
@@ -267,35 +255,12 @@ async def test_a_task_requeued_by_the_supervisor_wakes_the_placer(
     async def quick(ctx: AgentContext) -> str:
         return ctx.prompt
 
-    class LosesOneAnswer(FlakyStore):
-        lost = 0
-
-        async def claim_assigned(self, *args: Any) -> list[TaskRecord]:
-            claimed: list[TaskRecord] = await self.inner.claim_assigned(*args)
-            if claimed and not self.lost:
-                self.lost += 1
-                raise StoreError("the connection dropped before the answer")
-            return claimed
-
-    reg = agents(quick=quick)
-    flaky = LosesOneAnswer(store)
-    bus = EventBus()
-    sup = Supervisor(flaky, reg, bus, "n1", 2, poll_interval=0.05)
-    placer = Placer(
-        flaky,
-        Scheduler(SchedulerSettings()),
-        SingleNodeDirectory("n1", "coordinator", reg, sup),
-        bus,
-        poll=60,
+    sup, placer = single_node(
+        LosesOneAnswer(store), agents(quick=quick), 2, poll=60, claim_poll=0.05
     )
-    sup.on_finished = placer.slot_freed
-    sup.on_queued = placer.wake
     task, _ = await store.create_task(NewTask(agent="quick", prompt="x"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(LocalPrimary("n1", store, placer).run)
-        await nursery.start(sup.run)
+    async with running(store, sup, placer):
         await wait_terminal(store, [task.id])
-        nursery.cancel_scope.cancel()
     done = await store.get_task(task.id)
     assert done is not None and (done.status, done.attempt) == (TaskStatus.SUCCEEDED, 2)
     assert placer.placed == 2
