@@ -35,7 +35,11 @@ proto:
     {{venv}}/python proto/generate.py
 
 # what CI runs: lint, every test, then the benchmark suite's smoke run (proves the harness)
-ci: lint test bench-smoke
+ci: lint test-parallel bench-smoke
+
+# the whole suite on both cores (pytest-xdist); the process clusters of tests/system stay serial
+test-parallel *ARGS:
+    {{venv}}/python -m pytest -n 2 --dist loadgroup {{ARGS}}
 
 # the simulator's long run: 10,000 seeds of mixed faults, every safety measure on (docs/simulator.md)
 chaos *ARGS:
