@@ -198,9 +198,14 @@ class Placer:
             nonlocal loads
             loads = await self.store.node_loads()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_loads)
-            queued = await self.store.queued_tasks(self.batch)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_loads)
+                queued = await self.store.queued_tasks(self.batch)
+        except BaseExceptionGroup as group:
+            # the store's own error (or the cancellation), as a read one after the other
+            # would raise it: callers catch StoreError and FenceLost, not groups
+            raise group.exceptions[0] from None
         return loads, queued
 
     def _tell(self, landed: Sequence[TaskRecord]) -> None:

@@ -264,3 +264,15 @@ async def test_a_task_requeued_by_the_supervisor_wakes_the_placer(
     done = await store.get_task(task.id)
     assert done is not None and (done.status, done.attempt) == (TaskStatus.SUCCEEDED, 2)
     assert placer.placed == 2
+
+
+async def test_a_failed_read_of_the_placer_raises_the_stores_own_error(store: Store) -> None:
+    """The placer reads the load and the queue at once; a failure of either is the store's
+    error itself (what the lease's primary work and LocalPrimary handle), not a group."""
+    for method in ("node_loads", "queued_tasks"):
+        flaky = FlakyStore(store)
+        flaky.failures[method] = 1
+        _, placer = single_node(flaky, agents(), 1, poll=60, claim_poll=60)
+        with pytest.raises(StoreError, match=f"injected failure of {method}"):
+            await placer.round(1)
+        assert await placer.round(1) is False  # the next round reads again
