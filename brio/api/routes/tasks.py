@@ -1,4 +1,4 @@
-"""Tasks: submit (committed before the answer), list, get, cancel."""
+"""Tasks: submit one or a batch (committed before the answer), list, get, cancel."""
 
 from __future__ import annotations
 
