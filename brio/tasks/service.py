@@ -156,7 +156,8 @@ class TaskService:
         new = replace(new, agent=agent, node_id=node_id)
         if new.session_id is not None and await self.store.get_session(new.session_id) is None:
             raise UnknownSession(new.session_id)
-        task, created = await self.store.create_task(new)
+        with trio.CancelScope(shield=True):  # committed: it must be announced (_announce)
+            task, created = await self.store.create_task(new)
         if not created and (conflict := _conflict(new, task)) is not None:
             raise conflict
         if created:
@@ -182,7 +183,8 @@ class TaskService:
                 outcomes[i] = exc
                 continue
             resolved.append((i, replace(new, agent=agent, node_id=node_id)))
-        stored = await self.store.create_tasks([new for _, new in resolved]) if resolved else []
+        with trio.CancelScope(shield=True):  # committed: they must be announced (_announce)
+            stored = await self.store.create_tasks([n for _, n in resolved]) if resolved else []
         created: list[TaskRecord] = []
         for (i, new), result in zip(resolved, stored, strict=True):
             if isinstance(result, NotFound):
@@ -197,7 +199,11 @@ class TaskService:
         return [outcomes[i] for i in range(len(batch))]
 
     def _announce(self, created: list[TaskRecord]) -> None:
-        """Tell the subscribers of each new task, then wake the placer once."""
+        """Tell the subscribers of each new task, then wake the placer once.
+
+        The store calls before it are shielded: a client that goes away while its tasks are
+        being committed must not leave them committed but unannounced (unplaced until the
+        placer's next poll, and missing their ``task_created``)."""
         if not created:
             return
         for task in created:
