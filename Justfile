@@ -58,3 +58,21 @@ bench *ARGS:
 # PostgreSQL): seconds, run by CI to prove the harness works, its figures mean nothing
 bench-smoke *ARGS:
     {{venv}}/python -m bench.suite --smoke {{ARGS}}
+
+# mutation testing of the lease core, not in CI (docs/simulator.md): pip install -e '.[mutate]'
+mutate *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # In a scratch copy (mutmut writes mutants/ where it runs), niced, 2 processes, an hour.
+    work="${TMPDIR:-/tmp}/brio-mutate"
+    rm -rf "$work" && mkdir -p "$work"
+    cp -r brio sim tests pyproject.toml "$work"/
+    find "$work" -name __pycache__ -prune -exec rm -rf {} +
+    cd "$work"
+    export PATH="{{justfile_directory()}}/.venv/bin:$PATH"
+    set -- {{ARGS}}
+    # Lease's methods, not LeaseSettings' checks: x?Lease?[!e]* leaves out xǁLeaseSettingsǁ
+    [ $# -gt 0 ] || set -- 'brio.core.lease.x?Lease?[!e]*'
+    nice -n 10 timeout 3600 mutmut run --max-children 2 "$@" || echo "mutmut: exit $?"
+    mutmut results
+    echo "mutants and their diffs: cd $work && mutmut show NAME"
