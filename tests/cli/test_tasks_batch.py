@@ -1,4 +1,5 @@
-"""``brio tasks submit --batch FILE``: the file's reading, and a real node process."""
+"""``brio tasks submit --batch FILE``: the file's reading, a real node process, and the watch
+of many tasks."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
+from brio.agents.base import AgentContext
 from brio.api.models import MAX_BATCH, WsSubscribe
 from brio.cli.errors import CliError
-from brio.cli.tasks_cmd import BATCH_SIZE, SUBSCRIBE_CHUNK, read_batch
+from brio.cli.tasks_cmd import BATCH_SIZE, SUBSCRIBE_CHUNK, _watch, read_batch
+from tests.nodes import node_config, running_node
 from tests.system.nodeproc import start_node_on_free_port
 
 
@@ -114,3 +118,32 @@ def test_a_real_node_takes_a_batch_file_and_every_task_succeeds(tmp_path: Path) 
             db.execute("SELECT status, count(*) FROM tasks WHERE agent = 'echo' GROUP BY status")
         )
     assert statuses == {"succeeded": count + 2}  # and "fine" and "piped"
+
+
+async def chatty(ctx: AgentContext) -> str:
+    """Waits for its watcher, then streams more output than a subscriber may have unread:
+    ``emit`` never yields, so the node cuts every subscriber of the task off at once."""
+    await trio.sleep(2)
+    for i in range(BURST):
+        await ctx.emit(f"{i}\n")
+    return "done"
+
+
+BURST = 1500  # more than the node's 1000 unread events per subscriber
+
+
+async def test_watch_subscribes_again_after_being_cut_off_as_a_slow_consumer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = node_config(
+        tmp_path, agents={"chatty": {"entrypoint": "tests.cli.test_tasks_batch:chatty"}}
+    )
+    async with running_node(config) as node:
+        task = await node.submit(agent="chatty", prompt="")
+        with trio.fail_after(60):
+            code = await _watch(node.url, None, [task["id"]], False, True)
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    chunks = [e for e in events if e["type"] == "task_output"]
+    assert 0 < len(chunks) < BURST  # subscribed before the burst, then cut off within it
+    assert events[-1]["type"] == "task_completed" and events[-1]["data"]["result"] == "done"
