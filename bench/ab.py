@@ -112,16 +112,18 @@ def fmt(value: float | None) -> str:
 
 
 def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """The printed table, one line per system and figure: row, figure, system, median
-    [min-max], ratio to the baseline (or ``baseline``), repetitions. A row that could not run
-    is one line saying why."""
+    """The printed table, one line per system and figure: row, figure, unit and which way is
+    better, system, median [min-max], ratio to the baseline (or ``baseline``), repetitions.
+    A row that could not run is one line saying why."""
     lines: list[list[str]] = []
     for row in rows:
         if not row.get("available", True):
-            lines.append([row["row"], "not available", "", str(row.get("reason", "")), "", ""])
+            reason = str(row.get("reason", ""))
+            lines.append([row["row"], "not available", "", "", reason, "", ""])
             continue
         for fig in row.get("figures", []):
-            label = f"{fig['figure']} ({fig['unit']}, {fig['better']} is better)"
+            label = fig["figure"]
+            unit = f"{fig['unit']}, {fig['better']}"
             for system, s in fig["systems"].items():
                 cell = (
                     f"{fmt(s['median'])} [{fmt(s['min'])}-{fmt(s['max'])}]"
@@ -135,5 +137,5 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
                     r = f"{value:.2f}x" if value is not None else "-"
                 else:
                     r = ""
-                lines.append([row["row"], label, system, cell, r, str(s["n"])])
+                lines.append([row["row"], label, unit, system, cell, r, str(s["n"])])
     return lines

@@ -114,7 +114,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         markup=False,
     )
     table = Table(show_lines=False)
-    for column in ("row", "figure", "system", "median [min-max]", "ratio", "n"):
+    for column in ("row", "figure", "unit, better", "system", "median [min-max]", "ratio", "n"):
         table.add_column(column, justify="right" if column in ("ratio", "n") else "left")
     for line in table_rows(report["rows"]):
         table.add_row(*(Text(cell) for cell in line))  # no rich markup: [min-max]
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     report["revision"]["end"] = revision()
     report["seconds"] = round(time.time() - started, 1)
     if not args.json_only:
-        render(report, Console(width=160))
+        render(report, Console(width=180))
         print()
     print(json.dumps(report, indent=1, default=str))
     failed = [row["row"] for row in report["rows"] if row.get("failed")]

@@ -86,9 +86,9 @@ def test_table_has_a_line_per_system_and_says_why_a_row_did_not_run() -> None:
         {"row": "batch", "available": False, "reason": "POST /api/tasks:batch answered 404"},
     ]
     lines = table_rows(rows)
-    assert lines[0] == ["serve", "ready (s, lower is better)", "brio", "3 [2-4]", "3.00x", "2"]
-    assert lines[1] == ["serve", "ready (s, lower is better)", "bare", "1 [1-1]", "baseline", "2"]
-    assert lines[2][:2] == ["batch", "not available"] and "404" in lines[2][3]
+    assert lines[0] == ["serve", "ready", "s, lower", "brio", "3 [2-4]", "3.00x", "2"]
+    assert lines[1] == ["serve", "ready", "s, lower", "bare", "1 [1-1]", "baseline", "2"]
+    assert lines[2][:2] == ["batch", "not available"] and "404" in lines[2][4]
 
 
 def test_fmt_keeps_three_significant_digits_and_separates_thousands() -> None:
