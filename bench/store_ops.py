@@ -1,7 +1,7 @@
 """The store's write path per task: create_task, assign_tasks, claim_assigned, finish_task.
 
 Run: ``.venv/bin/python bench/store_ops.py [--against REV] [--backend sqlite|postgresql|both]
-[--tasks 400] [--concurrency 1,64] [--reps 3]``.
+[--tasks 400] [--concurrency 1,64] [--reps 3] [--batch 100]``.
 
 Each of ``concurrency`` workers drives its own node id through the life of one no-op task
 after another: create it, assign it to its node (the placer's fenced write), claim it straight
@@ -9,6 +9,9 @@ into running (the supervisor's claim), finish it (succeeded, with a result). Tha
 store write a task costs on a single node, so tasks/s here is the store's ceiling for the
 node, and CPU per task is what the store costs (this process, threads included; on
 PostgreSQL also the server's backends).
+
+``--batch N`` adds rows for ``create_tasks`` of N tasks a call (what ``POST /api/tasks:batch``
+costs the store), for this tree only.
 
 Durable on both backends: SQLite with ``synchronous = FULL`` (the store's setting), and a
 PostgreSQL started here with fsync and synchronous_commit on (the test server runs without).
@@ -67,7 +70,9 @@ def quantile(values: list[float], q: float) -> float:
 # one measurement, in a child process (the tree under test is first on sys.path)
 
 
-async def _measure(url: str, tasks: int, concurrency: int, server: int | None) -> dict[str, Any]:
+async def _measure(
+    url: str, tasks: int, concurrency: int, server: int | None, batch: int
+) -> dict[str, Any]:
     import trio
 
     from brio import aio
@@ -75,15 +80,30 @@ async def _measure(url: str, tasks: int, concurrency: int, server: int | None) -
     from brio.store import NewTask, open_store
     from brio.store.base import Assignment
 
-    latencies: list[float] = []
-    per_worker = max(1, tasks // concurrency)
+    latencies: list[float] = []  # one per task, or one per batch
+    done_tasks = 0
+    per_worker = max(1, tasks // concurrency // max(batch, 1))
 
     async with aio.open_loop():
         store = await open_store(url, max_connections=min(concurrency, 20) + 2)
         try:
             assert await store.raise_fence(1, "bench")
 
+            async def batches() -> None:
+                nonlocal done_tasks
+                for _ in range(per_worker):
+                    start = time.perf_counter()
+                    made = await store.create_tasks([NewTask(AGENT, "hi") for _ in range(batch)])
+                    if not all(isinstance(outcome, tuple) and outcome[1] for outcome in made):
+                        raise RuntimeError(f"a batch was refused: {made!r}")
+                    latencies.append((time.perf_counter() - start) * 1e3)
+                    done_tasks += batch
+
             async def worker(i: int) -> None:
+                nonlocal done_tasks
+                if batch:
+                    await batches()
+                    return
                 node = f"n{i}"
                 for _ in range(per_worker):
                     start = time.perf_counter()
@@ -96,6 +116,7 @@ async def _measure(url: str, tasks: int, concurrency: int, server: int | None) -
                     if not (landed and claimed and done):
                         raise RuntimeError(f"task {task.id} did not go through its life")
                     latencies.append((time.perf_counter() - start) * 1e3)
+                    done_tasks += 1
 
             async with trio.open_nursery() as warm:  # connections, statement caches
                 for i in range(concurrency):
@@ -112,11 +133,11 @@ async def _measure(url: str, tasks: int, concurrency: int, server: int | None) -
         finally:
             await store.close()
     return {
-        "tasks": len(latencies),
+        "tasks": done_tasks,
         "wall": wall,
-        "tasks_per_s": len(latencies) / wall,
-        "cpu_ms_per_task": cpu * 1e3 / len(latencies),
-        "server_cpu_ms_per_task": server_cpu * 1e3 / len(latencies),
+        "tasks_per_s": done_tasks / wall,
+        "cpu_ms_per_task": cpu * 1e3 / done_tasks,
+        "server_cpu_ms_per_task": server_cpu * 1e3 / done_tasks,
         "p50_ms": quantile(latencies, 0.5),
         "p99_ms": quantile(latencies, 0.99),
     }
@@ -127,7 +148,9 @@ def child(args: argparse.Namespace) -> None:
 
     import brio
 
-    result = trio.run(_measure, args.url, args.tasks, int(args.concurrency), args.server)
+    result = trio.run(
+        _measure, args.url, args.tasks, int(args.concurrency), args.server, args.batch
+    )
     result["brio"] = str(Path(brio.__file__).parent)
     print(json.dumps(result))
 
@@ -154,11 +177,13 @@ def worktree(rev: str | None) -> Iterator[Path | None]:
             )
 
 
-def run_tree(tree: Path, url: str, tasks: int, concurrency: int, server: int | None) -> Run:
+def run_tree(
+    tree: Path, url: str, tasks: int, concurrency: int, *, server: int | None, batch: int
+) -> Run:
     meter = Meter({})
     env = {**os.environ, "PYTHONPATH": str(tree)}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--url", url]
-    command += ["--tasks", str(tasks), "--concurrency", str(concurrency)]
+    command += ["--tasks", str(tasks), "--concurrency", str(concurrency), "--batch", str(batch)]
     if server is not None:
         command += ["--server", str(server)]
     meter.start()
@@ -178,6 +203,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=400, help="tasks per measurement")
     parser.add_argument("--concurrency", default="1,64", help="workers, comma-separated")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="also time create_tasks of this many tasks a call (this tree only: REV may lack it)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--server", type=int, help=argparse.SUPPRESS)  # the postmaster's pid
@@ -196,23 +227,31 @@ def main() -> None:
             pg.start()
         try:
             for backend in backends:
-                for c in levels:
+                rows = [(c, 0, trees) for c in levels]
+                if args.batch:
+                    rows += [(c, args.batch, {"new": ROOT}) for c in levels]
+                for c, batch, under_test in rows:
 
-                    def measure(tree: Path, backend: str = backend, c: int = c) -> Run:
+                    def measure(
+                        tree: Path, backend: str = backend, c: int = c, b: int = batch
+                    ) -> Run:
                         n = next(counter)
                         if backend == "sqlite":
-                            return run_tree(tree, f"sqlite:///{tmp}/s{n}.db", args.tasks, c, None)
+                            url = f"sqlite:///{tmp}/s{n}.db"
+                            return run_tree(tree, url, args.tasks, c, server=None, batch=b)
                         assert pg is not None
                         url = pg.create_database(f"bench_{n}")
                         master = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-                        return run_tree(tree, url, args.tasks, c, master)
+                        return run_tree(tree, url, args.tasks, c, server=master, batch=b)
 
-                    runs: dict[str, list[Run]] = {name: [] for name in trees}
+                    runs: dict[str, list[Run]] = {name: [] for name in under_test}
                     for _ in range(args.reps):  # A B A B: the machine's load lands on both
-                        for name, tree in trees.items():
+                        for name, tree in under_test.items():
                             runs[name].append(measure(tree))
                     figures = {name: _figures(name, runs) for name in FIGURES}
-                    row = {"row": f"{backend}, {c} workers", "figures": figures, "runs": runs}
+                    what = f"create_tasks of {batch}" if batch else "create, assign, claim, finish"
+                    label = f"{backend}, {what}, {c} workers"
+                    row = {"row": label, "figures": figures, "runs": runs}
                     report["rows"].append(row)
                     _print_row(row)
         finally:
