@@ -231,3 +231,21 @@ async def test_subscribers_see_each_task_created(node: Node) -> None:
                     assert event["task_id"] in created  # created came first
                     completed.add(event["task_id"])
         assert created == ids
+
+
+async def test_the_document_states_the_batch_and_its_limits(tmp_path: Path) -> None:
+    async with running_node(node_config(tmp_path)) as node:
+        doc = (await node.client.get("/openapi.json")).json()
+    op = doc["paths"]["/api/tasks:batch"]["post"]
+    body = doc["components"]["schemas"]["TaskBatch"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("TaskBatch")
+    tasks = body["properties"]["tasks"]
+    assert (tasks["minItems"], tasks["maxItems"], tasks["items"]["type"]) == (
+        1,
+        MAX_BATCH,
+        "object",
+    )
+    assert body["required"] == ["tasks"] and body["additionalProperties"] is False
+    assert {"200", "403", "413", "415", "422", "503"} <= set(op["responses"])
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok.endswith("BatchResult")
