@@ -710,8 +710,8 @@ def render(report: dict[str, Any]) -> str:
         f"load average before {report['loadavg']['before'][0]:.2f}, "
         f"after {report['loadavg']['after'][0]:.2f}",
         "",
-        f"| {'row':<11} | {'figure':<12} | {'A':<22} | {'B':<22} | {'B/A':>5} |",
-        f"|{'-' * 13}|{'-' * 14}|{'-' * 24}|{'-' * 24}|{'-' * 7}|",
+        f"| {'row':<15} | {'figure':<13} | {'A':<22} | {'B':<22} | {'B/A':>5} |",
+        f"|{'-' * 17}|{'-' * 15}|{'-' * 24}|{'-' * 24}|{'-' * 7}|",
     ]
     for row in report["rows"]:
         if "figures" not in row:
@@ -721,7 +721,7 @@ def render(report: dict[str, Any]) -> str:
             cell_a = f"{fmt(a['median'])} [{fmt(a['min'])}-{fmt(a['max'])}]"
             cell_b = f"{fmt(b['median'])} [{fmt(b['min'])}-{fmt(b['max'])}]"
             lines.append(
-                f"| {row['row']:<11} | {label:<12} | {cell_a:<22} | {cell_b:<22} | "
+                f"| {row['row']:<15} | {label:<13} | {cell_a:<22} | {cell_b:<22} | "
                 f"{fig['ratio']:>5.2f} |"
             )
     lines.append("")
