@@ -18,8 +18,12 @@ consumer. Phases, ``--reps`` times each, alternating:
   batch of ``.remote()`` calls.
 - ``submit``: the connections post batches back to back without waiting, until
   ``--submit-tasks`` are accepted (or ``--seconds`` pass): tasks accepted per second, the
-  ceiling of the HTTP and store path alone; the queue is then left to drain (its time and CPU
-  count in the phase's CPU, not in its rate) before the next phase.
+  ceiling of the HTTP and store path with the node running the tasks meanwhile; the queue is
+  then left to drain (its time and CPU count in the phase's CPU, not in its rate) before the
+  next phase.
+- ``accept``: the same, to a second node (``max_agents = 1``) with ``sleep`` tasks of an hour
+  that stay queued: tasks accepted per second and node CPU per task of the submit path alone
+  (HTTP, validation, one transaction per batch, events), nothing running beside it.
 
 CPU: the node's own (``/proc/PID/stat``), the load generator's, and ``other`` (the machine's
 busy time neither accounts for: other people's work), per phase; the node's per task. The load
@@ -63,8 +67,10 @@ level = "warning"
 """
 
 
-def _body(size: int, tag: str) -> bytes:
-    return json.dumps({"tasks": [{"agent": "echo", "prompt": tag}] * size}).encode()
+def _body(size: int, tag: str, held: bool = False) -> bytes:
+    """A batch of ``echo`` tasks, or (``held``) of ``sleep`` tasks that stay queued."""
+    task = {"agent": "sleep", "prompt": tag, "input": {"ms": 3_600_000}} if held else None
+    return json.dumps({"tasks": [task or {"agent": "echo", "prompt": tag}] * size}).encode()
 
 
 async def _post_batch(conn: RawHTTP, body: bytes) -> list[str]:
@@ -159,7 +165,7 @@ async def closed(args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def submit(args: dict[str, Any]) -> dict[str, Any]:
-    body = _body(args["batch"], "submit")
+    body = _body(args["batch"], "submit", held=args.get("held", False))
     accepted = 0
     post_ms: list[float] = []
     deadline = time.perf_counter() + args["seconds"]
@@ -278,11 +284,18 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k != "loadgen"},
         "load_before": load_average(),
     }
-    runs: dict[str, list[dict[str, Any]]] = {"closed": [], "submit": []}
+    runs: dict[str, list[dict[str, Any]]] = {"closed": [], "submit": [], "accept": []}
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "held").mkdir()
         proc, url = start_node(Path(tmp), args.agents)
+        held, held_url = start_node(Path(tmp) / "held", 1)
         try:
-            meter = Meter({"node": lambda: [proc.pid] if proc.poll() is None else []})
+            meter = Meter(
+                {
+                    "node": lambda: [proc.pid] if proc.poll() is None else [],
+                    "held": lambda: [held.pid] if held.poll() is None else [],
+                }
+            )
             common = {
                 "url": url,
                 "db": str(Path(tmp) / "data" / "brio.db"),
@@ -295,22 +308,23 @@ def main() -> None:
             run_loadgen("closed", {**common, "seconds": 2.0, "warmup": 0.0})  # warm the node
             wait_idle(url)
             for rep in range(args.reps):
-                for mode in ("closed", "submit"):
+                for mode in ("closed", "submit", "accept"):
                     meter.start()
-                    result = run_loadgen(mode, common)
-                    if mode == "submit":
-                        wait_idle(
-                            url, timeout=300
-                        )  # the node's CPU for these tasks includes running them
+                    if mode == "accept":
+                        result = run_loadgen("submit", {**common, "url": held_url, "held": True})
+                    else:
+                        result = run_loadgen(mode, common)
+                    if mode == "submit":  # its node CPU includes running the tasks
+                        wait_idle(url, timeout=300)
                     result["cpu"] = meter.stop()
-                    result["node_cpu_ms_per_task"] = (
-                        1000 * result["cpu"]["node"] / max(1, result["completed"])
-                    )
+                    node_cpu = result["cpu"]["held" if mode == "accept" else "node"]
+                    result["node_cpu_ms_per_task"] = 1000 * node_cpu / max(1, result["completed"])
                     runs[mode].append(result)
                     print(f"rep {rep + 1} {mode}: {result['rate']:.0f} tasks/s", file=sys.stderr)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for p in (proc, held):
+                p.terminate()
+                p.wait(30)
     report["load_after"] = load_average()
     report["runs"] = runs
     report["summary"] = {
