@@ -52,12 +52,16 @@ def routes_of(deps: ApiDeps) -> list[Route]:
         store=False,
     )
     async def openapi(deps: ApiDeps) -> Reply:
-        return Reply(200, document)
+        if not document:  # built on first use: its JSON schemas were half of a node's start
+            document.append(
+                models.OpenApiDocument.model_validate(
+                    openapi_document(routes, deps.config, __version__, also=(models.WsSubscribe,))
+                )
+            )
+        return Reply(200, document[0])
 
     routes = [route for router in [*resources, docs] for route in router.routes]
-    document = models.OpenApiDocument.model_validate(
-        openapi_document(routes, deps.config, __version__, also=(models.WsSubscribe,))
-    )
+    document: list[models.OpenApiDocument] = []
     return routes
 
 
