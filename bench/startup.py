@@ -1,7 +1,9 @@
 """``brio serve`` start-up beside a bare hypercorn + quart-trio app (issue 12 target 6: ready
 <= 0.6 s, idle RSS <= 60 MB), and where the start-up time goes.
 
-Run: ``.venv/bin/python -m bench.startup [--runs 5] [--idle 5] [--top 25]``.
+Run: ``.venv/bin/python -m bench.startup [--runs 5] [--idle 5] [--top 25] [--against DIR]``.
+``--against`` adds a third system in the same alternation: ``brio serve`` from another
+checkout (``git worktree add DIR COMMIT``), to measure a change before and after.
 
 Each run starts a new process, Brio then the bare app (``bench/baselines/bare_app.py``), in
 turn: ``python -m brio serve`` as one node on SQLite in a fresh data directory, without a
@@ -44,8 +46,13 @@ def _measure(server: Server, idle: float) -> Run:
     return {"ready_s": server.ready_s, "cpu_s": cpu, "idle_rss_mb": rss_mb(server.proc.pid)}
 
 
-def _one(start: Any, name: str, base: Path, idle: float) -> Run:
-    server: Server = start(name, base)
+def _one(start: Any, name: str, base: Path, idle: float, checkout: str | None = None) -> Run:
+    if checkout is not None:
+        os.environ["PYTHONPATH"] = checkout  # the child's brio, ahead of the editable install
+    try:
+        server: Server = start(name, base)
+    finally:
+        os.environ.pop("PYTHONPATH", None)
     try:
         return _measure(server, idle)
     finally:
@@ -89,19 +96,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="processes of each kind")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds at rest before RSS")
     parser.add_argument("--top", type=int, default=25, help="packages and modules listed")
+    parser.add_argument("--against", help="another checkout's brio serve, run alongside")
     args = parser.parse_args()
     print(f"machine: {machine()}; load average before: {os.getloadavg()}")
     busy_before, total_before = busy_seconds()
     with tempfile.TemporaryDirectory(prefix="brio-startup-") as tmp:
         base = Path(tmp)
         counter = iter(range(10_000))
-        done = alternate(
-            args.runs,
-            {
-                BRIO: lambda rep: _one(start_brio, f"brio-{rep}-{next(counter)}", base, args.idle),
-                BARE: lambda rep: _one(start_bare, f"bare-{rep}-{next(counter)}", base, args.idle),
-            },
-        )
+        systems = {
+            BRIO: lambda rep: _one(start_brio, f"brio-{rep}-{next(counter)}", base, args.idle),
+            BARE: lambda rep: _one(start_bare, f"bare-{rep}-{next(counter)}", base, args.idle),
+        }
+        if args.against:
+            checkout = str(Path(args.against).resolve())
+            systems[f"brio serve @ {args.against}"] = lambda rep: _one(
+                start_brio, f"against-{rep}-{next(counter)}", base, args.idle, checkout
+            )
+        done = alternate(args.runs, systems)
         busy_after, total_after = busy_seconds()
         per_package, modules = import_profile(base)
     ours = sum(r["cpu_s"] for runs in done.runs.values() for r in runs)
