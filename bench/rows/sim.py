@@ -1,18 +1,19 @@
-"""Row ``sim``: the simulator's speed and the heartbeat cost it models.
+"""Row ``sim``: the simulator's speed and the heartbeat cost it models
+(``bench/rows/sim_probe.py``).
 
-- Speed: ``python -m sim --seeds N --jobs 1 --json`` (one process, so one core), the default
-  mixed faults, with the scheduler (``--task-rate 2``, the default) beside the same seeds
-  without tasks (``--task-rate 0``) as the baseline, alternating. Figure: simulated seconds per
-  wall second as the simulator reports it, and per CPU second of its process (the wall figure
-  falls when other processes take the core; the CPU one does not).
-- Heartbeat cost (``bench/rows/sim_heartbeat.py``): one fault-free seed without tasks at 5, 50
-  and 200 simulated nodes in a full mesh: messages per simulated second (in all, and per
-  node) and the simulator's CPU milliseconds per node and simulated second.
+- Speed: 20 seeds of the simulator's defaults (``python -m sim``'s mixed faults) one after
+  another in one process (one core), with the scheduler (task rate 2, the default) beside the
+  same seeds without tasks (task rate 0) as the baseline, alternating. Simulated seconds per
+  wall second (as ``python -m sim`` reports it) and per CPU second of the process (the wall
+  figure falls when other processes take the core; the CPU one much less), both timed around
+  the seeds only.
+- Heartbeat cost: one fault-free seed without tasks at 5, 50 and 200 simulated nodes in a
+  full mesh: messages per simulated second (in all, and per node) and the simulator's CPU
+  milliseconds per node and simulated second.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -24,31 +25,14 @@ WITHOUT = "without tasks"
 NODES = (5, 50, 200)
 
 
-def _child_cpu() -> float:
-    t = os.times()
-    return t.children_user + t.children_system
-
-
 def speed(seeds: int, task_rate: float) -> Run:
-    before = _child_cpu()
-    command = [sys.executable, "-m", "sim", "--seeds", str(seeds), "--jobs", "1", "--json"]
-    # exit 1: a seed violated an invariant; its speed still counts (and the count is kept)
-    report = run_json([*command, "--task-rate", str(task_rate)], "python -m sim", ok=(0, 1))
-    cpu = _child_cpu() - before
-    return {
-        "sim_s_per_wall_s": report["sim_seconds_per_wall_second"],
-        "sim_s_per_cpu_s": report["simulated_seconds"] / cpu if cpu else None,
-        "simulated_s": report["simulated_seconds"],
-        "wall_s": report["wall_seconds"],
-        "cpu_s": cpu,
-        "events": report["events"],
-        "violations": len(report["violations"]),
-    }
+    command = [sys.executable, "-m", "bench.rows.sim_probe", "speed", str(seeds)]
+    return run_json([*command, str(task_rate)], "sim_probe speed")
 
 
 def heartbeat(nodes: int, seconds: float) -> Run:
-    command = [sys.executable, "-m", "bench.rows.sim_heartbeat", str(nodes), str(seconds)]
-    return run_json(command, f"sim_heartbeat {nodes}")
+    command = [sys.executable, "-m", "bench.rows.sim_probe", "heartbeat", str(nodes)]
+    return run_json([*command, str(seconds)], f"sim_probe heartbeat {nodes}")
 
 
 def run(settings: Settings) -> dict[str, Any]:
