@@ -52,6 +52,9 @@ LATE = (0.88, 0.97)
 LATE_WINDOW = 0.1
 #: How long a node whose answers came late is then cut off, in lease durations.
 CUT_AFTER_LATE = (1.0, 3.0)
+#: After a rival's election timer fires, how long held vote requests wait more (seconds): time
+#: for the rival's pre-vote and vote rounds, so that they arrive after it won.
+RIVAL_WINS = (0.03, 0.3)
 #: A held round of vote requests waits this part of the call's timeout (no rival due soon).
 HELD = (0.1, 0.9)
 
@@ -200,8 +203,9 @@ class Chaos:
                 self._hold(src, request)
 
     def _late_answers(self, node: SimNode, round_id: int) -> None:
-        """Every answer to ``node``'s round ``round_id`` comes just inside the call's timeout;
-        then ``node`` is cut off, so that only that round's answers extend its lease."""
+        """Every answer to ``node``'s round ``round_id`` comes just inside the call's timeout,
+        and nothing ``node`` sends after this round arrives: only that round's answers can
+        extend its lease, and the voters' promises run from when its requests arrived."""
         world, rng = self._world, self._rng
         timeout = world.config.rpc_timeout
         late = Impairment(
@@ -212,28 +216,32 @@ class Chaos:
         )
         self.counts["aimed: late answers"] += 1
         world.note(node.name, f"aimed: the answers to round {round_id} will come late")
-        # The requests are on the wire by the end of this event, the answers leave as they
-        # arrive (after at least the link's latency): impair the links in between.
-        world.loop.at(world.loop.now, partial(self._impair_now, late))
-        world.loop.after(LATE_WINDOW, partial(self._restore_now, late))
-        cut_at = LATE[1] * timeout + 0.1
+        rest = [n for n in self._names() if n != node.name]
         length = rng.uniform(*CUT_AFTER_LATE) * world.config.lease_duration
-        world.loop.after(cut_at, partial(self._cut_off, node.name, length))
+        # This round's requests are on the wire by the end of this event; its answers leave
+        # as the requests arrive (after at least the link's latency): slow the links then.
+        world.loop.at(world.loop.now, partial(self._strike_late, node.name, late, length))
+        world.loop.after(LATE_WINDOW, partial(self._restore_now, late))
+        cut_at = LATE[1] * timeout + LATE_WINDOW
+        world.loop.after(
+            cut_at, partial(self._cut_for, node.name, _links(rest, [node.name]), length - cut_at)
+        )
 
-    def _impair_now(self, impairment: Impairment) -> None:
-        if not self._healed:
-            self._world.network.impair(impairment)
+    def _strike_late(self, name: str, late: Impairment, length: float) -> None:
+        if self._healed:
+            return
+        self._world.network.impair(late)
+        rest = [n for n in self._names() if n != name]
+        self._cut_for(name, _links([name], rest), length)
 
     def _restore_now(self, impairment: Impairment) -> None:
         if not self._healed:
             self._world.network.restore(impairment)
 
-    def _cut_off(self, name: str, length: float) -> None:
+    def _cut_for(self, name: str, links: list[Link], length: float) -> None:
         if self._healed:
             return
-        rest = [n for n in self._names() if n != name]
-        links = _links([name], rest) + _links(rest, [name])
-        undo = self._cut(f"aimed: cut {name} off after its late answers", links)
+        undo = self._cut(f"aimed: {name} cut off after its late answers", links)
         self._world.loop.after(length, partial(self._end, undo))
 
     def _hold(self, node: SimNode, request: VoteRequest) -> None:
@@ -241,6 +249,8 @@ class Chaos:
         election timer fires, when one is due within the call's timeout, else a while."""
         world, rng = self._world, self._rng
         now, timeout = world.loop.now, world.config.rpc_timeout
+        # Rivals whose timer fires within the call's timeout, behind this round's term: if one
+        # wins meanwhile, these requests reach voters it holds promises of, in an older term.
         due = [
             other.clock.true_at(other.lease.next_deadline()) - now
             for other in world.nodes.values()
@@ -249,14 +259,16 @@ class Chaos:
             and other.coordinator
             and other.lease is not None
             and other.lease.role is not Role.PRIMARY
+            and other.lease.term + 1 < request.term + int(request.pre_vote)
         ]
         soon = [d for d in due if 0 <= d < timeout]
         if soon:
-            hold = min(soon) + rng.uniform(0.0, 0.05)
+            hold = min(soon) + rng.uniform(*RIVAL_WINS)
             what = "until a rival's election timer fires"
         else:
             hold = rng.uniform(*HELD) * timeout
             what = "a while"
+        hold = min(hold, HELD[1] * timeout)  # the answers must still come within the timeout
         kind = "pre-vote" if request.pre_vote else "vote"
         self.counts["aimed: held votes"] += 1
         world.note(node.name, f"aimed: its {kind} requests r{request.round} held {what}")
