@@ -133,7 +133,7 @@ async def read_body(model: type[M], *, required: bool) -> M:
             {"expected": JSON, "content_type": given or None},
         )
     raw = await request.get_data(cache=False, as_text=False)
-    if not required and not raw.strip():
+    if not required and not raw:
         return validate(model, {}, "request body")
     if not raw:
         raise ApiError(422, "invalid_body", "the request body must be a JSON object")
