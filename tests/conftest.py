@@ -27,7 +27,6 @@ from brio.aio import open_loop
 from brio.store import Store, open_store, sqlite_url
 from tests.pg import PostgresServer, PostgresUnavailable
 
-
 PROCESS_TESTS = Path(__file__).parent / "system"
 
 
