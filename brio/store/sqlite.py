@@ -337,6 +337,8 @@ class _Readers:
         self._closed = False
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("the SQLite store is closed")
         async with self._slots:
             if self._closed:
                 raise StoreError("the SQLite store is closed")
@@ -357,12 +359,16 @@ class _Readers:
                 self._idle.extend(box)
 
     async def close(self) -> None:
+        if self._closed:
+            return  # closing twice (the database went away, then the node stops) is fine
         self._closed = True
         for _ in range(READERS):  # wait out the reads in flight
             await self._slots.acquire()
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+        for _ in range(READERS):  # readers that queued meanwhile wake and see it closed
+            self._slots.release()
 
 
 class SQLiteStore:
