@@ -302,6 +302,7 @@ class MeshHealth(BaseModel):
     last_heartbeat: str | None
     primary: str | None  # the primary coordinator this node knows of
     lease_remaining: float | None  # seconds of lease (primary) or of promise (voter) left
+    voters: list[str]  # the lease's voter set; "@store" is the store (the witness voter)
 
 
 class AgentsHealth(BaseModel):

@@ -116,15 +116,22 @@ class LeaseDriver:
 
     def view(self) -> LeaseView:
         fallback = "standby" if self.is_candidate else "worker"
+        voters = _shown(self.voters)
         if self.core is None:
-            return LeaseView(fallback, 0, None, None, self.node_id in self.voters)
+            return LeaseView(fallback, 0, None, None, self.node_id in self.voters, voters=voters)
         status = self.core.status()
         role = "primary" if status.role is core.Role.PRIMARY else fallback
         remaining = None
         if status.lease_until is not None:
             remaining = max(0.0, status.lease_until - trio.current_time())
         return LeaseView(
-            role, status.epoch, status.primary, remaining, status.voter, problem=self.problem
+            role,
+            status.epoch,
+            status.primary,
+            remaining,
+            status.voter,
+            problem=self.problem,
+            voters=voters,
         )
 
     @property
@@ -421,6 +428,11 @@ class LeaseDriver:
 
 #: gRPC statuses by which a peer refuses our lease messages (rather than failing to answer).
 _REFUSED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"})
+
+
+def _shown(voters: frozenset[str]) -> tuple[str, ...]:
+    """The voters sorted, the store's witness last."""
+    return tuple(sorted(voters, key=lambda v: (v == WITNESS_ID, v)))
 
 
 def _is_reply(message: core.Message) -> bool:

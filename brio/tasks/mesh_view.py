@@ -20,6 +20,7 @@ class LeaseView:
     lease_remaining: float | None  # seconds: ours when primary, else the promise we hold
     voter: bool
     problem: str | None = None  # why this coordinator does not campaign (a misconfiguration)
+    voters: tuple[str, ...] = ()  # the lease's voter set, "@store" for the store's witness
 
 
 class MeshView(Protocol):

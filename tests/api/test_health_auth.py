@@ -29,6 +29,7 @@ async def test_health_has_the_guide_shape(node: Node) -> None:
         "last_heartbeat": None,
         "primary": None,
         "lease_remaining": None,
+        "voters": [],
     }
     assert body["agents"]["active"] == 0 and body["agents"]["queued"] == 0
     assert (await node.client.get("/health/live")).json() == {"status": "alive"}

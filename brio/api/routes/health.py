@@ -76,6 +76,7 @@ async def health(deps: ApiDeps) -> Reply:
             last_heartbeat=beat.isoformat().replace("+00:00", "Z") if beat else None,
             primary=lease.primary,
             lease_remaining=round(remaining, 3) if remaining is not None else None,
+            voters=list(lease.voters),
         ),
         agents=models.AgentsHealth(
             active=deps.supervisor.active, queued=queued, max=deps.supervisor.max_agents
