@@ -37,9 +37,10 @@ proto:
 # what CI runs: lint, every test, then the benchmark suite's smoke run (proves the harness)
 ci: lint test-parallel bench-smoke
 
-# the whole suite on both cores (pytest-xdist); the process clusters of tests/system stay serial
+# the whole suite: all but tests/system on both cores (pytest-xdist), then tests/system in order
 test-parallel *ARGS:
-    {{venv}}/python -m pytest -n 2 --dist loadgroup {{ARGS}}
+    {{venv}}/python -m pytest -n 2 --ignore=tests/system {{ARGS}}
+    {{venv}}/python -m pytest tests/system {{ARGS}}
 
 # the simulator's long run: 10,000 seeds of mixed faults, every safety measure on (docs/simulator.md)
 chaos *ARGS:

@@ -8,10 +8,10 @@ Stores: ``store`` is an opened, migrated store, once per backend (test ids ``[sq
 ``[postgresql]``); ``store_url`` is the same database's URL, for tests that open their own
 stores. ``aio_loop`` opens the trio-asyncio loop that asyncpg needs for the test's duration.
 
-Parallel runs (``just ci`` runs ``pytest -n 2 --dist loadgroup``, pytest-xdist): the real-process
-clusters of ``tests/system`` share one xdist group, so they run one after another on one worker,
-as they always have, while the other worker takes the rest. Two clusters at once on a 2-core
-machine would turn their failure detectors' timeouts into false alarms.
+Parallel runs: ``just ci`` runs everything outside ``tests/system`` on both cores
+(pytest-xdist, ``-n 2``), then the real-process clusters of ``tests/system`` one after another in
+their file order, as they always ran: some files share one cluster across ordered tests, and two
+clusters at once on a 2-core machine would turn their failure detectors' timeouts into alarms.
 """
 
 from __future__ import annotations
@@ -26,14 +26,6 @@ import pytest
 from brio.aio import open_loop
 from brio.store import Store, open_store, sqlite_url
 from tests.pg import PostgresServer, PostgresUnavailable
-
-PROCESS_TESTS = Path(__file__).parent / "system"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.is_relative_to(PROCESS_TESTS):
-            item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 def _in_ci() -> bool:
