@@ -23,8 +23,8 @@ import brio.core.lease
 import sim.chaos
 import sim.node
 from sim.config import SimConfig
-from sim.stats import SeedResult
 from sim.world import run_seed
+from tests.sim.test_teeth import first_violation
 
 LEASE_ONLY = SimConfig(task_rate=0.0)
 CROWDED = SimConfig(nodes=7, coordinators=5, election_timeout=(0.1, 0.3), task_rate=0.0)
@@ -46,14 +46,6 @@ def mutant_lease(old: str, new: str) -> type[brio.core.lease.Lease]:
             module.__dict__[name] = value
     lease: type[brio.core.lease.Lease] = module.Lease
     return lease
-
-
-def first_violation(config: SimConfig, bound: int) -> SeedResult | None:
-    for seed in range(bound):
-        result = run_seed(config, seed)
-        if result.violation is not None:
-            return result
-    return None
 
 
 def test_aimed_faults_all_measures_on() -> None:
