@@ -9,6 +9,7 @@ one shape ``{"error": {"code", "message", "details"}}``; no traceback reaches a 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from quart import Response, request
@@ -52,16 +53,16 @@ def routes_of(deps: ApiDeps) -> list[Route]:
         store=False,
     )
     async def openapi(deps: ApiDeps) -> Reply:
-        if not document:  # built on first use: its JSON schemas were half of a node's start
-            document.append(
-                models.OpenApiDocument.model_validate(
-                    openapi_document(routes, deps.config, __version__, also=(models.WsSubscribe,))
-                )
-            )
-        return Reply(200, document[0])
+        return Reply(200, document())
+
+    @functools.cache
+    def document() -> models.OpenApiDocument:
+        # built on first use: its JSON schemas were half of a node's start
+        return models.OpenApiDocument.model_validate(
+            openapi_document(routes, deps.config, __version__, also=(models.WsSubscribe,))
+        )
 
     routes = [route for router in [*resources, docs] for route in router.routes]
-    document: list[models.OpenApiDocument] = []
     return routes
 
 
