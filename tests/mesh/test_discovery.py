@@ -462,8 +462,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _K8sHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP(S) server whose TLS handshakes run in each connection's thread.
+
+    Wrapping the listening socket would run the handshake inside ``accept()`` on the serving
+    thread, so one client that connects and goes quiet would block ``shutdown()`` forever.
+    """
+
     daemon_threads = True
     fake: FakeK8s
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            request.settimeout(5)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                # a client that does not trust us, or one that never finishes the handshake
+                return
+        super().finish_request(request, client_address)
 
 
 @dataclass
@@ -487,9 +504,7 @@ def _serve_k8s(tls: trustme.CA | None) -> Iterator[FakeK8s]:
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.issue_cert("127.0.0.1").configure_cert(context)
-        # a failed handshake (a client that does not trust us) raises from accept(), which
-        # socketserver ignores quietly
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.tls = context
         scheme = "https"
     fake.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
