@@ -24,7 +24,7 @@ from brio.api.openapi import openapi_document
 from brio.api.origins import OriginPolicy
 from brio.api.routes import agents, health, sessions, tasks, ws
 from brio.api.routes.ws import MAX_SUBSCRIBED_IDS
-from brio.api.routing import Reply, Route, Router, install, json_response
+from brio.api.routing import Reply, Route, Router, covered_by, install, json_response
 from brio.api.server import BODY_TIMEOUT
 from brio.store.base import StoreError
 
@@ -134,7 +134,7 @@ def create_app(deps: ApiDeps) -> QuartTrio:
         if deps.config.mesh.role == "coordinator":
             return None
         for prefix in coordinator_only:
-            if request.path == prefix or request.path.startswith(prefix.rstrip("/") + "/"):
+            if covered_by(prefix, request.path):
                 return _error(
                     ApiError(
                         403,

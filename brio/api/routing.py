@@ -133,13 +133,26 @@ class Router:
         return self.route("POST", path, **kw)
 
 
-def _may_be_under(prefix: str, path: str) -> bool:
-    """Whether some concrete path of the route template ``path`` is ``prefix`` or under it."""
+def covered_by(prefix: str, path: str, *, template: bool = False) -> bool:
+    """Whether ``path`` is ``prefix``, under it (``prefix/...``) or one of its Google-style
+    custom methods (``prefix:verb``, as ``/api/tasks:batch`` is of ``/api/tasks``).
+
+    The one rule for ``[mesh.access_control] coordinator_only_endpoints``: the worker's hook
+    in ``brio.api.app`` asks it of the concrete request path, ``documented`` of each route
+    template (``template=True``: a ``{name}`` segment may be any segment), so the 403 a route
+    documents is exactly the one the hook can answer.
+    """
     wanted = [part for part in prefix.strip("/").split("/") if part]
     have = path.strip("/").split("/")
-    return len(wanted) <= len(have) and all(
-        h.startswith("{") or h == w for w, h in zip(wanted, have, strict=False)
-    )
+    if len(wanted) > len(have):
+        return False
+    for position, (w, h) in enumerate(zip(wanted, have, strict=False)):
+        if template and "{" in h:
+            continue  # some value of the parameter is w (or w:verb)
+        last = position == len(wanted) - 1
+        if h != w and not (last and h.startswith(w + ":")):
+            return False
+    return True
 
 
 def _merge(answers: dict[int, Answer], status: int, answer: Answer) -> None:
@@ -173,7 +186,7 @@ def documented(route: Route, config: BrioConfig) -> dict[int, Answer]:
     if route.auth and config.server.auth_token is not None:
         _merge(answers, 401, Answer("Missing or wrong bearer token"))
     if config.mesh.role != "coordinator" and any(
-        _may_be_under(prefix, route.path)
+        covered_by(prefix, route.path, template=True)
         for prefix in config.mesh.access_control.coordinator_only_endpoints
     ):
         _merge(answers, 403, Answer("Served by coordinators only (coordinator_only_endpoints)"))
