@@ -25,6 +25,12 @@ instead of heartbeats alone:
   it votes only in later terms. Every term won with a vote it lost is among them: the winner's
   round closed before the restart wait ended, and the answering voters overlap that majority
   (docs/lease.md).
+- **Handing over** (``transfer``, a graceful stop: SIGTERM or a drain). The primary steps down,
+  gives back its own promise and asks every peer to give back theirs (``Release``): a voter
+  that promised this very leader in this very term drops the promise at once, since the only
+  lease it protected has ended. Once enough voters have given theirs back that the chosen
+  standby can win, that standby is told to campaign at once (Raft's TimeoutNow), skipping its
+  election timeout. The old primary never campaigns again (``retired``) but still votes.
 
 Voters are a fixed set of node ids (every message carries a digest of it: two majorities of
 different sets may share nobody); candidates are the coordinators. The driver feeds events in
@@ -145,7 +151,20 @@ class RenewReply:
     reason: str = ""
 
 
-Message = VoteRequest | VoteReply | RenewRequest | RenewReply
+@dataclass(frozen=True)
+class Release:
+    """The primary ``leader`` stepped down (it is stopping) and gives back the promise made
+    to it in ``term``; the reply is a ``RenewReply`` (``ok``: given back). ``successor`` is
+    the node that should campaign at once (``""``: only give the promise back)."""
+
+    term: int
+    leader: str
+    round: int
+    voters_digest: str
+    successor: str = ""
+
+
+Message = VoteRequest | VoteReply | RenewRequest | RenewReply | Release
 
 
 # actions (carry them out in order)
@@ -218,6 +237,18 @@ class _Round:
     acks: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Transfer:
+    """A handover under way: the voters that gave their promise back so far (ourselves
+    included), and whether the successor has been told to campaign."""
+
+    term: int
+    round: int
+    successor: str | None
+    released: set[str]
+    told: bool = False
+
+
 class Lease:
     """One node's side of the lease: voter, candidate (coordinators) or both."""
 
@@ -270,6 +301,10 @@ class Lease:
         self._election_at = self._vote_after + self._timeout()
         self._query_at = self._vote_after if self._amnesiac else math.inf
         self.held: str | None = None  # why we do not campaign now (``hold``)
+        self._retired = False  # handed the lease over (``transfer``): never campaign again
+        self._transfer: _Transfer | None = None
+        self._heard_at: dict[str, float] = {}  # voter -> when it last acknowledged a renewal
+        self._released_by: tuple[int, str] | None = None  # (term, leader) of a release taken
 
     # ---------------------------------------------------------------- queries
 
@@ -287,6 +322,11 @@ class Lease:
         """How many other voters a node without a record must hear from a record: enough to
         overlap, without us, every majority that may have counted a vote we lost."""
         return len(self.voters) - self.majority + 1
+
+    @property
+    def retired(self) -> bool:
+        """Handed the lease over (``transfer``): it votes, but campaigns no more."""
+        return self._retired
 
     @property
     def lease_until(self) -> float | None:
@@ -307,7 +347,7 @@ class Lease:
             return self._query_at
         if self.role is Role.PRIMARY:
             return min(self._next_renew, self._lease_until)
-        return self._election_at if self.is_candidate else math.inf
+        return self._election_at if self._campaigns else math.inf
 
     def persisted(self) -> Persisted:
         return Persisted(self.term, self.voted_for)
@@ -324,7 +364,7 @@ class Lease:
             if now >= self._next_renew:
                 return self._start_renew_round(now)
             return []
-        if self.is_candidate and now >= self._election_at:
+        if self._campaigns and now >= self._election_at:
             if self.held is not None:
                 self._election_at = now + self._timeout()
                 return []
@@ -347,6 +387,8 @@ class Lease:
                 return self._on_renew_request(now, message)
             case RenewReply():
                 return self._on_renew_reply(now, message)
+            case Release():
+                return self._on_release(now, sender, message)
         assert_never(message)
 
     def hold(self, now: float, reason: str | None) -> list[Action]:
@@ -366,6 +408,51 @@ class Lease:
             self.role = Role.FOLLOWER
         return actions
 
+    def transfer(self, now: float, successors: Iterable[str]) -> list[Action]:
+        """Hand the lease over before stopping (SIGTERM, a drain): campaign no more, and as
+        primary step down at once and release every peer's promise (``Release``).
+
+        ``successors`` are the coordinators that may take over; the one that acknowledged a
+        renewal last is told to campaign at once, as soon as the voters that gave their
+        promise back (with ours and its own vote) make a majority. The driver must have
+        stopped the primary work (``SteppedDown``) before the first ``Send`` leaves: a voter
+        that gets a release may vote for the successor at once. Nothing touches the fence.
+        """
+        now = self._advance(now)
+        self._retired = True
+        if self.role is not Role.PRIMARY:
+            if self.role is Role.CANDIDATE:
+                self.role = Role.FOLLOWER
+            return []
+        actions = self._step_down("handing the lease over: this node is stopping")
+        if self._promised_to == self.node_id:  # our own promise, to ourselves: given back
+            self._promised_to = None
+            self._promise_until = -math.inf
+        choices = sorted(set(successors) & self.peers)
+        # The most recently heard first; among equals (or never heard) the first by name.
+        successor = max(choices, key=lambda c: self._heard_at.get(c, -math.inf), default=None)
+        self._round += 1
+        released = {self.node_id} if self.is_voter else set()
+        self._transfer = _Transfer(self.term, self._round, successor, released)
+        told = self._tell_successor()
+        release = Release(self.term, self.node_id, self._round, self.digest)
+        others = self.peers - ({successor} if told else set())
+        actions += [Send(peer, release) for peer in sorted(others)]
+        return actions + told
+
+    def _tell_successor(self) -> list[Action]:
+        """Tell the successor to campaign once it can win: the voters that gave their promise
+        back and its own vote make a majority (before that, its pre-vote would be refused)."""
+        t = self._transfer
+        if t is None or t.successor is None or t.told:
+            return []
+        backing = t.released | ({t.successor} & self.voters)
+        if len(backing) < self.majority:
+            return []
+        t.told = True
+        release = Release(t.term, self.node_id, t.round, self.digest, t.successor)
+        return [Send(t.successor, release)]
+
     def lost_fence(self, now: float, fence_epoch: int) -> list[Action]:
         """The store's fence is past our epoch: someone newer was primary; stop at once."""
         self._advance(now)
@@ -378,8 +465,12 @@ class Lease:
 
     # ---------------------------------------------------------------- candidate
 
+    @property
+    def _campaigns(self) -> bool:
+        return self.is_candidate and not self._retired
+
     def _start_pre_vote(self, now: float) -> list[Action]:
-        if self.term >= MAX_TERM:
+        if self.term >= MAX_TERM or self._retired:
             return []
         self.role = Role.CANDIDATE
         self._election_at = now + self._timeout()
@@ -469,8 +560,15 @@ class Lease:
             return []
         if reply.term > self.term:
             return self._adopt_term(reply.term) + self._follow(None)
+        t = self._transfer
+        if t is not None and reply.round == t.round:  # an answer to our release
+            if reply.ok and reply.term == t.term:
+                t.released.add(reply.voter)
+                return self._tell_successor()
+            return []
         if self.role is not Role.PRIMARY or reply.term != self.term or not reply.ok:
             return []
+        self._heard_at[reply.voter] = now
         return self._ack(now, reply.round, reply.voter)
 
     def _ack(self, now: float, round_id: int, voter: str) -> list[Action]:
@@ -568,6 +666,40 @@ class Lease:
         if not self.is_voter:
             return actions  # standbys listen; only voters answer
         return [*actions, Send(leader, reply(True))]
+
+    def _on_release(self, now: float, sender: str, release: Release) -> list[Action]:
+        """The leader we follow stepped down to stop, and gives our promise back."""
+
+        def reply(ok: bool, reason: str = "") -> RenewReply:
+            return RenewReply(self.term, self.node_id, ok, release.round, self.digest, reason)
+
+        leader = release.leader
+        if sender != leader:  # only the leader itself may give back a promise made to it
+            return []
+        # Ours to give back: the primary we follow, or promised, in our term; or the one
+        # whose release we took already (its second message tells us to campaign).
+        ours = leader in (self.primary, self._promised_to) or self._released_by == (
+            release.term,
+            leader,
+        )
+        if release.term != self.term or not ours:
+            why = "term is stale" if release.term < self.term else f"{leader} is not our primary"
+            return [Send(leader, reply(False, why))] if self.is_voter else []
+        self._released_by = (release.term, leader)
+        if self._promised_to == leader:
+            self._promised_to = None
+            self._promise_until = -math.inf
+        if self.primary == leader:
+            self.primary = None
+        actions: list[Action] = [Send(leader, reply(True))] if self.is_voter else []
+        if release.successor == self.node_id:
+            if self.role is Role.FOLLOWER and self.held is None and not self._amnesiac:
+                actions += self._start_pre_vote(now)  # at once: no election timeout
+        elif self._campaigns:
+            # Another is told to campaign; should it fail, ours need not wait out the lease.
+            fallback = max(now, self._vote_after) + self.settings.election_timeout[1]
+            self._election_at = min(self._election_at, fallback + self._timeout())
+        return actions
 
     def _may_vote(self, now: float, candidate: str) -> bool:
         if self._amnesiac or now < self._vote_after:
@@ -674,7 +806,7 @@ class Lease:
                     reason,
                 )
                 actions.append(Send(message.candidate, refusal))
-            case RenewRequest():
+            case RenewRequest() | Release():
                 refusal = RenewReply(
                     self.term, self.node_id, False, message.round, self.digest, "voter sets differ"
                 )

@@ -186,7 +186,7 @@ class MeshHandlers:
         sender: str,
         field: str,
         caller: Caller,
-        message: core_lease.VoteRequest | core_lease.RenewRequest,
+        message: core_lease.VoteRequest | core_lease.RenewRequest | core_lease.Release,
     ) -> core_lease.Message | None:
         """Hand a lease request to the driver once its sender is checked: a configured
         candidate, the one the certificate names (mTLS) and the caller's own name, with a
@@ -513,6 +513,8 @@ class MeshHandlers:
             return await self._forward(target, methods.DRAIN, pb.NodeRequest(node_id=target))
         already = mesh.local.draining
         mesh.local.draining = True
+        if mesh.lease is not None:  # a drained coordinator hands the lease over, if it has it
+            await mesh.lease.transfer()
         running = mesh.supervisor.active
         if not already:
             log.warning("draining (asked by %s): no new tasks; %d running", caller.node_id, running)

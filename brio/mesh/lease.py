@@ -14,6 +14,11 @@ store (``brio.store.witness.Witness``) instead of a peer, with the same timeout;
 fed back as a reply from the witness. A store that cannot answer is silence, as an unreachable
 peer is; after ``WITNESS_TROUBLE_AFTER`` failures in a row it is also a problem in /health.
 
+A graceful stop (SIGTERM, ``brio mesh drain``) calls ``transfer``: the primary work is cancelled
+and waited for, then the core's releases leave (``Renew`` with ``release`` set; the witness is
+not asked, its promise runs out), and the caller waits, at most ``TRANSFER_WAIT``, until a
+standby campaigns in a newer term (docs/lease.md, *Handing over on a graceful stop*).
+
 Incoming ``Vote`` and ``Renew`` requests are handled synchronously (``handle``): the core's
 actions run in order, the vote is written to disk (fsync + rename) before the reply is returned,
 and no other event can slip in between. Time is ``trio.current_time()``, the same monotonic
@@ -53,6 +58,8 @@ PROBLEM_CHECK_EVERY = 1.0
 REFUSAL_LOG_EVERY = 10.0
 #: Failed witness requests in a row (about two leases of renewals) before /health says so.
 WITNESS_TROUBLE_AFTER = 6
+#: How long a graceful stop waits for its primary work to end, then for a newer term.
+TRANSFER_WAIT = 1.0
 
 
 class LeaseTransport(Protocol):
@@ -105,6 +112,8 @@ class LeaseDriver:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._primary_scope: trio.CancelScope | None = None
+        self._primary_done: trio.Event | None = None  # set once that scope's work has ended
+        self._changed = trio.Event()  # set by every batch of actions: ``transfer`` waits on it
         self._mismatch_logged: dict[str, float] = {}
         self._refusal_logged: dict[tuple[str, str], tuple[float, int]] = {}
         self.max_term_jump = config.max_term_jump
@@ -212,7 +221,9 @@ class LeaseDriver:
             return None
         return self._execute(self.core.receive(trio.current_time(), sender, message), sender)
 
-    def may_send(self, sender: str, message: core.VoteRequest | core.RenewRequest) -> bool:
+    def may_send(
+        self, sender: str, message: core.VoteRequest | core.RenewRequest | core.Release
+    ) -> bool:
         """Whether ``sender`` may send this request at all: a renewal or a vote request from
         a configured candidate (a coordinator), a pre-vote also from a voter (a node that lost
         its vote record asks every voter for its term that way; a pre-vote changes nothing)."""
@@ -258,6 +269,49 @@ class LeaseDriver:
             more,
         )
 
+    async def transfer(self, timeout: float = TRANSFER_WAIT) -> None:
+        """Hand the lease over before this node stops (SIGTERM, ``brio mesh drain``).
+
+        A coordinator campaigns no more from here on. A primary steps down, waits for its
+        primary work to end (the voters may vote for a successor as soon as the releases
+        arrive, and the fence stays as it is), then sends the releases, and waits until a
+        standby campaigns in a newer term: at most ``timeout`` in all. Without an answer the
+        standbys take over as after a crash, once the promises run out."""
+        lease = self.core
+        if lease is None or self._nursery is None:
+            return
+        started = trio.current_time()
+        was_primary = lease.role is core.Role.PRIMARY
+        epoch = lease.term
+        actions = lease.transfer(started, self.candidates - {self.node_id})
+        self._execute([a for a in actions if not isinstance(a, core.Send)])
+        if not was_primary:
+            return
+        deadline = started + timeout
+        done = self._primary_done
+        if done is not None:
+            with trio.move_on_at(deadline):
+                await done.wait()
+        self._execute([a for a in actions if isinstance(a, core.Send)])
+        while lease.term == epoch and trio.current_time() < deadline:
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+            self._changed = trio.Event()
+        took = trio.current_time() - started
+        if lease.term > epoch:
+            log.warning(
+                "lease: handed over epoch %d; a standby campaigns for epoch %d (%.3f s)",
+                epoch,
+                lease.term,
+                took,
+            )
+        else:
+            log.warning(
+                "lease: released epoch %d; no standby campaigned within %.1f s",
+                epoch,
+                timeout,
+            )
+
     # --- actions --------------------------------------------------------------------------
 
     def _execute(
@@ -287,6 +341,7 @@ class LeaseDriver:
                 case core.DigestMismatch(peer, theirs, ours):
                     self._log_mismatch(peer, theirs, ours)
         self._wake.set()
+        self._changed.set()
         return reply
 
     def _deadline(self, until: float) -> float:
@@ -297,7 +352,8 @@ class LeaseDriver:
             return
         scope = trio.CancelScope(deadline=self._deadline(until))
         self._primary_scope = scope
-        self._nursery.start_soon(self._run_primary, epoch, scope)
+        done = self._primary_done = trio.Event()
+        self._nursery.start_soon(self._run_primary, epoch, scope, done)
 
     def _extend_primary(self, epoch: int, until: float) -> None:
         scope = self._primary_scope
@@ -306,7 +362,13 @@ class LeaseDriver:
         else:  # the work stopped at its deadline, but a late renewal kept the lease
             self._start_primary(epoch, until)
 
-    async def _run_primary(self, epoch: int, scope: trio.CancelScope) -> None:
+    async def _run_primary(self, epoch: int, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            await self._primary_body(epoch, scope)
+        finally:
+            done.set()
+
+    async def _primary_body(self, epoch: int, scope: trio.CancelScope) -> None:
         assert self._primary_work is not None
         with scope:
             try:
@@ -352,6 +414,7 @@ class LeaseDriver:
     async def _ask_witness(self, message: core.Message) -> None:
         """A request to the store's witness voter: one statement, within the lease call
         timeout; its answer is a reply from ``WITNESS_ID``, its failure silence."""
+        # A release is not asked of the witness: its promise runs out (docs/lease.md).
         if self.witness is None or not isinstance(message, core.VoteRequest | core.RenewRequest):
             return
         answer = None
@@ -443,7 +506,7 @@ def _sender(message: core.Message) -> str:
     match message:
         case core.VoteRequest():
             return message.candidate
-        case core.RenewRequest():
+        case core.RenewRequest() | core.Release():
             return message.leader
         case core.VoteReply() | core.RenewReply():
             return message.voter
@@ -468,6 +531,16 @@ def _to_pb(message: core.Message) -> tuple[Method, Any]:
                 voters_digest=message.voters_digest,
             )
             return methods.RENEW, renew
+        case core.Release():
+            release = pb.LeaseRenewRequest(
+                term=message.term,
+                leader=message.leader,
+                round=message.round,
+                voters_digest=message.voters_digest,
+                release=True,
+                successor=message.successor,
+            )
+            return methods.RENEW, release
     raise TypeError(f"{type(message).__name__} is not a request")
 
 
@@ -475,7 +548,9 @@ def vote_request_from(m: pb.LeaseVoteRequest) -> core.VoteRequest:
     return core.VoteRequest(m.term, m.candidate, m.pre_vote, m.round, m.voters_digest)
 
 
-def renew_request_from(m: pb.LeaseRenewRequest) -> core.RenewRequest:
+def renew_request_from(m: pb.LeaseRenewRequest) -> core.RenewRequest | core.Release:
+    if m.release:
+        return core.Release(m.term, m.leader, m.round, m.voters_digest, m.successor)
     return core.RenewRequest(m.term, m.leader, m.round, m.voters_digest)
 
 

@@ -24,7 +24,8 @@ The supervisor starts after http, not before as in DESIGN.md's picture: a start 
 (the HTTP port is taken, say) must not have run any agent.
 
 Shutdown (on a signal, or once ``brio mesh leave`` has said goodbye to the peers: the mesh's
-``leave_requested``) is ordered: stop taking tasks and close the HTTP listeners, let running agents
+``leave_requested``) is ordered: stop taking tasks and close the HTTP listeners, hand the lease
+to a standby if this node is primary (``LeaseDriver.transfer``), let running agents
 finish within ``server.shutdown_grace`` (the mesh stays up meanwhile, so their events still
 reach the coordinators), close the WebSockets, flush the last forwarded events, then stop
 every part in reverse order: the supervisor, http, the lease, ..., the mesh server (GOAWAY
@@ -206,6 +207,10 @@ async def _run(
             mesh.local.draining = True
         if http is not None:
             http.stop_accepting()
+        if mesh is not None and mesh.lease is not None:
+            # A primary hands the lease to a standby now (at most a second), rather than
+            # leave it to wait out the lease once this node is gone (docs/lease.md).
+            await mesh.lease.transfer()
         await supervisor.drain(config.server.shutdown_grace)
         websockets_closing.set()  # watchers have seen the last events; let them go
         if mesh is not None:

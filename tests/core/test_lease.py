@@ -1216,6 +1216,23 @@ class LeaseMachine(RuleBasedStateMachine):
         primary = next(n for n in nodes if self.nodes[n].role is PRIMARY)
         self.partition({nodes.index(primary)}, None)
 
+    @rule(node=NODE)
+    def transfer(self, node: int) -> None:
+        """A node is stopped gracefully: it hands the lease over (``Lease.transfer``)."""
+        node_id = self.pick(node)
+        self.handover(node_id)
+
+    @precondition(lambda self: any(n.role is PRIMARY for n in self.nodes.values()))
+    @rule()
+    def transfer_primary(self) -> None:
+        """The primary is stopped gracefully: every voter may give its promise back at once."""
+        self.handover(next(n for n, x in sorted(self.nodes.items()) if x.role is PRIMARY))
+
+    def handover(self, node_id: str) -> None:
+        event("transfer")
+        successors = self.candidates - {node_id}
+        self.carry_out(node_id, self.nodes[node_id].transfer(self.local(node_id), successors))
+
     @precondition(lambda self: bool(self.down))
     @rule()
     def heal(self) -> None:

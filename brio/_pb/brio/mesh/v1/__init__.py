@@ -250,6 +250,18 @@ class LeaseRenewRequest(betterproto2.Message):
     digest of the primary's voter set
     """
 
+    release: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    A graceful stop (leadership transfer): the primary has stepped down and gives back the
+    promise the receiver made it in this term; a node without this field renews instead,
+    which only makes the handover wait out the lease as before.
+    """
+
+    successor: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    With release: this node should campaign at once (Raft's TimeoutNow); empty: none.
+    """
+
 
 default_message_pool.register_message("brio.mesh.v1", "LeaseRenewRequest", LeaseRenewRequest)
 
@@ -778,7 +790,8 @@ class MeshStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "LeaseVoteReply":
         """
-        Coordinator lease (brio.core.lease): pre-vote and vote, and the primary's renewals.
+        Coordinator lease (brio.core.lease): pre-vote and vote, and the primary's renewals
+        (and, with release set, its handover on a graceful stop).
         """
 
         return await self._unary_unary(
@@ -970,7 +983,8 @@ class MeshBase(betterproto2_grpclib.ServiceBase):
 
     async def vote(self, message: "LeaseVoteRequest") -> "LeaseVoteReply":
         """
-        Coordinator lease (brio.core.lease): pre-vote and vote, and the primary's renewals.
+        Coordinator lease (brio.core.lease): pre-vote and vote, and the primary's renewals
+        (and, with release set, its handover on a graceful stop).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
