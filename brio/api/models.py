@@ -21,6 +21,7 @@ from typing_extensions import TypeAliasType
 from brio.agents.registry import RegisteredAgent
 from brio.core.tasks import TaskStatus
 from brio.store.base import MAX_CREATE_BATCH, MessageRecord, SessionRecord, TaskRecord
+from brio.tasks.events import EVENT_TYPES, EventType
 from brio.tasks.service import task_json
 
 REF = "#/components/schemas/{model}"
@@ -391,3 +392,15 @@ class WsSubscribe(BaseModel):
     tasks: list[WsId] = Field(default_factory=list, max_length=1000)
     sessions: list[WsId] = Field(default_factory=list, max_length=1000)
     all: bool = False
+    types: list[EventType] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(EVENT_TYPES),
+        description="event types: subscribe receives only these from now on, unsubscribe "
+        "stops these; absent: unchanged (at first, every type)",
+    )
+    coalesce: bool | None = Field(
+        default=None,
+        description="true: several events per frame, as {type: events, events: [...]}; "
+        "absent: unchanged (at first, one event per frame)",
+    )

@@ -5,6 +5,10 @@ the order they were published. A subscriber that falls behind by more than its b
 number of events, and a number of bytes: one event may carry a large prompt or result) is cut
 off (its stream ends with ``overflowed`` set) rather than slowing the node down or filling
 its memory.
+
+The bytes are the bound that matters for memory; the count is set far above what the
+largest batch publishes at once (``SUBSCRIBER_MAX_EVENTS``), so that a subscriber that reads
+is never cut off by one ``POST /api/tasks:batch``, only one that stops reading.
 """
 
 from __future__ import annotations
@@ -16,11 +20,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal, get_args
 
 import trio
 
-EVENT_TYPES = ("task_created", "task_update", "task_output", "task_completed")
+from brio.store.base import MAX_CREATE_BATCH
+
+EventType = Literal["task_created", "task_update", "task_output", "task_completed"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+
+SUBSCRIBER_MAX_EVENTS = 20 * MAX_CREATE_BATCH
+"""Unread events a subscriber may hold by default. One batch of ``MAX_CREATE_BATCH`` tasks
+publishes its ``task_created`` events at once and, when the node has the slots, as many
+``task_update`` right after; an ``echo`` task makes five events in all, so the whole batch
+is 5,000. Four times that leaves room for batches back to back, while a client that stopped
+reading is still cut off within seconds of a busy node's events."""
+
+SUBSCRIBER_MAX_BYTES = 16 << 20
+"""Unread bytes (of the events' JSON text) a subscriber may hold by default: the bound on
+its memory. The largest batch body (``[server] max_body_bytes``, 1 MiB by default) comes back
+as at most about three times its size (prompt in ``task_created``, chunk and result)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,9 @@ class Event:
 
     @cached_property
     def text(self) -> str:
-        """The JSON text sent to clients, made once however many subscribers there are."""
+        """The JSON text sent to clients, made once however many subscribers there are.
+
+        ASCII (``json.dumps`` escapes the rest), so its length is its size in bytes."""
         return json.dumps(self.to_json())
 
 
@@ -60,10 +81,13 @@ class Subscription:
     everything: bool = False
     task_ids: set[str] = field(default_factory=set)
     session_ids: set[str] = field(default_factory=set)
+    types: frozenset[str] = frozenset(EVENT_TYPES)  # of the events above, the kinds it wants
     overflowed: bool = False
 
     def wants(self, event: Event) -> bool:
-        return (
+        """Checked before the event is serialised or queued: an event no subscriber wants
+        costs no JSON, and one this subscriber does not want takes none of its buffer."""
+        return event.type in self.types and (
             self.everything
             or event.task_id in self.task_ids
             or (event.session_id is not None and event.session_id in self.session_ids)
@@ -80,7 +104,14 @@ class EventBus:
         self._seq = itertools.count(1)
 
     @contextmanager
-    def subscribe(self, buffer: int = 1000, max_bytes: int = 16 << 20) -> Iterator[Subscription]:
+    def subscribe(
+        self, buffer: int | None = None, max_bytes: int | None = None
+    ) -> Iterator[Subscription]:
+        """A subscription to nothing yet, held until the block ends. ``buffer`` and
+        ``max_bytes`` (unread events, and their bytes) default to ``SUBSCRIBER_MAX_EVENTS``
+        and ``SUBSCRIBER_MAX_BYTES`` as they are when called."""
+        buffer = SUBSCRIBER_MAX_EVENTS if buffer is None else buffer
+        max_bytes = SUBSCRIBER_MAX_BYTES if max_bytes is None else max_bytes
         send, receive = trio.open_memory_channel[Event](buffer)
         sub = Subscription(receive=receive, _send=send, max_bytes=max_bytes)
         self._subscribers.add(sub)

@@ -12,6 +12,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from brio.node.root import run_node
+from brio.tasks.events import EVENT_TYPES
 from tests.nodes import Node, node_config, running_node
 
 
@@ -67,7 +68,14 @@ async def test_task_and_session_filters(node: Node) -> None:
         other = await node.submit(agent="sleep", prompt="", input={"ms": 60_000})
         await node.wait_for(other["id"], ("running",))
         ack = await subscribe(by_task, tasks=[other["id"]])
-        assert ack == {"type": "subscribed", "all": False, "tasks": 1, "sessions": 0}
+        assert ack == {
+            "type": "subscribed",
+            "all": False,
+            "tasks": 1,
+            "sessions": 0,
+            "types": list(EVENT_TYPES),
+            "coalesce": False,
+        }
         mine = await node.submit(agent="echo", prompt="mine", session_id=session["id"])
         got = await events_until_completed(by_session, mine["id"])
         assert {e["task_id"] for e in got} == {mine["id"]}  # nothing of the other task

@@ -54,11 +54,16 @@ async def test_replies_acknowledge_without_echoing(node: Node) -> None:
             sent += len(text)
             received += len(reply)
             ack = json.loads(reply)
-            assert ack == {"type": "subscribed", "all": False, "tasks": 50 * (n + 1), "sessions": 0}
+            assert (ack["type"], ack["all"], ack["tasks"], ack["sessions"]) == (
+                "subscribed",
+                False,
+                50 * (n + 1),
+                0,
+            )
         ack = await subscribe(ws, action="unsubscribe", tasks=ids)
     assert ack["tasks"] == 4950
     assert sent > 1_000_000
-    assert received < 100 * 100, (sent, received)  # under 100 bytes a reply
+    assert received < 100 * 200, (sent, received)  # under 200 bytes a reply, however many ids
 
 
 async def test_a_client_over_its_receive_budget_is_closed(

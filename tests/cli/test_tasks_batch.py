@@ -17,6 +17,7 @@ from brio.agents.base import AgentContext
 from brio.api.models import MAX_BATCH, WsSubscribe
 from brio.cli.errors import CliError
 from brio.cli.tasks_cmd import BATCH_SIZE, SUBSCRIBE_CHUNK, _watch, read_batch
+from brio.tasks.events import SUBSCRIBER_MAX_EVENTS
 from tests.nodes import node_config, running_node
 from tests.system.nodeproc import start_node_on_free_port
 
@@ -129,7 +130,7 @@ async def chatty(ctx: AgentContext) -> str:
     return "done"
 
 
-BURST = 1500  # more than the node's 1000 unread events per subscriber
+BURST = SUBSCRIBER_MAX_EVENTS + 500  # more than the node's unread events per subscriber
 
 
 async def test_watch_subscribes_again_after_being_cut_off_as_a_slow_consumer(

@@ -4,7 +4,8 @@ import json
 
 import trio
 
-from brio.tasks.events import Event, EventBus, Subscription
+from brio.store.base import MAX_CREATE_BATCH
+from brio.tasks.events import EVENT_TYPES, SUBSCRIBER_MAX_EVENTS, Event, EventBus, Subscription
 
 
 async def test_subscribers_get_only_what_they_asked_for_in_order() -> None:
@@ -63,3 +64,40 @@ async def test_a_subscriber_is_cut_off_by_bytes_too() -> None:
         bus.publish("task_created", "t", None, {"prompt": "x" * 4000})
         assert sub.overflowed
         assert json.loads(first.text)["data"]["prompt"] == "x" * 4000
+
+
+async def test_the_default_bounds_hold_the_largest_batch_but_not_a_reader_that_stopped() -> None:
+    """A batch of MAX_CREATE_BATCH echo tasks makes five events a task; the old 1000-event
+    buffer cut a subscriber off within the first batch's task_created events."""
+    bus = EventBus()
+    with bus.subscribe() as reader:
+        reader.everything = True
+        for kind in ["task_created", "task_update", "task_update", "task_output"]:
+            for i in range(MAX_CREATE_BATCH):
+                bus.publish(kind, f"t{i}", None, {"status": "queued", "prompt": f"p{i}"})
+        for i in range(MAX_CREATE_BATCH):
+            bus.publish("task_completed", f"t{i}", None, {"status": "succeeded"})
+        assert not reader.overflowed
+        got = [reader.receive.receive_nowait() for _ in range(5 * MAX_CREATE_BATCH)]
+        assert [e.seq for e in got] == sorted(e.seq for e in got)
+        assert got[0].type == "task_created" and got[-1].type == "task_completed"
+    with bus.subscribe() as stopped:
+        stopped.everything = True
+        for i in range(SUBSCRIBER_MAX_EVENTS):
+            bus.publish("task_output", "t", None, {"index": i})
+        assert not stopped.overflowed
+        bus.publish("task_output", "t", None, {"index": SUBSCRIBER_MAX_EVENTS})
+        assert stopped.overflowed
+
+
+async def test_a_type_filter_drops_events_before_they_are_serialised_or_queued() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=1) as completions:
+        completions.everything = True
+        completions.types = frozenset({"task_completed"})
+        skipped = [bus.publish(kind, "t", None, {}) for kind in EVENT_TYPES[:3]]
+        assert all("text" not in e.__dict__ for e in skipped)  # never made into JSON
+        done = bus.publish("task_completed", "t", None, {"status": "succeeded"})
+        assert not completions.overflowed  # a buffer of one held the only wanted event
+        assert completions.receive.receive_nowait() is done
+        assert completions.pending_bytes == len(done.text)

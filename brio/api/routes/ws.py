@@ -20,9 +20,17 @@ from brio.api.errors import ApiError
 from brio.api.inputs import parse_json_object, validate
 from brio.api.origins import OriginPolicy
 from brio.api.routing import Reply, Router, json_response
-from brio.tasks.events import Subscription
+from brio.tasks.events import EVENT_TYPES, Event, Subscription
 
 MAX_SUBSCRIBED_IDS = 10_000
+
+TAKE_MAX_EVENTS = 1000
+"""Queued events taken off the subscription at once: they are sent before the next wait, and
+they keep counting towards the subscription's bytes until they are."""
+
+FRAME_MAX_BYTES = 256 * 1024
+"""Event text per frame of a ``coalesce`` connection (one larger event goes alone): under the
+1 MiB a frame common clients (trio-websocket, websockets) accept by default."""
 
 BUDGET_WINDOW = 10.0
 """Seconds of the window the per-connection byte budgets below are counted over."""
@@ -107,12 +115,15 @@ class _Connection:
     sent: _Budget = field(default_factory=lambda: _Budget("sent", BUDGET_OUT_BYTES))
     done: trio.CancelScope = field(default_factory=trio.CancelScope)
     closing: bool = False
+    coalesce: bool = False  # the client asked for several events per frame
 
     async def send(self, text: str) -> bool:
-        """Send unless that overspends the sending budget (then close); False once closed."""
+        """Send unless that overspends the sending budget (then close); False once closed.
+
+        ``text`` is ASCII (``json.dumps`` output), so its length is its size in bytes."""
         if self.closing:
             return False
-        if not self.sent.spend(len(text.encode())):
+        if not self.sent.spend(len(text)):
             await self.over_budget(self.sent)
             return False
         await websocket.send(text)
@@ -147,15 +158,64 @@ async def _close_on_shutdown(stopping: trio.Event, done: trio.CancelScope) -> No
 
 
 async def _forward_events(conn: _Connection, sub: Subscription) -> None:
-    async for event in sub.receive:
-        sub.delivered(event)
-        if not await conn.send(event.text):
+    """Send the subscription's events until it ends, then close if it overflowed.
+
+    Each wait takes every event already queued (up to ``TAKE_MAX_EVENTS``) and sends them
+    before waiting again, rather than one wait per event; a ``coalesce`` connection gets them
+    in as few frames as ``FRAME_MAX_BYTES`` allows. The events count towards the
+    subscription's bytes until they are sent."""
+    while True:
+        try:
+            events = await _take(sub)
+        except trio.EndOfChannel:
+            break
+        sent = await (_send_coalesced if conn.coalesce else _send_each)(conn, events)
+        for event in events:
+            sub.delivered(event)
+        if not sent:
             return
     if sub.overflowed:
         await conn.close_with_error(
             "slow_consumer", "too many unread events", None, 1008, "slow consumer"
         )
     conn.done.cancel()
+
+
+async def _take(sub: Subscription) -> list[Event]:
+    """Wait for one event, then take those queued behind it; EndOfChannel once it ended."""
+    events = [await sub.receive.receive()]
+    while len(events) < TAKE_MAX_EVENTS:
+        try:
+            events.append(sub.receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):  # the end is raised by the next wait
+            break
+    return events
+
+
+async def _send_each(conn: _Connection, events: list[Event]) -> bool:
+    for event in events:
+        if not await conn.send(event.text):
+            return False
+    return True
+
+
+async def _send_coalesced(conn: _Connection, events: list[Event]) -> bool:
+    """Frames of ``{"type": "events", "events": [...]}``, joined from each event's text
+    (never serialised again), in order."""
+    frame: list[str] = []
+    size = 0
+    for event in events:
+        if frame and size + len(event.text) > FRAME_MAX_BYTES:
+            if not await conn.send(_events_frame(frame)):
+                return False
+            frame, size = [], 0
+        frame.append(event.text)
+        size += len(event.text) + 2
+    return await conn.send(_events_frame(frame))
+
+
+def _events_frame(texts: list[str]) -> str:
+    return '{"type": "events", "events": [' + ", ".join(texts) + "]}"
 
 
 async def _read_subscriptions(conn: _Connection, sub: Subscription, max_bytes: int) -> None:
@@ -180,14 +240,15 @@ async def _read_subscriptions(conn: _Connection, sub: Subscription, max_bytes: i
             if not await conn.send(json.dumps({"type": "error", **exc.body()})):
                 return
             continue
-        reply = _apply(sub, msg)
+        reply = _apply(conn, sub, msg)
         if not await conn.send(json.dumps(reply)):
             return
 
 
-def _apply(sub: Subscription, msg: models.WsSubscribe) -> dict[str, Any]:
+def _apply(conn: _Connection, sub: Subscription, msg: models.WsSubscribe) -> dict[str, Any]:
     """Change the subscription; the reply counts what it holds (never echoes it: a reply as
-    large as the subscription would let small messages ask for large answers)."""
+    large as the subscription would let small messages ask for large answers). Its ``types``
+    are at most the four event types, so those are listed."""
     if msg.action == "subscribe":
         wanted = len(sub.task_ids | set(msg.tasks)) + len(sub.session_ids | set(msg.sessions))
         if wanted > MAX_SUBSCRIBED_IDS:
@@ -199,14 +260,22 @@ def _apply(sub: Subscription, msg: models.WsSubscribe) -> dict[str, Any]:
         sub.everything = sub.everything or msg.all
         sub.task_ids.update(msg.tasks)
         sub.session_ids.update(msg.sessions)
+        if msg.types is not None:
+            sub.types = frozenset(msg.types)
     else:
         if msg.all:
             sub.everything = False
         sub.task_ids.difference_update(msg.tasks)
         sub.session_ids.difference_update(msg.sessions)
+        if msg.types is not None:
+            sub.types = sub.types - set(msg.types)
+    if msg.coalesce is not None:
+        conn.coalesce = msg.coalesce
     return {
         "type": "subscribed",
         "all": sub.everything,
         "tasks": len(sub.task_ids),
         "sessions": len(sub.session_ids),
+        "types": [t for t in EVENT_TYPES if t in sub.types],
+        "coalesce": conn.coalesce,
     }
