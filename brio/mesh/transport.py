@@ -14,6 +14,9 @@ grpclib lives on asyncio and the node on trio; everything here is entered throug
   Undecodable protobuf is ``INVALID_ARGUMENT``; nothing a client sends raises past a handler.
 - ``close()`` sends GOAWAY and closes every accepted connection: grpclib 0.4.9's own close
   leaves them open, and handlers kept starting after it (STACK-NOTES).
+- A request whose deadline has (all but) passed on arrival is answered DEADLINE_EXCEEDED
+  without running its handler; grpclib would answer UNKNOWN and log a traceback
+  (``_Handler``, ``_DeadlineLogFilter``).
 - Client calls always carry a deadline; every failure (refused, timed out, TLS, a gRPC
   status, a broken stream) comes out as one exception type, ``MeshCallError``.
 """
@@ -27,6 +30,7 @@ import errno
 import functools
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import logging
 import math
@@ -44,13 +48,16 @@ from typing import Any, Literal, TypeVar
 import betterproto2
 import grpclib.const
 import grpclib.exceptions
+import grpclib.protocol
 import grpclib.server
+import grpclib.utils
 import h2.events
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
+from grpclib.metadata import Deadline
 from grpclib.protocol import H2Protocol
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError as H2ProtocolError
@@ -490,6 +497,115 @@ class _TLSAcceptor(asyncio.Protocol):
         tls.connection_made(transport)
 
 
+#: Time a request must have left on arrival to be run at all: one with less (a client that
+#: sent its last microseconds) could not get an answer back in time anyway.
+MIN_TIME_TO_SERVE = 0.001
+
+
+class _Handler(grpclib.server.Handler):
+    """grpclib's per-connection handler, answering DEADLINE_EXCEEDED itself to a request that
+    arrives with less than ``MIN_TIME_TO_SERVE`` left.
+
+    grpclib's ``request_handler`` reads ``grpc-timeout``, then starts its deadline timer;
+    when nothing is left by then (a ``0n``, a few ``u``, or a stall between the two), the
+    timer's ``DeadlineWrapper.start`` raises TimeoutError outside any handler, which grpclib
+    answers UNKNOWN "Internal Server Error" and logs at ERROR with a traceback.
+    """
+
+    def accept(
+        self,
+        stream: grpclib.protocol.Stream,
+        headers: list[tuple[str, str]],
+        release_stream: Callable[[], Any],
+    ) -> None:
+        try:
+            deadline = Deadline.from_headers(headers)
+        except ValueError:
+            deadline = None  # a malformed grpc-timeout: grpclib refuses it itself
+        if deadline is None or deadline.time_remaining() >= MIN_TIME_TO_SERVE:
+            super().accept(stream, headers, release_stream)
+            return
+        self.__gc_step__()
+        # tracked like grpclib's own tasks: cancel() on a client's reset, close() at stop
+        self._tasks[stream] = self.loop.create_task(_expired(stream, headers, release_stream))
+
+
+async def _expired(
+    stream: grpclib.protocol.Stream,
+    headers: list[tuple[str, str]],
+    release_stream: Callable[[], Any],
+) -> None:
+    """Answer a request that arrived past its deadline, as grpclib answers one it refuses."""
+    got = dict(headers)
+    log.info(
+        "answered DEADLINE_EXCEEDED to a mesh request to %s: it arrived with grpc-timeout %s",
+        got.get(":path"),
+        got.get("grpc-timeout"),
+    )
+    try:
+        await stream.send_headers(
+            [
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("grpc-status", str(Status.DEADLINE_EXCEEDED.value)),
+                ("grpc-message", "Deadline exceeded"),
+            ],
+            end_stream=True,
+        )
+        if stream.closable:
+            stream.reset_nowait()  # the request's body, if still coming, is not wanted
+    except (H2ProtocolError, grpclib.exceptions.ProtocolError, ConnectionError) as exc:
+        log.debug("could not answer an expired mesh request: %s", exc)
+    finally:
+        release_stream()
+
+
+class _DeadlineLogFilter(logging.Filter):
+    """Rewrite grpclib's ``log.exception('Timeout occurred')`` for a deadline that passed
+    before its timer started (the race ``_Handler`` narrows but cannot close: the process may
+    stall between grpclib's two lines) into one INFO line without a traceback.
+
+    Only that record: grpclib logs the same message for a TimeoutError raised inside a
+    handler, a real error whose traceback stays, and its other errors pass untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _deadline_passed_on_arrival(record):
+            return True
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        record.msg = (
+            "a mesh request's deadline passed before grpclib started its timer; "
+            "grpclib answered UNKNOWN without running the handler"
+        )
+        record.args = ()
+        record.exc_info = record.exc_text = None
+        # the logger let it through as an ERROR: drop it if INFO is not wanted
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+def _deadline_passed_on_arrival(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is grpclib's 'Timeout occurred' for ``DeadlineWrapper.start``."""
+    if record.msg != "Timeout occurred" or not record.exc_info:
+        return False
+    exc = record.exc_info[1]
+    if not isinstance(exc, TimeoutError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code is _DEADLINE_START
+
+
+#: The code that raises when no time is left (``start`` is a ``contextmanager``: unwrapped).
+_DEADLINE_START = typing.cast(
+    types.FunctionType, inspect.unwrap(grpclib.utils.DeadlineWrapper.start)
+).__code__
+
+
+#: One, stateless: adding it again (a second listener in the process) is a no-op.
+_DEADLINE_LOG_FILTER = _DeadlineLogFilter()
+
+
 class MeshServer(grpclib.server.Server):
     def __init__(
         self, handlers: Iterable[Any], *, allowed: Networks, stats: TransportStats
@@ -506,7 +622,7 @@ class MeshServer(grpclib.server.Server):
 
     def _protocol_factory(self) -> H2Protocol:
         self.__gc_step__()
-        handler = grpclib.server.Handler(
+        handler = _Handler(
             self._mapping, self._codec, self._status_details_codec, self.__dispatch__
         )
         return _GuardedProtocol(self, handler, self._config, self._h2_config)
@@ -802,6 +918,7 @@ async def start_server(
 ) -> tuple[MeshServer, str]:
     """Start listening (inside ``aio.open_loop()``); return the server and its bound host:port."""
     host, port = split_host_port(listen_addr, allow_port_zero=True)
+    logging.getLogger("grpclib.server").addFilter(_DEADLINE_LOG_FILTER)
 
     async def start() -> tuple[MeshServer, str]:
         server = MeshServer(services, allowed=allowed, stats=stats)
