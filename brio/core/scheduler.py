@@ -12,9 +12,12 @@ A task with no candidate gets a ``Wait`` whose reason names the first filter tha
 nothing, so the operator sees why; nothing is dropped: every queued task comes back exactly
 once, assigned or waiting. The walk is greedy: capacity only shrinks during a plan, so a task
 waiting for room is never overtaken by a later task (of any agent) on a node it could have
-used; it may be by tasks that go to nodes it cannot use. Greedy is not an optimal matching: a
-high-priority task may take the one node a later task could use while another node would have
-done for it. Fairness first; a better packing is not worth a harder rule to explain.
+used; it may be by tasks that go to nodes it cannot use. The same holds across the plans of
+consecutive pages of the queue when each page's plan gets the loads that the pages before it
+left (what the driver does): it is the same walk, cut in pieces. Greedy is not an optimal
+matching: a high-priority task may take the one node a later task could use while another
+node would have done for it. Fairness first; a better packing is not worth a harder rule to
+explain.
 
 Choices:
 
@@ -184,6 +187,18 @@ class Scheduler:
                 added[decision] += 1
                 result.assignments.append(Assign(task.task_id, decision, task.attempt))
         return result
+
+    def room(self, nodes: Iterable[Candidate]) -> int:
+        """Free slots summed over the nodes that take tasks at all: healthy, not draining,
+        and not a coordinator when coordinators do not run agents. An upper bound on what
+        one plan can place on ``nodes`` (the driver reads no more of the queue than this and
+        a margin); weight 0 still counts, since a pinned task skips the balancer."""
+        skip_coordinators = not self._settings.coordinators_run_agents
+        return sum(
+            max(0, n.capacity - n.load)
+            for n in nodes
+            if n.healthy and not n.draining and not (skip_coordinators and n.role == "coordinator")
+        )
 
     def node_down(self, node_id: str, now: float) -> None:
         """Forget session stickiness to a node that failed or left (its sessions move)."""

@@ -230,8 +230,11 @@ class Store(Protocol):
     async def count_tasks(self, status: TaskStatus) -> int: ...
 
     # the scheduler (the primary) and the workers it assigns to
-    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
-        """The first ``limit`` queued tasks, priority first, then age."""
+    async def queued_tasks(
+        self, limit: int, after: tuple[int, int] | None = None
+    ) -> list[QueuedRecord]:
+        """The first ``limit`` queued tasks, priority first, then age; with ``after`` (the
+        ``(priority, seq)`` of the last task of a page read before), those that follow it."""
 
     async def node_loads(self) -> dict[str, int]:
         """Tasks assigned to or running on each node."""

@@ -347,8 +347,13 @@ class PostgresStore:
 
     # the scheduler
 
-    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
-        sql, args = SQL.queued_tasks.bind(limit=limit)
+    async def queued_tasks(
+        self, limit: int, after: tuple[int, int] | None = None
+    ) -> list[QueuedRecord]:
+        if after is None:
+            sql, args = SQL.queued_tasks.bind(limit=limit)
+        else:
+            sql, args = SQL.queued_tasks_after.bind(limit=limit, priority=after[0], seq=after[1])
         return [queued_record(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
 
     async def node_loads(self) -> dict[str, int]:

@@ -368,6 +368,14 @@ class Statements:
             "SELECT id, agent, attempt, priority, seq, session_id, target_node FROM tasks"
             " WHERE status = 'queued' ORDER BY priority DESC, seq ASC LIMIT :limit"
         )
+        # the next page of the same order, after the last task of the page before (a key,
+        # not an offset: a task queued or placed meanwhile neither repeats nor hides one)
+        self.queued_tasks_after = q(
+            "SELECT id, agent, attempt, priority, seq, session_id, target_node FROM tasks"
+            " WHERE status = 'queued'"
+            " AND (priority < :priority OR (priority = :priority AND seq > :seq))"
+            " ORDER BY priority DESC, seq ASC LIMIT :limit"
+        )
         self.node_loads = q(
             "SELECT node_id, COUNT(*) AS load FROM tasks"
             f" WHERE status IN {sql_in(predecessors(TaskStatus.QUEUED))}"

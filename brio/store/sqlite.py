@@ -554,8 +554,13 @@ class SQLiteStore:
 
     # the scheduler
 
-    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
-        stmt = SQL.queued_tasks.bind(limit=limit)
+    async def queued_tasks(
+        self, limit: int, after: tuple[int, int] | None = None
+    ) -> list[QueuedRecord]:
+        if after is None:
+            stmt = SQL.queued_tasks.bind(limit=limit)
+        else:
+            stmt = SQL.queued_tasks_after.bind(limit=limit, priority=after[0], seq=after[1])
         rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
         return [queued_record(row) for row in rows]
 

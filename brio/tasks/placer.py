@@ -8,23 +8,44 @@ itself. Each round:
 
 1. the tasks of nodes that are down (failed, removed) go back to the queue with
    ``attempt + 1``, in one fenced write, and their events say so;
-2. the first ``batch`` queued tasks and the load per node (two queries, sent at once) and the
-   live nodes (a ``NodeDirectory``) go into ``Scheduler.plan``;
+2. the head of the queue and the load per node (two queries, sent at once) and the live
+   nodes (a ``NodeDirectory``) go into ``Scheduler.plan``; the head is only about as long
+   as what could be placed (see below);
 3. the plan's assignments land in one write conditional on the fence (``FenceLost`` if it
    moved: a newer primary exists), and each node is told of its batch in one notice.
 
+How much of the queue a round reads: with a long queue and full nodes, each finished task
+wakes a round that can place one task, so reading (and planning) ``batch`` tasks each time
+would be almost all waste. The first page is the free room the nodes had when the last round
+ended (its read loads plus its assignments; a node not seen then counts as empty), plus one
+slot per ``slot_freed`` since, plus ``margin``, plus the tasks that the last round saw wait
+ahead of placeable ones (they are still at the head). The loads come with that page, so the
+room is then known: while the page was full and a node still has room, the next page (after
+the last one's key, at least twice as long) is read and planned with the loads the pages
+before it left, which is the same greedy walk as one plan of all of them (the scheduler's
+fairness holds). A round stops at the end of the queue, when no node has room, or after
+``batch`` tasks: a head of tasks that wait for a node that is not there costs pages, but
+does not starve the tasks behind it (within ``batch``, as before).
+
 A round runs when woken (``wake``: a submit here, a notice from another coordinator, a task
 put back in the queue, a change of a peer's state; ``slot_freed``: a task finished, which
-matters only while the last round left tasks waiting for room) and at least every ``poll``
-seconds; a full batch is followed at once by the next. Wakes that come while a round runs
-make one next round, so that a burst of submits is placed in a few rounds, not one each.
+matters only while the last round left tasks waiting for room, or unread) and at least every
+``poll`` seconds; a round that read ``batch`` tasks, placed some and still had room is
+followed at once by the next. Wakes that come while a round runs make one next round, so
+that a burst of submits is placed in a few rounds, not one each.
+
+No round is skipped on the estimate alone, even when it says every node is full: a freed
+slot always adds one (the finish may already be in the last round's read, but that cannot
+be told), and a cancel, or a finish whose forwarded event was lost, frees a slot with no
+notice at all, so the estimate is no upper bound; the loads are read in the same round trip
+as the first page anyway, and that page is then ``margin`` tasks or so.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -32,14 +53,22 @@ from typing import Protocol
 import trio
 
 from brio.config.model import BrioConfig
-from brio.core.scheduler import Candidate, QueuedTask, Scheduler, SchedulerSettings, Wait
+from brio.core.scheduler import (
+    Assign,
+    Candidate,
+    QueuedTask,
+    Scheduler,
+    SchedulerSettings,
+    Wait,
+)
 from brio.store.base import Assignment, FenceLost, QueuedRecord, Store, TaskRecord
 from brio.tasks.events import EventBus
 from brio.tasks.supervisor import publish_update
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+BATCH = 500  # at most this many queued tasks read and planned in one round
+MARGIN = 16  # read beyond the free room: tasks that wait for something else than room
 POLL = 1.0
 WAIT_LOG_EVERY = 60.0
 
@@ -84,20 +113,30 @@ class Placer:
         bus: EventBus,
         *,
         batch: int = BATCH,
+        margin: int = MARGIN,
         poll: float = POLL,
     ) -> None:
+        if batch < 1 or margin < 1:
+            raise ValueError(f"batch and margin must be >= 1, got {batch} and {margin}")
         self.store = store
         self.scheduler = scheduler
         self.directory = directory
         self.bus = bus
         self.batch = batch
+        self.margin = margin
         self.poll = poll
         self._wake = trio.Event()
         self._waits_logged: dict[str, float] = {}
         self.placed = 0  # assignments that landed, for status and tests
         self.redistributed = 0  # tasks put back from nodes that went down
-        self.waiting = 0  # queued tasks that no node could take in the last round
-        self._capacity_waits = 0  # of those, the ones that wait only for room
+        self.waiting = 0  # queued tasks that no node could take in the last round (of those read)
+        self.read = 0  # queued tasks read, over all rounds (for tests and status)
+        self._capacity_waits = 0  # of those waiting, the ones that wait only for room
+        self._unread = False  # the last round stopped before the end of the queue
+        # for the size of the next round's first page:
+        self._loads: dict[str, int] = {}  # per node, as the last round left them
+        self._freed = 0  # slot_freed calls since the last round's reads began
+        self._ahead = 0  # tasks the last round saw wait where they would wait again
 
     def wake(self) -> None:
         """Something changed (a task was queued, a node came or went): plan now."""
@@ -105,9 +144,11 @@ class Placer:
 
     def slot_freed(self) -> None:
         """A task finished somewhere: plan now only if the last round left tasks waiting for
-        room. A finish with nothing waiting would cost a round of store reads that can place
-        nothing; a task queued meanwhile wakes the placer itself."""
-        if self._capacity_waits:
+        room, or stopped reading the queue for want of room. A finish with nothing waiting
+        would cost a round of store reads that can place nothing; a task queued meanwhile
+        wakes the placer itself."""
+        self._freed += 1
+        if self._capacity_waits or self._unread:
             self._wake.set()
 
     async def run(self, epoch: int) -> None:
@@ -124,9 +165,12 @@ class Placer:
                     await self._wake.wait()
 
     async def round(self, epoch: int) -> bool:
-        """One round; True when the batch was full (more may wait)."""
+        """One round; True when it read ``batch`` tasks, placed some and room is left (more
+        may be placeable at once)."""
         now = trio.current_time()
-        loads, queued = await self._read()
+        freed, self._freed = self._freed, 0
+        limit = self._first_page(freed)
+        loads, page = await self._read(limit)
         t_read = trio.current_time()
         down = self.directory.down(set(loads))
         if down:
@@ -142,35 +186,41 @@ class Placer:
                 for task in back:
                     publish_update(self.bus, task, reason="its node is down")
                 # place them in this round: read the queue (and the loads) again
-                loads, queued = await self._read()
+                loads, page = await self._read(limit)
             for node_id in down:
                 self.scheduler.node_down(node_id, now)
-        if not queued:
-            self.waiting = self._capacity_waits = 0
-            return False
         nodes = [replace(c, load=loads.get(c.node_id, 0)) for c in self.directory.candidates()]
-        plan = self.scheduler.plan(
-            [
-                QueuedTask(
-                    task_id=q.id,
-                    agent=q.agent,
-                    attempt=q.attempt,
-                    priority=q.priority,
-                    seq=q.seq,
-                    session_id=q.session_id,
-                    target_node=q.target_node,
-                )
-                for q in queued
-            ],
-            nodes,
-            now,
-        )
-        self.waiting = len(plan.waits)
-        self._capacity_waits = plan.capacity_waits
-        self._log_waits(plan.waits, now)
+        assignments: list[Assign] = []
+        waits: list[Wait] = []
+        read = pages = 0
+        while True:
+            read += len(page)
+            pages += 1
+            if page:
+                plan = self.scheduler.plan([_queued(q) for q in page], nodes, now)
+                assignments += plan.assignments
+                waits += plan.waits
+                nodes = _with_added(nodes, plan.assignments)
+            unread = len(page) == limit  # a full page: more may follow
+            room = self.scheduler.room(nodes)
+            if not unread or room == 0 or read >= self.batch:
+                break
+            limit = min(self.batch - read, max(room + self.margin, 2 * limit))
+            last = page[-1]
+            page = await self.store.queued_tasks(limit, after=(last.priority, last.seq))
+        self.read += read
+        self.waiting = len(waits)
+        self._capacity_waits = sum(1 for wait in waits if wait.for_capacity)
+        self._unread = unread
+        self._loads = {n.node_id: n.load for n in nodes}
+        # With room left, every task that waited could use none of it, and will take a
+        # place in the next first page again; without, only those that wait for something
+        # other than room are sure to (the others may be placed as slots free).
+        self._ahead = len(waits) if room else len(waits) - self._capacity_waits
+        self._log_waits(waits, now)
         t_plan = trio.current_time()
-        if plan.assignments:
-            batch = [Assignment(a.task_id, a.attempt, a.node_id) for a in plan.assignments]
+        if assignments:
+            batch = [Assignment(a.task_id, a.attempt, a.node_id) for a in assignments]
             landed = await self.store.assign_tasks(epoch, batch)
             if not landed:
                 fence = await self.store.fence_epoch()
@@ -178,19 +228,31 @@ class Placer:
                     raise FenceLost(fence)
             self._tell(landed)
         log.debug(
-            "round: %d queued, %d placed, %d wait; read %.1f ms, plan %.1f ms, assign %.1f ms",
-            len(queued),
-            len(plan.assignments),
-            len(plan.waits),
+            "round: %d queued read in %d page(s), %d placed, %d wait; "
+            "read %.1f ms, plan %.1f ms, assign %.1f ms",
+            read,
+            pages,
+            len(assignments),
+            len(waits),
             (t_read - now) * 1e3,
             (t_plan - t_read) * 1e3,
             (trio.current_time() - t_plan) * 1e3,
         )
-        return len(queued) == self.batch and bool(plan.assignments)
+        return unread and read >= self.batch and room > 0 and bool(assignments)
 
-    async def _read(self) -> tuple[dict[str, int], list[QueuedRecord]]:
-        """The load per node and the head of the queue, read at once (two connections): a
-        round waits for one store round trip, not two."""
+    def _first_page(self, freed: int) -> int:
+        """How many queued tasks the round reads with the loads: the room the last round
+        left (a node it did not see counts as empty), ``freed`` slots, the tasks that waited
+        ahead, and the margin; never more than ``batch``."""
+        known = [
+            replace(c, load=self._loads.get(c.node_id, 0)) for c in self.directory.candidates()
+        ]
+        room = self.scheduler.room(known)
+        return min(self.batch, room + freed + self._ahead + self.margin)
+
+    async def _read(self, limit: int) -> tuple[dict[str, int], list[QueuedRecord]]:
+        """The load per node and the first ``limit`` queued tasks, read at once (two
+        connections): a round waits for one store round trip, not two."""
         loads: dict[str, int] = {}
         queued: list[QueuedRecord] = []
 
@@ -201,7 +263,7 @@ class Placer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_loads)
-                queued = await self.store.queued_tasks(self.batch)
+                queued = await self.store.queued_tasks(limit)
         except BaseExceptionGroup as group:
             # the store's own error (or the cancellation), as a read one after the other
             # would raise it: callers catch StoreError and FenceLost, not groups
@@ -229,3 +291,21 @@ class Placer:
         if len(self._waits_logged) > 10 * self.batch:  # bounded: forget the oldest half
             for key in list(self._waits_logged)[: len(self._waits_logged) // 2]:
                 del self._waits_logged[key]
+
+
+def _queued(q: QueuedRecord) -> QueuedTask:
+    return QueuedTask(
+        task_id=q.id,
+        agent=q.agent,
+        attempt=q.attempt,
+        priority=q.priority,
+        seq=q.seq,
+        session_id=q.session_id,
+        target_node=q.target_node,
+    )
+
+
+def _with_added(nodes: list[Candidate], assignments: Sequence[Assign]) -> list[Candidate]:
+    """``nodes`` with the load of ``assignments`` added: what the next page is planned on."""
+    added = Counter(a.node_id for a in assignments)
+    return [replace(n, load=n.load + added[n.node_id]) if n.node_id in added else n for n in nodes]

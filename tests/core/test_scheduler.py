@@ -587,3 +587,39 @@ def test_round_robin_spreads_n_tasks_over_k_nodes_within_one(k: int, n: int) -> 
     counts = collections.Counter(placed(plan).values())
     per_node = [counts[f"w{i}"] for i in range(k)]
     assert max(per_node) - min(per_node) <= 1
+
+
+@PROPS
+@given(cfg=settings_st, nodes=clusters(), queue=queues(), cut=st.integers(0, 10))
+def test_plans_of_consecutive_pages_with_carried_loads_are_one_plan(
+    cfg: SchedulerSettings, nodes: list[Candidate], queue: list[QueuedTask], cut: int
+) -> None:
+    """The placer reads the queue in pages and plans each with the loads the pages before it
+    left: the same assignments and waits, in the same order, as one plan of the whole, so
+    the fairness rules hold across pages. ``room`` bounds what a plan can place."""
+    order = sorted(queue, key=lambda t: (-t.priority, t.seq, t.task_id))
+    whole = Scheduler(cfg).plan(order, nodes, 1.0)
+    assert len(whole.assignments) <= Scheduler(cfg).room(nodes)
+    paged = Scheduler(cfg)
+    first = paged.plan(order[:cut], nodes, 1.0)
+    added = collections.Counter(a.node_id for a in first.assignments)
+    carried = [replace(n, load=n.load + added[n.node_id]) for n in nodes]
+    second = paged.plan(order[cut:], carried, 1.0)
+    assert first.assignments + second.assignments == whole.assignments
+    assert first.waits + second.waits == whole.waits
+    if cut:
+        event("cut inside the queue")
+
+
+def test_room_counts_free_slots_on_nodes_that_take_tasks() -> None:
+    nodes = [
+        node("w1", capacity=4, load=1),  # 3
+        node("w2", capacity=2, load=5),  # over capacity: 0, not -3
+        node("w3", capacity=4, healthy=False),
+        node("w4", capacity=4, draining=True),
+        node("c1", capacity=2, role="coordinator"),  # 2 unless coordinators do not run agents
+        node("w5", capacity=1),  # weight 0 still takes pinned tasks: 1
+    ]
+    assert sched(weights={"w5": 0}).room(nodes) == 3 + 2 + 1
+    assert sched(coordinators_run_agents=False).room(nodes) == 3 + 1
+    assert sched().room([]) == 0

@@ -1,0 +1,209 @@
+"""The placer against a real store (both backends): how much of the queue a round reads, and
+that reading less neither breaks the scheduler's fairness nor lets a blocked head starve the
+tasks behind it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from brio.core.scheduler import Candidate, Scheduler, SchedulerSettings
+from brio.core.tasks import TaskStatus
+from brio.store import NewTask, Store
+from brio.store.base import QueuedRecord
+from brio.tasks.events import EventBus
+from brio.tasks.placer import Placer
+
+EPOCH = 1
+
+
+class Directory:
+    """Live nodes as a test sets them; records the notices."""
+
+    def __init__(self, *nodes: Candidate) -> None:
+        self.nodes = list(nodes)
+        self.told: list[tuple[str, list[str]]] = []
+
+    def candidates(self) -> list[Candidate]:
+        return list(self.nodes)
+
+    def down(self, with_tasks: set[str]) -> list[str]:
+        return []
+
+    def notify(self, node_id: str, task_ids: list[str]) -> None:
+        self.told.append((node_id, task_ids))
+
+
+class Reads:
+    """A real store that records the limit of each queued-tasks read."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.limits: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def queued_tasks(
+        self, limit: int, after: tuple[int, int] | None = None
+    ) -> list[QueuedRecord]:
+        self.limits.append(limit)
+        if after is None:
+            return await self.inner.queued_tasks(limit)
+        return await self.inner.queued_tasks(limit, after=after)
+
+
+def node(node_id: str, capacity: int, *agents: str) -> Candidate:
+    return Candidate(node_id, frozenset(agents or ("a",)), capacity, 0)
+
+
+async def queue(store: Store, n: int, agent: str = "a", pin: str | None = None) -> list[str]:
+    made = await store.create_tasks([NewTask(agent=agent, prompt="p", node_id=pin)] * n)
+    ids = []
+    for outcome in made:
+        assert isinstance(outcome, tuple)
+        ids.append(outcome[0].id)
+    return ids
+
+
+async def placer_for(store: Store, directory: Directory, **kwargs: Any) -> tuple[Placer, Reads]:
+    assert await store.raise_fence(EPOCH, "c1")
+    reads = Reads(store)
+    placer = Placer(reads, Scheduler(SchedulerSettings()), directory, EventBus(), **kwargs)
+    return placer, reads
+
+
+async def assigned(store: Store, ids: list[str]) -> dict[str, str | None]:
+    """Task id -> node for those of ``ids`` that are assigned."""
+    out: dict[str, str | None] = {}
+    for task_id in ids:
+        task = await store.get_task(task_id)
+        assert task is not None
+        if task.status is TaskStatus.ASSIGNED:
+            out[task_id] = task.node_id
+    return out
+
+
+async def test_a_round_reads_only_about_the_free_room_of_a_long_queue(store: Store) -> None:
+    """Three free slots and 300 queued tasks: the round reads the room and the margin, not a
+    batch of 500, and places the three oldest."""
+    ids = await queue(store, 300)
+    placer, reads = await placer_for(store, Directory(node("w1", 3)), margin=4)
+    assert await placer.round(EPOCH) is False
+    assert reads.limits == [3 + 4]
+    assert placer.read == 7
+    assert set(await assigned(store, ids)) == set(ids[:3])
+    assert placer.waiting == 4  # the margin read and waits for room
+
+
+async def test_the_next_round_reads_by_the_room_left_and_the_freed_slots(store: Store) -> None:
+    """The first page of a round is sized by the loads the last round left: full nodes and
+    one freed slot read the freed slot and the margin."""
+    ids = await queue(store, 100)
+    placer, reads = await placer_for(store, Directory(node("w1", 10)), margin=4)
+    await placer.round(EPOCH)
+    assert await store.cancel_task(ids[0]) is not None  # a slot of w1 frees
+    placer.slot_freed()
+    reads.limits.clear()
+    await placer.round(EPOCH)
+    assert reads.limits == [1 + 4]
+    assert set(await assigned(store, ids)) == set(ids[1:11])
+
+
+async def test_a_head_pinned_to_a_missing_node_does_not_starve_the_tasks_behind_it(
+    store: Store,
+) -> None:
+    """Forty tasks pinned to a node that is not there, then six that w1 can run: one round
+    pages past the head (the pages grow) and places the six."""
+    await queue(store, 40, pin="gone")
+    later = await queue(store, 6)
+    placer, reads = await placer_for(store, Directory(node("w1", 10)), margin=2)
+    await placer.round(EPOCH)
+    assert set(await assigned(store, later)) == set(later)
+    assert reads.limits[0] == 10 + 2 and len(reads.limits) > 1
+    assert placer.waiting == 40
+    # the next round knows the head and reads past it in one page
+    reads.limits.clear()
+    more = await queue(store, 2)
+    placer.wake()
+    await placer.round(EPOCH)
+    assert set(await assigned(store, more)) == set(more)
+    assert len(reads.limits) == 1
+
+
+async def test_pages_are_planned_with_the_loads_of_the_pages_before(store: Store) -> None:
+    """Five slots, a blocked head, then twenty tasks spread over several pages: exactly five
+    land, the five oldest (a later page neither overfills the node nor overtakes)."""
+    await queue(store, 10, pin="gone")
+    later = await queue(store, 20)
+    placer, _ = await placer_for(store, Directory(node("w1", 5)), margin=2)
+    await placer.round(EPOCH)
+    got = await assigned(store, later)
+    assert set(got) == set(later[:5])
+    assert await store.node_loads() == {"w1": 5}
+
+
+async def test_tasks_waiting_for_a_full_node_do_not_starve_another_nodes_agent(
+    store: Store,
+) -> None:
+    """w1 (agent a) is full with a long queue of a's; b's behind them go to w2 in one round
+    (the room left on w2 keeps the round reading), and no a overtakes on w1."""
+    heads = await queue(store, 2, agent="a")
+    directory = Directory(node("w1", 2, "a"), node("w2", 3, "b"))
+    placer, _ = await placer_for(store, directory, margin=2, batch=100)
+    await placer.round(EPOCH)
+    assert set(await assigned(store, heads)) == set(heads)
+    blocked = await queue(store, 30, agent="a")
+    bs = await queue(store, 3, agent="b")
+    placer.wake()
+    await placer.round(EPOCH)
+    got = await assigned(store, blocked + bs)
+    assert got == dict.fromkeys(bs, "w2")
+
+
+async def test_a_round_reads_no_more_than_a_batch(store: Store) -> None:
+    """A blocked head longer than the batch: the round stops after ``batch`` tasks read, and
+    says there is nothing to do at once (nothing was placed)."""
+    await queue(store, 30, pin="gone")
+    placer, reads = await placer_for(store, Directory(node("w1", 4)), margin=1, batch=12)
+    assert await placer.round(EPOCH) is False
+    assert sum(reads.limits) == 12 and placer.read == 12
+
+
+async def test_a_round_that_read_a_batch_and_placed_some_runs_again_at_once(
+    store: Store,
+) -> None:
+    """With a batch read, some placed and room left, more may be placeable: True."""
+    ids = await queue(store, 3)
+    await queue(store, 20, pin="gone")
+    tail = await queue(store, 1)
+    placer, _ = await placer_for(store, Directory(node("w1", 10)), margin=1, batch=10)
+    assert await placer.round(EPOCH) is True
+    assert set(await assigned(store, ids)) == set(ids)
+    assert await assigned(store, tail) == {}
+
+
+async def test_a_freed_slot_wakes_the_loop_while_the_queue_was_left_unread(store: Store) -> None:
+    """The round stopped with every task it read placed and the node full (no task waits
+    for room, but more are queued): a freed slot must still start a round."""
+    ids = await queue(store, 5)
+    placer, reads = await placer_for(store, Directory(node("w1", 3)), margin=1, batch=3, poll=60)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        with trio.fail_after(5):
+            while len(await assigned(store, ids)) < 3:
+                await trio.sleep(0.01)
+        assert reads.limits == [3] and placer.waiting == 0
+        assert await store.cancel_task(ids[0]) is not None
+        placer.slot_freed()
+        with trio.fail_after(5):
+            while ids[3] not in await assigned(store, ids):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+def test_batch_and_margin_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        Placer(None, Scheduler(SchedulerSettings()), Directory(), EventBus(), margin=0)  # type: ignore[arg-type]
