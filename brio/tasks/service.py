@@ -154,11 +154,23 @@ class TaskService:
             raise NotAccepting("the node is shutting down")
         agent, node_id = self.resolve(new.agent)
         new = replace(new, agent=agent, node_id=node_id)
-        if new.session_id is not None and await self.store.get_session(new.session_id) is None:
-            raise UnknownSession(new.session_id)
-        with trio.CancelScope(shield=True):  # committed: it must be announced (_announce)
-            task, created = await self.store.create_task(new)
+        # No get_session first: create_task checks the session in its own statement
+        # (SQLite in its transaction, PostgreSQL by the foreign key), one round trip less.
+        try:
+            with trio.CancelScope(shield=True):  # committed: it must be announced (_announce)
+                task, created = await self.store.create_task(new)
+        except NotFound:
+            assert new.session_id is not None  # the only row a task names
+            raise UnknownSession(new.session_id) from None
         if not created and (conflict := _conflict(new, task)) is not None:
+            # the store answers a used key before the session; the API checks the session
+            # first (docs/api.md), so a replay naming another session reads it, and only then
+            if (
+                "session_id" in conflict.fields
+                and new.session_id is not None
+                and await self.store.get_session(new.session_id) is None
+            ):
+                raise UnknownSession(new.session_id)
             raise conflict
         if created:
             self._announce([task])

@@ -22,6 +22,16 @@ async def test_tasks_sessions_and_cancel_on_postgresql(tmp_path: Path, postgres_
         assert health == {"status": "ready"}
         session = (await node.client.post("/api/sessions", json={"title": "pg"})).json()
         first = await node.submit(agent="echo", prompt="one", session_id=session["id"])
+        # the session's foreign key refuses an unknown one: the same 404 as on SQLite
+        unknown = await node.client.post(
+            "/api/tasks", json={"agent": "echo", "prompt": "x", "session_id": "missing"}
+        )
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == {
+            "code": "session_not_found",
+            "message": "unknown session 'missing'",
+            "details": None,
+        }
         again = await node.client.post(
             "/api/tasks",
             json={"agent": "echo", "prompt": "one", "idempotency_key": "k", "priority": 5},

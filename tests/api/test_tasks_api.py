@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from tests.nodes import Node, node_config, running_node
@@ -292,3 +294,45 @@ async def test_json_the_store_cannot_hold_is_refused_precisely(node: Node) -> No
     resp = await node.client.get("/api/tasks", params={"agent": "a\x00"})
     assert resp.status_code == 422
     assert (await node.client.get("/api/tasks")).json()["tasks"] == []
+
+
+async def test_submit_checks_the_session_in_create_task_alone(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No get_session before create_task: the store refuses an unknown session itself, and
+    the answer is the same 404."""
+    store = node.handle.store
+    assert store is not None
+    session = (await node.client.post("/api/sessions")).json()
+    reads: list[str] = []
+    get_session = store.get_session
+
+    async def counted(session_id: str) -> Any:
+        reads.append(session_id)
+        return await get_session(session_id)
+
+    monkeypatch.setattr(store, "get_session", counted)
+    task = await node.submit(agent="echo", prompt="x", session_id=session["id"])
+    assert task["session_id"] == session["id"]
+    resp = await node.client.post(
+        "/api/tasks", json={"agent": "echo", "prompt": "x", "session_id": "missing"}
+    )
+    assert resp.status_code == 404
+    assert resp.json() == {
+        "error": {
+            "code": "session_not_found",
+            "message": "unknown session 'missing'",
+            "details": None,
+        }
+    }
+    assert reads == []
+    # a used key replayed with an unknown session is still 404, as documented (the session
+    # is checked first), and with another known session 409: only these replays read it
+    first = await node.submit(agent="echo", prompt="x", idempotency_key="k")
+    replay = {"agent": "echo", "prompt": "x", "idempotency_key": "k"}
+    resp = await node.client.post("/api/tasks", json={**replay, "session_id": "missing"})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "session_not_found"
+    resp = await node.client.post("/api/tasks", json={**replay, "session_id": session["id"]})
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "idempotency_conflict"
+    assert resp.json()["error"]["details"] == {"task_id": first["id"], "fields": ["session_id"]}
+    assert reads == ["missing", session["id"]]
