@@ -668,6 +668,18 @@ class MeshServer(grpclib.server.Server):
                     protocol.closing = True
                     protocol.goaway()
 
+    async def finish_requests(self, grace: float) -> None:
+        """Accept no more connections, then give the requests in flight up to ``grace``
+        seconds to finish before ``close`` cancels them. grpclib's close cancels every
+        running handler, and a handler's answer is written after it returns: the answer of
+        ``brio mesh leave``, which lets the node stop, was cut off by the stop it caused
+        (the client saw GOAWAY instead). Every mesh method is unary, so this is short."""
+        if self._server is not None:
+            self._server.close()
+        running = [t for h in self._handlers for t in h._tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+
     def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
@@ -931,8 +943,13 @@ async def start_server(
     return await aio.call(start)
 
 
-async def stop_server(server: MeshServer) -> None:
+#: Seconds that requests in flight when the mesh server stops get to finish and be answered.
+STOP_GRACE = 1.0
+
+
+async def stop_server(server: MeshServer, grace: float = STOP_GRACE) -> None:
     async def stop() -> None:
+        await server.finish_requests(grace)
         server.close()
         await server.wait_closed()
 
