@@ -19,8 +19,8 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from brio.core.lease import MAX_TERM  # the highest lease term: the fence is a 64-bit integer
-from brio.core.witness import WITNESS_ID
+# not from brio.core.lease and brio.core.witness: importing those loads the lease's machine
+from brio.core.constants import MAX_TERM, WITNESS_ID
 
 Seconds = Annotated[float, Field(gt=0)]
 
