@@ -158,6 +158,8 @@ class Chaos:
                 return self._crash(self._victim(prefer_primary=0.5), lose_disk=True)
             case Fault.PAUSE:
                 return self._pause(self._victim(prefer_primary=0.6), episode)
+            case Fault.STOP:
+                return self._stop(self._victim())
 
     # ---------------------------------------------------------------- aimed
 
@@ -394,6 +396,27 @@ class Chaos:
             world.note(victim.name, "crashes, keeping its disk (a majority would have no record)")
         else:
             world.note(victim.name, "crashes")
+
+        def undo() -> None:
+            if not victim.up:
+                self._restart(victim)
+
+        return undo
+
+    def _stop(self, victim: SimNode) -> Undo:
+        """A graceful stop (SIGTERM; the primary when there is one): the node hands the lease
+        over and exits on its own a moment later; it starts again at the episode's end, or
+        at once if it exits after the heal."""
+        world = self._world
+        if not victim.up or victim.paused:
+            return _nothing
+
+        def exited() -> None:
+            world.crash_now(victim, "stops (the rest of a graceful stop is as a crash)")
+            if self._healed:
+                self._restart(victim)
+
+        victim.stop_gracefully(exited)
 
         def undo() -> None:
             if not victim.up:

@@ -27,6 +27,7 @@ DURATIONS: dict[Fault, tuple[float, float]] = {
     Fault.CRASH: (0.1, 3.0),
     Fault.DISK_LOSS: (0.1, 3.0),
     Fault.PAUSE: (0.06, 2.4),
+    Fault.STOP: (0.1, 3.0),  # until the restart
 }
 
 #: Half the crashes are quick restarts (a supervisor brings the process straight back), when
@@ -56,7 +57,7 @@ def plan(
     while start < fault_end:
         kind = rng.choice(kinds)
         low, high = DURATIONS[kind]
-        if kind in (Fault.CRASH, Fault.DISK_LOSS) and rng.random() < 0.5:
+        if kind in (Fault.CRASH, Fault.DISK_LOSS, Fault.STOP) and rng.random() < 0.5:
             low, high = QUICK_RESTART
         length = rng.uniform(low, high) * lease_duration
         episodes.append(Episode(kind, start, min(start + length, fault_end)))

@@ -26,6 +26,7 @@ from brio.core.lease import (
     Message,
     Persist,
     Persisted,
+    Release,
     RenewReply,
     RenewRequest,
     Role,
@@ -57,6 +58,9 @@ from sim.wire import (
 from sim.work import Work
 
 STORE = "store"
+#: A stopping node waits this long (local clock) for a newer term, then exits: the driver's
+#: ``TRANSFER_WAIT`` (brio.mesh.lease).
+TRANSFER_WAIT = 1.0
 #: Time between a primary deciding to write and the write leaving: a pause may fall in it.
 WRITE_PREP = (0.0001, 0.002)
 
@@ -114,6 +118,8 @@ class Host(Protocol):
 
     def crash_now(self, node: SimNode, why: str) -> None: ...
 
+    def transfer_started(self, node: SimNode, epoch: int) -> None: ...
+
 
 class SimNode:
     def __init__(
@@ -158,6 +164,8 @@ class SimNode:
         self._writes = 0
         self._vote_seen: tuple[int, str | None] = (0, None)
         self._rng = random.Random()
+        self._on_exit: Callable[[], None] | None = None  # stopping: what its exit does
+        self._stopping_epoch = 0  # the term it stopped in
 
     # ---------------------------------------------------------------- time and timers
 
@@ -234,7 +242,28 @@ class SimNode:
         self.membership = None
         self.work_epoch = None
         self.fenced = False
+        self._on_exit = None
         self.host.lease_changed(self)
+
+    def stop_gracefully(self, on_exit: Callable[[], None]) -> None:
+        """SIGTERM: hand the lease over (``Lease.transfer``), then exit (``on_exit``) once a
+        newer term shows, or after ``TRANSFER_WAIT``, as the driver does. The primary work
+        stops with the ``SteppedDown`` that comes before any release leaves."""
+        assert self.lease is not None
+        lease, now = self.lease, self.local()
+        self._on_exit = on_exit
+        self._stopping_epoch = lease.term
+        self.host.note(self.name, "SIGTERM: hands the lease over, then stops")
+        if lease.role is Role.PRIMARY:
+            self.host.transfer_started(self, lease.term)
+        successors = [n for n in self.host.config.node_ids[: self.host.config.coordinators]]
+        self._carry_out(lease.transfer(now, [n for n in successors if n != self.name]), None)
+        self.set_timer("exit", now + TRANSFER_WAIT, self._exit)
+
+    def _exit(self) -> None:
+        on_exit, self._on_exit = self._on_exit, None
+        if on_exit is not None:
+            on_exit()
 
     def lose_disk(self) -> None:
         """The data dir is gone (down already): the next start has no record at all."""
@@ -259,7 +288,7 @@ class SimNode:
                 if self.work is not None:
                     self.work.wake()
                 return Ack()
-            case VoteRequest() | VoteReply() | RenewRequest() | RenewReply():
+            case VoteRequest() | VoteReply() | RenewRequest() | RenewReply() | Release():
                 assert self.lease is not None
                 self.host.note(self.name, f"<- {sender} {describe(request)}")
                 actions = self.lease.receive(self.local(), sender, request)
@@ -322,6 +351,8 @@ class SimNode:
                 self.host.voted(self.name, seen[0], seen[1])
         self._arm_lease()
         self.host.lease_changed(self)
+        if self._on_exit is not None and self.lease.term > self._stopping_epoch:
+            self.set_timer("exit", self.local(), self._exit)  # a standby campaigns: go now
         return reply
 
     def _arm_lease(self) -> None:

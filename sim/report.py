@@ -35,10 +35,12 @@ def summarize(
 ) -> dict[str, Any]:
     faults: Counter[str] = Counter()
     failovers: list[float] = []
+    transfers: list[float] = []
     placement: list[float] = []
     for result in results:
         faults.update(result.faults)
         failovers.extend(result.failovers)
+        transfers.extend(result.transfers)
         placement.extend(result.placement)
     finished = [r for r in results if r.violation is None or r.violation.invariant in LIVENESS]
     held = [r for r in finished if r.violation is None]
@@ -64,6 +66,7 @@ def summarize(
         "elections": sum(r.elections for r in results),
         "writes_accepted": sum(r.writes for r in results),
         "failover": _spread(failovers),
+        "transfer": _spread(transfers),
         "tasks": {
             "submitted": sum(r.tasks_submitted for r in results),
             "acknowledged": sum(r.tasks_acked for r in results),
@@ -179,6 +182,13 @@ def render(summary: dict[str, Any]) -> str:
         )
     else:
         lines.append("failover: no primary was lost")
+    tr = summary["transfer"]
+    if tr["count"]:  # only runs with ``stop`` hand the lease over
+        lines.append(
+            f"handover, from a stopping primary's transfer to the next primary "
+            f"(n={tr['count']}): p50 {_seconds(tr['p50'])}, p90 {_seconds(tr['p90'])}, "
+            f"p99 {_seconds(tr['p99'])}, max {_seconds(tr['max'])}"
+        )
     live = summary["liveness"]
     if not live["checked"]:
         lines.append("liveness after the heal: not judged (no seed ran to the end)")

@@ -41,6 +41,24 @@ class Failovers:
             self._pending = None
 
 
+class Transfers:
+    """Handovers (``stop``): true time from the primary's ``transfer`` to the next node
+    becoming primary, whoever it is and however long it takes."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._since: float | None = None
+
+    def started(self, now: float) -> None:
+        if self._since is None:
+            self._since = now
+
+    def became_primary(self, now: float) -> None:
+        if self._since is not None:
+            self.samples.append(now - self._since)
+            self._since = None
+
+
 @dataclass(frozen=True)
 class SeedResult:
     seed: int
@@ -62,3 +80,4 @@ class SeedResult:
     restart_requeued: int = 0  # tasks a worker put back at its start, from its previous life
     placement: tuple[float, ...] = ()  # queued -> assigned, true seconds
     tasks_after_heal: float | None = None  # seconds from the heal to every task finished
+    transfers: tuple[float, ...] = ()  # handovers of a stopped primary, true seconds

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brio.core.lease import Message, RenewReply, RenewRequest, VoteReply, VoteRequest
+from brio.core.lease import Message, Release, RenewReply, RenewRequest, VoteReply, VoteRequest
 from brio.core.membership import NodeFacts
 from brio.core.scheduler import QueuedTask
 from sim.store import Answer
@@ -144,6 +144,9 @@ def describe(message: Request | Reply) -> str:
             return f"{kind} reply t{message.term} r{message.round} {answer}"
         case RenewRequest():
             return f"renew request t{message.term} r{message.round}"
+        case Release():
+            told = f", {message.successor} to campaign" if message.successor else ""
+            return f"release t{message.term} r{message.round}{told}"
         case RenewReply():
             answer = "ok" if message.ok else f"refused ({message.reason})"
             return f"renew reply t{message.term} r{message.round} {answer}"
@@ -158,7 +161,7 @@ def describe(message: Request | Reply) -> str:
 
 def is_lease(message: Request | Reply) -> bool:
     """Lease traffic is traced message by message; heartbeats only by their effects."""
-    return isinstance(message, VoteRequest | VoteReply | RenewRequest | RenewReply)
+    return isinstance(message, VoteRequest | VoteReply | RenewRequest | RenewReply | Release)
 
 
 _STATEMENTS = frozenset({Submit, Snapshot, Requeue, Assign, RequeueMine, Claim, Finish})

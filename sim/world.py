@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import partial
 
 from brio.core.balancer import STRATEGIES
-from brio.core.lease import RenewRequest, Role, VoteReply, VoteRequest
+from brio.core.lease import Release, RenewRequest, Role, VoteReply, VoteRequest
 from brio.core.membership import PeerState
 from brio.core.scheduler import QueuedTask, SchedulerSettings
 from brio.core.witness import WITNESS_ID, WitnessRecord, accepted, decide
@@ -27,7 +27,7 @@ from sim.loop import EventLoop
 from sim.network import Network
 from sim.node import STORE, SimNode, address
 from sim.rpc import Calls
-from sim.stats import Failovers, SeedResult
+from sim.stats import Failovers, SeedResult, Transfers
 from sim.store import Answer, Store, TaskRow, Tasks
 from sim.trace import Trace
 from sim.wire import (
@@ -64,6 +64,7 @@ class World:
         self.checker = Checker()
         self.store = Store(config.knobs)
         self.failovers = Failovers()
+        self.transfers = Transfers()
         self._trace = Trace(keep_trace)
         self._keep_trace = keep_trace
         self.network = Network([*config.node_ids, STORE], self._stream("network"))
@@ -171,6 +172,7 @@ class World:
             restart_requeued=self.restart_requeued,
             placement=tuple(self.placement),
             tasks_after_heal=self._tasks_ok,
+            transfers=tuple(self.transfers.samples),
         )
 
     def _after_event(self) -> None:
@@ -483,7 +485,7 @@ class World:
         if dst == STORE:
             if is_task_statement(request):
                 return self._task_statement(sender, request)
-            if isinstance(request, VoteRequest | RenewRequest):
+            if isinstance(request, VoteRequest | RenewRequest | Release):
                 return self._witness_answer(sender, request)
             return self._store(sender, request)
         node = self.nodes[dst]
@@ -513,7 +515,9 @@ class World:
 
     # ---------------------------------------------------------------- the witness
 
-    def _witness_answer(self, sender: str, request: VoteRequest | RenewRequest) -> Reply | None:
+    def _witness_answer(
+        self, sender: str, request: VoteRequest | RenewRequest | Release
+    ) -> Reply | None:
         """The store's witness decides by its own clock, one request at a time (the row lock)."""
         if not self.config.witness:
             return None
@@ -578,12 +582,18 @@ class World:
         self.elections += 1
         self.checker.became_primary(self.loop.now, node.name, epoch)
         self.failovers.became_primary(self.loop.now)
+        self.transfers.became_primary(self.loop.now)
 
     def extended(self, node: SimNode, epoch: int, until: float) -> None:
         length = self.config.lease_duration
         if self.config.knobs.drift_margin:
             length *= 1 - self.config.max_clock_drift
         self.failovers.renewed(node.name, epoch, until - length)
+
+    def transfer_started(self, node: SimNode, epoch: int) -> None:
+        """``node``, primary of ``epoch``, hands the lease over (a graceful stop)."""
+        self.note(node.name, f"hands epoch {epoch} over")
+        self.transfers.started(self.loop.now)
 
     def lose_primary(self, node: SimNode) -> None:
         """A fault just took ``node`` away; if it held the lease, the failover clock starts."""

@@ -240,13 +240,14 @@ class _Round:
 @dataclass
 class _Transfer:
     """A handover under way: the voters that gave their promise back so far (ourselves
-    included), and whether the successor has been told to campaign."""
+    included), and how sure we were when we last told the successor to campaign (0: not
+    told; 1: with its own vote it can win; 2: it can win without its own vote)."""
 
     term: int
     round: int
     successor: str | None
     released: set[str]
-    told: bool = False
+    told: int = 0
 
 
 class Lease:
@@ -304,7 +305,6 @@ class Lease:
         self._retired = False  # handed the lease over (``transfer``): never campaign again
         self._transfer: _Transfer | None = None
         self._heard_at: dict[str, float] = {}  # voter -> when it last acknowledged a renewal
-        self._released_by: tuple[int, str] | None = None  # (term, leader) of a release taken
 
     # ---------------------------------------------------------------- queries
 
@@ -429,7 +429,7 @@ class Lease:
             self._promised_to = None
             self._promise_until = -math.inf
         choices = sorted(set(successors) & self.peers)
-        # The most recently heard first; among equals (or never heard) the first by name.
+        # The one heard from last (any answer: it is alive); among equals, the first by name.
         successor = max(choices, key=lambda c: self._heard_at.get(c, -math.inf), default=None)
         self._round += 1
         released = {self.node_id} if self.is_voter else set()
@@ -441,15 +441,22 @@ class Lease:
         return actions + told
 
     def _tell_successor(self) -> list[Action]:
-        """Tell the successor to campaign once it can win: the voters that gave their promise
-        back and its own vote make a majority (before that, its pre-vote would be refused)."""
+        """Tell the successor to campaign once it can win: as soon as the voters that gave
+        their promise back make a majority with its own vote, and again once they make one
+        without it (its own vote may wait out a restart, and its first pre-vote may have
+        overtaken a release): each time its pre-vote starts afresh."""
         t = self._transfer
-        if t is None or t.successor is None or t.told:
+        if t is None or t.successor is None:
             return []
-        backing = t.released | ({t.successor} & self.voters)
-        if len(backing) < self.majority:
+        if len(t.released - {t.successor}) >= self.majority:
+            level = 2
+        elif len(t.released | ({t.successor} & self.voters)) >= self.majority:
+            level = 1
+        else:
+            level = 0
+        if level <= t.told:
             return []
-        t.told = True
+        t.told = level
         release = Release(t.term, self.node_id, t.round, self.digest, t.successor)
         return [Send(t.successor, release)]
 
@@ -506,6 +513,7 @@ class Lease:
     def _on_vote_reply(self, now: float, reply: VoteReply) -> list[Action]:
         if reply.voter not in self.voters:
             return []
+        self._heard_at[reply.voter] = now  # alive: a successor to hand the lease to
         if self._amnesiac and self._answers_query(reply):
             learnt = self._heard_from(reply)
             if learnt:
@@ -558,6 +566,7 @@ class Lease:
     def _on_renew_reply(self, now: float, reply: RenewReply) -> list[Action]:
         if reply.voter not in self.voters:
             return []
+        self._heard_at[reply.voter] = now  # alive: a successor to hand the lease to
         if reply.term > self.term:
             return self._adopt_term(reply.term) + self._follow(None)
         t = self._transfer
@@ -568,7 +577,6 @@ class Lease:
             return []
         if self.role is not Role.PRIMARY or reply.term != self.term or not reply.ok:
             return []
-        self._heard_at[reply.voter] = now
         return self._ack(now, reply.round, reply.voter)
 
     def _ack(self, now: float, round_id: int, voter: str) -> list[Action]:
@@ -676,29 +684,34 @@ class Lease:
         leader = release.leader
         if sender != leader:  # only the leader itself may give back a promise made to it
             return []
-        # Ours to give back: the primary we follow, or promised, in our term; or the one
-        # whose release we took already (its second message tells us to campaign).
-        ours = leader in (self.primary, self._promised_to) or self._released_by == (
-            release.term,
-            leader,
-        )
-        if release.term != self.term or not ours:
+        # In our term, from the primary we follow, or from one we know nothing against (no
+        # other primary, no promise to another: we restarted since, or took its first
+        # release already): all a release does is give back a promise made to that very
+        # leader, and a campaign it asks for still needs a pre-vote.
+        actions: list[Action] = []
+        if release.term > self.term:  # a term we missed (a restart): adopt it, as a renewal
+            actions += self._adopt_term(release.term) + self._follow(None)
+        promised = self._promised_to not in (None, leader) and now < self._promise_until
+        if release.term < self.term or self.primary not in (None, leader) or promised:
             why = "term is stale" if release.term < self.term else f"{leader} is not our primary"
             return [Send(leader, reply(False, why))] if self.is_voter else []
-        self._released_by = (release.term, leader)
         if self._promised_to == leader:
             self._promised_to = None
             self._promise_until = -math.inf
         if self.primary == leader:
             self.primary = None
-        actions: list[Action] = [Send(leader, reply(True))] if self.is_voter else []
+        if self.is_voter:
+            actions.append(Send(leader, reply(True)))
         if release.successor == self.node_id:
-            if self.role is Role.FOLLOWER and self.held is None and not self._amnesiac:
-                actions += self._start_pre_vote(now)  # at once: no election timeout
+            # At once, no election timeout; told again, a pre-vote round still in this term
+            # (its election has not begun) starts afresh.
+            if self.role is not Role.PRIMARY and self.held is None and not self._amnesiac:
+                actions += self._start_pre_vote(now)
         elif self._campaigns:
-            # Another is told to campaign; should it fail, ours need not wait out the lease.
-            fallback = max(now, self._vote_after) + self.settings.election_timeout[1]
-            self._election_at = min(self._election_at, fallback + self._timeout())
+            # Another is told to campaign (at once); should it fail, ours need not wait out
+            # the lease: one election timeout, as after a lost election.
+            fallback = max(now, self._vote_after) + self._timeout()
+            self._election_at = min(self._election_at, fallback)
         return actions
 
     def _may_vote(self, now: float, candidate: str) -> bool:

@@ -19,6 +19,9 @@ answers as ``brio.core.lease.Lease`` answers as a voter whose record is never lo
   of the voter set it last promised under: while that promise stands, a request with another
   digest is refused and answered with the stored digest, which makes the candidate's core
   report a ``DigestMismatch`` (two clusters, or two configurations, on one database).
+- **A release** (``Release``, a primary handing over on a graceful stop) gives back the
+  promise made to that very leader in the witness's term, and nothing else: the witness may
+  then vote for the successor at once.
 
 ``brio.store.witness`` runs the same rules as one SQL statement per request kind;
 ``tests/store/test_witness.py`` checks, with generated request sequences, that this function
@@ -30,12 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import overload
 
-from brio.core.lease import RenewReply, RenewRequest, VoteReply, VoteRequest
+from brio.core.lease import Release, RenewReply, RenewRequest, VoteReply, VoteRequest
 
 #: The witness's voter id: a node id cannot start with "@" (brio.config.model).
 WITNESS_ID = "@store"
 #: The refusal of a request under another voter set while the witness's promise stands.
 OTHER_VOTERS = "voter sets differ"
+#: The refusal of a release from a leader the witness holds no promise to in its term.
+NO_PROMISE = "no promise to give back"
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class WitnessKnobs:
 
 WITNESS_SAFE = WitnessKnobs()
 
-Request = VoteRequest | RenewRequest
+Request = VoteRequest | RenewRequest | Release
 Reply = VoteReply | RenewReply
 
 
@@ -74,7 +79,7 @@ def decide(
 @overload
 def decide(
     record: WitnessRecord,
-    request: RenewRequest,
+    request: RenewRequest | Release,
     now: float,
     lease_duration: float,
     knobs: WitnessKnobs = ...,
@@ -89,6 +94,8 @@ def decide(
     """The witness's answer to ``request`` at database time ``now``, and its record after."""
     if isinstance(request, VoteRequest):
         return _vote(record, request, now, lease_duration, knobs)
+    if isinstance(request, Release):
+        return _release(record, request, now)
     return _renew(record, request, now, lease_duration)
 
 
@@ -164,3 +171,16 @@ def _renew(
         voters_digest=request.voters_digest,
     )
     return after, reply(True)
+
+
+def _release(
+    record: WitnessRecord, request: Release, now: float
+) -> tuple[WitnessRecord, RenewReply]:
+    def reply(ok: bool, reason: str = "", digest: str = request.voters_digest) -> RenewReply:
+        return RenewReply(record.term, WITNESS_ID, ok, request.round, digest, reason)
+
+    if _other_voters(record, request.voters_digest, now):
+        return record, reply(False, OTHER_VOTERS, record.voters_digest)
+    if request.term != record.term or record.promised_to != request.leader:
+        return record, reply(False, NO_PROMISE)
+    return replace(record, promised_to=None, promise_until=0.0), reply(True)

@@ -15,8 +15,8 @@ fed back as a reply from the witness. A store that cannot answer is silence, as 
 peer is; after ``WITNESS_TROUBLE_AFTER`` failures in a row it is also a problem in /health.
 
 A graceful stop (SIGTERM, ``brio mesh drain``) calls ``transfer``: the primary work is cancelled
-and waited for, then the core's releases leave (``Renew`` with ``release`` set; the witness is
-not asked, its promise runs out), and the caller waits, at most ``TRANSFER_WAIT``, until a
+and waited for, then the core's releases leave (``Renew`` with ``release`` set; to the store's
+witness, its ``RELEASE`` statement), and the caller waits, at most ``TRANSFER_WAIT``, until a
 standby campaigns in a newer term (docs/lease.md, *Handing over on a graceful stop*).
 
 Incoming ``Vote`` and ``Renew`` requests are handled synchronously (``handle``): the core's
@@ -414,8 +414,9 @@ class LeaseDriver:
     async def _ask_witness(self, message: core.Message) -> None:
         """A request to the store's witness voter: one statement, within the lease call
         timeout; its answer is a reply from ``WITNESS_ID``, its failure silence."""
-        # A release is not asked of the witness: its promise runs out (docs/lease.md).
-        if self.witness is None or not isinstance(message, core.VoteRequest | core.RenewRequest):
+        if self.witness is None or not isinstance(
+            message, core.VoteRequest | core.RenewRequest | core.Release
+        ):
             return
         answer = None
         with trio.move_on_after(self.settings.renew_interval):

@@ -1,7 +1,7 @@
 """The witness voter's statements on PostgreSQL: ``brio.core.witness``'s rules as SQL.
 
 One statement per request kind, each committed on its own (autocommit, no transaction around
-it): a vote and a renewal are each a conditional ``UPDATE ... RETURNING`` of the one
+it): a vote, a renewal and a release are each a conditional ``UPDATE ... RETURNING`` of the one
 ``lease_witness`` row, a pre-vote (which changes nothing) a plain read. The vote and the renewal
 lock the row first (``FOR UPDATE`` in a CTE) and read ``clock_timestamp()`` after the lock, as
 ``raise_fence`` does (``brio.store.sql``): two coordinators asking at once are decided one after
@@ -19,8 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from brio.core.lease import RenewReply, RenewRequest, VoteReply, VoteRequest
-from brio.core.witness import OTHER_VOTERS, WITNESS_ID, Reply, Request, WitnessRecord
+from brio.core.lease import Release, RenewReply, RenewRequest, VoteReply, VoteRequest
+from brio.core.witness import (
+    NO_PROMISE,
+    OTHER_VOTERS,
+    WITNESS_ID,
+    Reply,
+    Request,
+    WitnessRecord,
+)
 from brio.store.sql import POSTGRES, Bound
 
 _COLUMNS = ("term", "voted_for", "promised_to", "promise_until", "voters_digest")
@@ -92,6 +99,24 @@ RENEW = POSTGRES.render(f"""
     )
     SELECT d.*, u.* FROM d LEFT JOIN u ON true""")
 
+# A release gives back the promise to that very leader in the row's term, nothing else.
+RELEASE = POSTGRES.render(f"""
+    WITH {_LOCKED},
+    d AS (
+        SELECT w.*, CASE {_OTHER_VOTERS}
+            WHEN w.term <> CAST(:term AS bigint)
+                OR w.promised_to IS DISTINCT FROM CAST(:leader AS text)
+                THEN '{NO_PROMISE}'
+            ELSE '' END AS reason
+        FROM w
+    ),
+    u AS (
+        UPDATE lease_witness SET promised_to = NULL, promise_until = 0
+        FROM d WHERE lease_witness.id = 1 AND d.reason = ''
+        {_RETURNING}
+    )
+    SELECT d.*, u.* FROM d LEFT JOIN u ON true""")
+
 #: Reads the row as it is (tests, and an operator's look).
 RECORD = POSTGRES.render(f"SELECT {', '.join(_COLUMNS)} FROM lease_witness WHERE id = 1")
 
@@ -127,6 +152,10 @@ def bind(request: Request, lease_duration: float) -> Bound:
                 candidate=request.candidate,
                 digest=request.voters_digest,
                 duration=lease_duration,
+            )
+        case Release():
+            return RELEASE.bind(
+                term=request.term, leader=request.leader, digest=request.voters_digest
             )
         case RenewRequest():
             return RENEW.bind(

@@ -21,8 +21,10 @@ from brio.core.lease import (
     Send,
     SteppedDown,
     VoteReply,
+    VoteRequest,
     voters_digest,
 )
+from brio.core.witness import NO_PROMISE, WITNESS_ID, WitnessRecord, decide
 from tests.core.test_lease import DIGEST, D, Net, elect_a, make, sends, vote_request
 
 FOLLOWER, CANDIDATE, PRIMARY = Role.FOLLOWER, Role.CANDIDATE, Role.PRIMARY
@@ -162,7 +164,7 @@ def test_a_standby_told_nothing_campaigns_after_one_election_timeout_not_a_lease
     b.receive(D, "a", RenewRequest(1, "a", 5, DIGEST))
     assert b.next_deadline() > 2 * D  # a lease after the renewal, plus a timeout
     b.receive(D + 0.1, "a", Release(1, "a", 6, DIGEST, "c"))  # c is told, not b
-    assert b.next_deadline() <= D + 0.1 + 2 * 0.5  # two election timeouts at most
+    assert b.next_deadline() <= D + 0.1 + 0.5  # one election timeout at most
 
 
 def test_a_lone_coordinator_steps_down_with_nobody_to_tell() -> None:
@@ -173,3 +175,30 @@ def test_a_lone_coordinator_steps_down_with_nobody_to_tell() -> None:
     assert [type(x) for x in actions] == [SteppedDown]
     assert isinstance(actions[0], SteppedDown)
     assert not any(isinstance(x, BecamePrimary) for x in a.tick(3 * D))
+
+
+def test_the_witness_gives_back_only_the_promise_to_that_leader_in_its_term() -> None:
+    promised = WitnessRecord(3, "c1", "c1", 20.0, "A")
+    after, reply = decide(promised, Release(3, "c1", 9, "A"), 10.0, 5.0)
+    assert reply == RenewReply(3, WITNESS_ID, True, 9, "A")
+    assert (after.term, after.voted_for, after.promised_to, after.promise_until) == (
+        3,
+        "c1",
+        None,
+        0,
+    )
+    # now c2 may have the next term's vote at once, long before 20.0
+    _, vote = decide(after, VoteRequest(4, "c2", False, 1, "A"), 10.1, 5.0)
+    assert vote.granted
+    for other in (Release(3, "c2", 9, "A"), Release(2, "c1", 9, "A"), Release(4, "c1", 9, "A")):
+        kept, refused = decide(promised, other, 10.0, 5.0)
+        assert kept == promised and not refused.ok and refused.reason == NO_PROMISE
+
+
+def test_a_release_from_a_candidate_we_promised_nothing_is_refused() -> None:
+    # b voted for a (a promise to a, nobody followed yet): c's release in its own name
+    b = make("b", candidate=False)
+    b.receive(D, "a", vote_request(1, "a"))
+    [refusal] = sends(b.receive(D + 0.1, "c", Release(1, "c", 6, DIGEST)))
+    assert refusal.message == RenewReply(1, "b", False, 6, DIGEST, "c is not our primary")
+    assert b.status().primary is None and b._promised_to == "a"

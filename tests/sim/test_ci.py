@@ -7,7 +7,9 @@ hurried one (7 nodes, 5 candidates, elections ten times faster) where campaigns 
 within one round trip: the race behind ``tests/sim/test_core_findings.py``, and three nodes
 losing their disks across partitions, where a node without a record must learn the terms
 before it votes (``no-amnesia-guard`` in ``test_teeth.py``); and two coordinators with the
-store's witness as the third voter, cut off from the store at times (``--witness``).
+store's witness as the third voter, cut off from the store at times (``--witness``). Both
+the default cluster and the witness's also run with graceful stops (``stop``: the primary
+hands the lease over, then exits) in the mix, which the default mix leaves out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from sim.world import run_seed
 # lease and membership exactly as before tasks, same traces), each part within the per-test
 # timeout on a busy machine.
 CROWDED = SimConfig(nodes=7, coordinators=5, election_timeout=(0.1, 0.3))
+WITNESS = SimConfig(nodes=2, coordinators=2, witness=True, task_capacity=4)
+#: Every fault but drift beyond the bound, and graceful stops (``Fault.STOP``) among them.
+WITH_STOPS = tuple(f for f in Fault if f is not Fault.DRIFT_BEYOND)
 SHAPES = {
     "default": (SimConfig(), range(0, 250)),
     "default-lease": (SimConfig(task_rate=0.0), range(250, 500)),
@@ -35,7 +40,9 @@ SHAPES = {
     ),
     # The guide's two coordinators with the store as the third voter (brio.core.witness),
     # every fault and store cuts; four slots a node, so that two nodes still run many tasks.
-    "witness": (SimConfig(nodes=2, coordinators=2, witness=True, task_capacity=4), range(120)),
+    "witness": (WITNESS, range(120)),
+    "stop": (SimConfig(faults=WITH_STOPS), range(500, 600)),
+    "stop-witness": (replace(WITNESS, faults=WITH_STOPS), range(200, 280)),
 }
 
 

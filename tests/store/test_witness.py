@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from brio.aio import open_loop
-from brio.core.lease import RenewRequest, VoteRequest
+from brio.core.lease import Release, RenewRequest, VoteRequest
 from brio.core.witness import WITNESS_ID, WitnessRecord, accepted, decide
 from brio.store import open_store
 from brio.store.postgres import PostgresStore
@@ -43,6 +43,7 @@ rounds = st.integers(min_value=0, max_value=1000)
 requests = st.one_of(
     st.builds(VoteRequest, terms, candidates, st.booleans(), rounds, digests),
     st.builds(RenewRequest, terms, candidates, rounds, digests),
+    st.builds(Release, terms, candidates, rounds, digests),
 )
 # A negative step: the database clock stepped back (a promise must not shrink then).
 waits = st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.9, 5.1, 7.0, -3.0]).map(lambda dt: ("wait", dt))
@@ -71,7 +72,7 @@ async def _differential(url: str, sequence: list[object]) -> None:
                     await _execute(store, SHIFT, dt)
                     model = replace(model, promise_until=model.promise_until - dt)
                     continue
-                assert isinstance(step, VoteRequest | RenewRequest)
+                assert isinstance(step, VoteRequest | RenewRequest | Release)
                 got = await store.ask_witness(step, LEASE)
                 want_record, want_reply = decide(model, step, got.now, LEASE)
                 assert got.reply == want_reply, step
@@ -91,6 +92,15 @@ async def _differential(url: str, sequence: list[object]) -> None:
 @given(sequence=steps)
 @example(  # the database clock steps back: the promise to c1 is not shortened by its renewal
     sequence=[VoteRequest(1, "c1", False, 1, "A"), ("wait", -3.0), RenewRequest(1, "c1", 2, "A")]
+)
+@example(  # a release gives the promise back: c2 is granted at once; a stale one changes nothing
+    sequence=[
+        VoteRequest(1, "c1", False, 1, "A"),
+        Release(1, "c2", 2, "A"),
+        Release(1, "c1", 3, "A"),
+        VoteRequest(2, "c2", False, 1, "A"),
+        Release(1, "c1", 4, "A"),
+    ]
 )
 def test_the_statements_decide_as_the_core(postgres_url: str, sequence: list[object]) -> None:
     trio.run(_differential, postgres_url, sequence)
