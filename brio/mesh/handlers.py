@@ -513,8 +513,9 @@ class MeshHandlers:
             return await self._forward(target, methods.DRAIN, pb.NodeRequest(node_id=target))
         already = mesh.local.draining
         mesh.local.draining = True
+        handed = None
         if mesh.lease is not None:  # a drained coordinator hands the lease over, if it has it
-            await mesh.lease.transfer()
+            handed = await mesh.lease.transfer()
         running = mesh.supervisor.active
         if not already:
             log.warning("draining (asked by %s): no new tasks; %d running", caller.node_id, running)
@@ -524,6 +525,8 @@ class MeshHandlers:
             f"{target} {state}: no new tasks are placed on it; {running} running task(s) "
             f"finish there{stored}"
         )
+        if handed is not None:
+            message += f"; the coordinator lease: {handed}"
         return pb.ActionResponse(node_id=target, message=message, running=running)
 
     async def leave(

@@ -269,24 +269,25 @@ class LeaseDriver:
             more,
         )
 
-    async def transfer(self, timeout: float = TRANSFER_WAIT) -> None:
+    async def transfer(self, timeout: float = TRANSFER_WAIT) -> str | None:
         """Hand the lease over before this node stops (SIGTERM, ``brio mesh drain``).
 
         A coordinator campaigns no more from here on. A primary steps down, waits for its
         primary work to end (the voters may vote for a successor as soon as the releases
         arrive, and the fence stays as it is), then sends the releases, and waits until a
         standby campaigns in a newer term: at most ``timeout`` in all. Without an answer the
-        standbys take over as after a crash, once the promises run out."""
+        standbys take over as after a crash, once the promises run out. Returns what
+        happened, for the operator, when this node was primary."""
         lease = self.core
         if lease is None or self._nursery is None:
-            return
+            return None
         started = trio.current_time()
         was_primary = lease.role is core.Role.PRIMARY
         epoch = lease.term
         actions = lease.transfer(started, self.candidates - {self.node_id})
         self._execute([a for a in actions if not isinstance(a, core.Send)])
         if not was_primary:
-            return
+            return None
         deadline = started + timeout
         done = self._primary_done
         if done is not None:
@@ -299,18 +300,12 @@ class LeaseDriver:
             self._changed = trio.Event()
         took = trio.current_time() - started
         if lease.term > epoch:
-            log.warning(
-                "lease: handed over epoch %d; a standby campaigns for epoch %d (%.3f s)",
-                epoch,
-                lease.term,
-                took,
-            )
+            said = f"handed over epoch {epoch}; a standby campaigns for epoch {lease.term}"
+            log.warning("lease: %s (%.3f s)", said, took)
         else:
-            log.warning(
-                "lease: released epoch %d; no standby campaigned within %.1f s",
-                epoch,
-                timeout,
-            )
+            said = f"released epoch {epoch}; no standby campaigned within {timeout:.1f} s"
+            log.warning("lease: %s", said)
+        return said
 
     # --- actions --------------------------------------------------------------------------
 

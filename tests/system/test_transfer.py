@@ -14,6 +14,8 @@ the promises (the production defaults here: a 5 s lease, election timeout 1-2.5 
   the old process exits 0, every submission was accepted (202), and every task succeeds on
   the worker, placed by the new primary. The time from the signal to a standby saying it is
   primary is printed, not asserted (a figure, not a bound of the test).
+- ``brio mesh drain`` of the (new) primary: its answer says it handed the lease over, another
+  coordinator is primary under the next epoch, and the drained one campaigns no more.
 """
 
 from __future__ import annotations
@@ -219,3 +221,21 @@ def test_sigterm_of_the_primary_hands_the_lease_to_a_standby(cluster: Cluster) -
     assert all(t["status"] == "succeeded" and t["node_id"] == "worker-1" for t in tasks), [
         (t["id"], t["status"], t["node_id"]) for t in tasks if t["status"] != "succeeded"
     ]
+
+
+def test_a_drained_primary_hands_the_lease_over(cluster: Cluster) -> None:
+    running = [n for n in coordinators(cluster) if n.proc is not None and n.proc.poll() is None]
+    old = wait_primary(running, 40)
+    epoch = (health(old) or {})["epoch"]
+    drained = time.monotonic()
+    done = old.mesh("drain")
+    new = wait_primary([n for n in running if n is not old], 15, above=epoch)
+    took = time.monotonic() - drained
+    print(
+        f"\ndrain: {old.node_id} (epoch {epoch}) -> {new.node_id} primary after {took:.3f} s "
+        f"(the CLI included): {done.stdout.strip()}"
+    )
+    assert f"the coordinator lease: handed over epoch {epoch}" in done.stdout, done.stdout
+    assert (health(new) or {})["epoch"] == epoch + 1
+    time.sleep(2.0)  # a drained coordinator campaigns no more: it stays a standby
+    assert (health(old) or {})["role"] == "standby"
