@@ -53,6 +53,7 @@ from brio.core.balancer import STRATEGIES, Balancer, Candidate, HashRing, Strate
 __all__ = [
     "Assign",
     "Candidate",
+    "Openings",
     "Plan",
     "QueuedTask",
     "Scheduler",
@@ -119,6 +120,14 @@ class Plan:
         """Tasks that wait only for room: a task finishing on a node they may use is worth
         another plan; nothing else is (the driver's cue to plan again when a slot frees)."""
         return sum(1 for wait in self.waits if wait.for_capacity)
+
+
+@dataclass(frozen=True)
+class Openings:
+    """See ``Scheduler.openings``."""
+
+    agents: frozenset[str]  # an unpinned task of one of these may be placed
+    nodes: frozenset[str]  # a task pinned to one of these may be placed
 
 
 @dataclass(frozen=True)
@@ -193,12 +202,40 @@ class Scheduler:
         and not a coordinator when coordinators do not run agents. An upper bound on what
         one plan can place on ``nodes`` (the driver reads no more of the queue than this and
         a margin); weight 0 still counts, since a pinned task skips the balancer."""
+        return sum(n.capacity - n.load for n in self._open(nodes))
+
+    def openings(self, nodes: Iterable[Candidate]) -> Openings:
+        """What a plan on ``nodes`` could place at all: the agents some node with room may
+        run an unpinned task of (its agents, as ``node_affinity`` allows, weight above 0
+        when weighted), and the nodes with room a pinned task may name. A superset: a
+        queued task outside both would wait in the plan however far down the queue it is,
+        and leaving it out of a plan changes nothing else in it (a wait moves no cursor and
+        sticks no session), so the driver need not read it while these nodes are the ones
+        with room."""
+        s = self._settings
+        agents: set[str] = set()
+        open_nodes: set[str] = set()
+        for n in self._open(nodes):
+            open_nodes.add(n.node_id)
+            if s.strategy == "weighted" and s.weights.get(n.node_id, 1) == 0:
+                continue  # pinned tasks only
+            for agent in n.agents:
+                allowed = s.node_affinity.get(agent)
+                if allowed is None or n.node_id in allowed:
+                    agents.add(agent)
+        return Openings(frozenset(agents), frozenset(open_nodes))
+
+    def _open(self, nodes: Iterable[Candidate]) -> list[Candidate]:
+        """The nodes with room that take tasks at all (healthy, undrained, role allowed)."""
         skip_coordinators = not self._settings.coordinators_run_agents
-        return sum(
-            max(0, n.capacity - n.load)
+        return [
+            n
             for n in nodes
-            if n.healthy and not n.draining and not (skip_coordinators and n.role == "coordinator")
-        )
+            if n.load < n.capacity
+            and n.healthy
+            and not n.draining
+            and not (skip_coordinators and n.role == "coordinator")
+        ]
 
     def node_down(self, node_id: str, now: float) -> None:
         """Forget session stickiness to a node that failed or left (its sessions move)."""

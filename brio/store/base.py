@@ -230,11 +230,16 @@ class Store(Protocol):
     async def count_tasks(self, status: TaskStatus) -> int: ...
 
     # the scheduler (the primary) and the workers it assigns to
-    async def queued_tasks(
-        self, limit: int, after: tuple[int, int] | None = None
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        """The first ``limit`` queued tasks, priority first, then age."""
+
+    async def queued_tasks_after(
+        self, after: tuple[int, int], limit: int, agents: Sequence[str], nodes: Sequence[str]
     ) -> list[QueuedRecord]:
-        """The first ``limit`` queued tasks, priority first, then age; with ``after`` (the
-        ``(priority, seq)`` of the last task of a page read before), those that follow it."""
+        """The next ``limit`` queued tasks in the same order after ``after`` (the ``(priority,
+        seq)`` of the last task of a page read before), of those that are not pinned and run
+        one of ``agents``, or are pinned to one of ``nodes``: the next page of what nodes with
+        room might take."""
 
     async def node_loads(self) -> dict[str, int]:
         """Tasks assigned to or running on each node."""

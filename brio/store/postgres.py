@@ -347,13 +347,16 @@ class PostgresStore:
 
     # the scheduler
 
-    async def queued_tasks(
-        self, limit: int, after: tuple[int, int] | None = None
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        sql, args = SQL.queued_tasks.bind(limit=limit)
+        return [queued_record(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
+
+    async def queued_tasks_after(
+        self, after: tuple[int, int], limit: int, agents: Sequence[str], nodes: Sequence[str]
     ) -> list[QueuedRecord]:
-        if after is None:
-            sql, args = SQL.queued_tasks.bind(limit=limit)
-        else:
-            sql, args = SQL.queued_tasks_after.bind(limit=limit, priority=after[0], seq=after[1])
+        sql, args = SQL.queued_tasks_after.bind(
+            priority=after[0], seq=after[1], agents=list(agents), nodes=list(nodes), limit=limit
+        )
         return [queued_record(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
 
     async def node_loads(self) -> dict[str, int]:

@@ -369,11 +369,15 @@ class Statements:
             " WHERE status = 'queued' ORDER BY priority DESC, seq ASC LIMIT :limit"
         )
         # the next page of the same order, after the last task of the page before (a key,
-        # not an offset: a task queued or placed meanwhile neither repeats nor hides one)
+        # not an offset: a task queued or placed meanwhile neither repeats nor hides one),
+        # only of tasks that nodes with room may take: unpinned of their agents, or pinned
+        # to one of them
         self.queued_tasks_after = q(
             "SELECT id, agent, attempt, priority, seq, session_id, target_node FROM tasks"
             " WHERE status = 'queued'"
             " AND (priority < :priority OR (priority = :priority AND seq > :seq))"
+            f" AND ((target_node IS NULL AND {d.is_in('agent', 'agents')})"
+            f" OR {d.is_in('target_node', 'nodes')})"
             " ORDER BY priority DESC, seq ASC LIMIT :limit"
         )
         self.node_loads = q(

@@ -554,13 +554,21 @@ class SQLiteStore:
 
     # the scheduler
 
-    async def queued_tasks(
-        self, limit: int, after: tuple[int, int] | None = None
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        stmt = SQL.queued_tasks.bind(limit=limit)
+        rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
+        return [queued_record(row) for row in rows]
+
+    async def queued_tasks_after(
+        self, after: tuple[int, int], limit: int, agents: Sequence[str], nodes: Sequence[str]
     ) -> list[QueuedRecord]:
-        if after is None:
-            stmt = SQL.queued_tasks.bind(limit=limit)
-        else:
-            stmt = SQL.queued_tasks_after.bind(limit=limit, priority=after[0], seq=after[1])
+        stmt = SQL.queued_tasks_after.bind(
+            priority=after[0],
+            seq=after[1],
+            agents=json.dumps(list(agents)),
+            nodes=json.dumps(list(nodes)),
+            limit=limit,
+        )
         rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
         return [queued_record(row) for row in rows]
 

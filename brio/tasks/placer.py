@@ -17,20 +17,23 @@ itself. Each round:
 How much of the queue a round reads: with a long queue and full nodes, each finished task
 wakes a round that can place one task, so reading (and planning) ``batch`` tasks each time
 would be almost all waste. The first page is the free room the nodes had when the last round
-ended (its read loads plus its assignments; a node not seen then counts as empty), plus one
-slot per ``slot_freed`` since, plus ``margin``, plus the tasks that the last round saw wait
-ahead of placeable ones (they are still at the head). The loads come with that page, so the
-room is then known: while the page was full and a node still has room, the next page (after
-the last one's key, at least twice as long) is read and planned with the loads the pages
-before it left, which is the same greedy walk as one plan of all of them (the scheduler's
-fairness holds). A round stops at the end of the queue, when no node has room, or after
-``batch`` tasks: a head of tasks that wait for a node that is not there costs pages, but
-does not starve the tasks behind it (within ``batch``, as before).
+ended (its read loads plus its assignments; a node not seen then counts as empty, one whose
+room no queued task could use then counts as full until a ``wake``), plus one slot per
+``slot_freed`` since, plus ``margin`` for tasks that wait for something other than room. The
+loads come with that page, so the room is then known: while the page was full and a node
+still has room, the next page (after the last one's key) is read, of only the tasks that the
+nodes with room may take (``Scheduler.openings``: unpinned tasks of the agents they run,
+tasks pinned to them), and planned with the loads that the pages before it left. That is the
+same greedy walk as one plan of the whole queue, since a task left out would have waited
+anyway and its wait changes nothing else: the scheduler's fairness holds, and a head of
+tasks that wait for a node that is not there (or for full nodes while another has room)
+does not starve the tasks behind it, however long. A round stops at the end of the queue,
+when no node has room, or after ``batch`` tasks read.
 
 A round runs when woken (``wake``: a submit here, a notice from another coordinator, a task
 put back in the queue, a change of a peer's state; ``slot_freed``: a task finished, which
-matters only while the last round left tasks waiting for room, or unread) and at least every
-``poll`` seconds; a round that read ``batch`` tasks, placed some and still had room is
+matters only while the last round left tasks waiting for room, or some unread) and at least
+every ``poll`` seconds; a round that read ``batch`` tasks, placed some and still had room is
 followed at once by the next. Wakes that come while a round runs make one next round, so
 that a burst of submits is placed in a few rounds, not one each.
 
@@ -136,10 +139,13 @@ class Placer:
         # for the size of the next round's first page:
         self._loads: dict[str, int] = {}  # per node, as the last round left them
         self._freed = 0  # slot_freed calls since the last round's reads began
-        self._ahead = 0  # tasks the last round saw wait where they would wait again
+        self._idle: set[str] = set()  # nodes whose room no queued task could use
+        self._wakes = 0  # wake calls, to tell whether one came during a round
 
     def wake(self) -> None:
         """Something changed (a task was queued, a node came or went): plan now."""
+        self._idle = set()  # a new task may use the room that none could
+        self._wakes += 1
         self._wake.set()
 
     def slot_freed(self) -> None:
@@ -169,6 +175,7 @@ class Placer:
         may be placeable at once)."""
         now = trio.current_time()
         freed, self._freed = self._freed, 0
+        wakes = self._wakes
         limit = self._first_page(freed)
         loads, page = await self._read(limit)
         t_read = trio.current_time()
@@ -193,6 +200,7 @@ class Placer:
         assignments: list[Assign] = []
         waits: list[Wait] = []
         read = pages = 0
+        first_full = len(page) == limit  # more may be queued than this round has read
         while True:
             read += len(page)
             pages += 1
@@ -201,22 +209,27 @@ class Placer:
                 assignments += plan.assignments
                 waits += plan.waits
                 nodes = _with_added(nodes, plan.assignments)
-            unread = len(page) == limit  # a full page: more may follow
             room = self.scheduler.room(nodes)
-            if not unread or room == 0 or read >= self.batch:
+            if len(page) < limit or room == 0 or read >= self.batch:
                 break
-            limit = min(self.batch - read, max(room + self.margin, 2 * limit))
-            last = page[-1]
-            page = await self.store.queued_tasks(limit, after=(last.priority, last.seq))
+            # the next page holds only what the nodes still with room may take
+            limit = min(self.batch - read, room + self.margin)
+            last, open_ = page[-1], self.scheduler.openings(nodes)
+            page = await self.store.queued_tasks_after(
+                (last.priority, last.seq), limit, sorted(open_.agents), sorted(open_.nodes)
+            )
         self.read += read
         self.waiting = len(waits)
         self._capacity_waits = sum(1 for wait in waits if wait.for_capacity)
-        self._unread = unread
+        # tasks were left unread (or skipped by a later page: they wait for full nodes)
+        self._unread = first_full
         self._loads = {n.node_id: n.load for n in nodes}
-        # With room left, every task that waited could use none of it, and will take a
-        # place in the next first page again; without, only those that wait for something
-        # other than room are sure to (the others may be placed as slots free).
-        self._ahead = len(waits) if room else len(waits) - self._capacity_waits
+        # nodes with room that nothing queued could use: the next first page leaves their
+        # room out, until a wake (a submit, a node's change) says that may have changed
+        exhausted = len(page) < limit and wakes == self._wakes
+        self._idle = (
+            {n.node_id for n in nodes if n.load < n.capacity} if exhausted and room else set()
+        )
         self._log_waits(waits, now)
         t_plan = trio.current_time()
         if assignments:
@@ -238,17 +251,18 @@ class Placer:
             (t_plan - t_read) * 1e3,
             (trio.current_time() - t_plan) * 1e3,
         )
-        return unread and read >= self.batch and room > 0 and bool(assignments)
+        return read >= self.batch and room > 0 and bool(assignments)
 
     def _first_page(self, freed: int) -> int:
         """How many queued tasks the round reads with the loads: the room the last round
-        left (a node it did not see counts as empty), ``freed`` slots, the tasks that waited
-        ahead, and the margin; never more than ``batch``."""
+        left (a node it did not see counts as empty; one whose room no queued task could use
+        then, not at all), ``freed`` slots, and the margin; never more than ``batch``."""
         known = [
-            replace(c, load=self._loads.get(c.node_id, 0)) for c in self.directory.candidates()
+            replace(c, load=self._loads.get(c.node_id, 0))
+            for c in self.directory.candidates()
+            if c.node_id not in self._idle
         ]
-        room = self.scheduler.room(known)
-        return min(self.batch, room + freed + self._ahead + self.margin)
+        return min(self.batch, self.scheduler.room(known) + freed + self.margin)
 
     async def _read(self, limit: int) -> tuple[dict[str, int], list[QueuedRecord]]:
         """The load per node and the first ``limit`` queued tasks, read at once (two

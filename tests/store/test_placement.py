@@ -31,20 +31,31 @@ async def test_queued_tasks_come_by_priority_then_age_with_their_pin(store: Stor
 
 async def test_the_next_page_of_the_queue_follows_the_key_of_the_last(store: Store) -> None:
     """Pages by (priority, seq): equal priorities by age, then the lower priorities; a task
-    queued meanwhile before the key neither repeats one nor shifts the page."""
+    queued meanwhile before the key neither repeats one nor shifts the page; only unpinned
+    tasks of the agents given, and tasks pinned to the nodes given."""
     low1, high1, low2, high2 = (
         await queued(store),
         await queued(store, priority=5),
         await queued(store),
         await queued(store, priority=5),
     )
+    other = await queued(store, agent="other")
+    pinned = await queued(store, agent="other", node_id="w1")
+    elsewhere = await queued(store, node_id="w2")
     first = await store.queued_tasks(1)
     assert [r.id for r in first] == [high1.id]
     await queued(store, priority=9)  # ahead of the key: the next page does not see it
     key = (first[0].priority, first[0].seq)
-    assert [r.id for r in await store.queued_tasks(2, after=key)] == [high2.id, low1.id]
-    assert [r.id for r in await store.queued_tasks(10, after=(0, low1.seq))] == [low2.id]
-    assert await store.queued_tasks(10, after=(0, low2.seq)) == []
+
+    async def after(key: tuple[int, int], limit: int = 10) -> list[str]:
+        return [r.id for r in await store.queued_tasks_after(key, limit, ["echo"], ["w1"])]
+
+    assert await after(key, 2) == [high2.id, low1.id]
+    assert await after((0, low1.seq)) == [low2.id, pinned.id]
+    assert await after((0, pinned.seq)) == []
+    both = await store.queued_tasks_after((0, low2.seq), 10, ["echo", "other"], ["w1", "w2"])
+    assert [r.id for r in both] == [other.id, pinned.id, elsewhere.id]
+    assert await store.queued_tasks_after(key, 10, [], []) == []
 
 
 async def test_assign_moves_a_batch_in_one_write_under_the_fence(store: Store) -> None:

@@ -4,6 +4,7 @@ tasks behind it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import trio
 from brio.core.scheduler import Candidate, Scheduler, SchedulerSettings
 from brio.core.tasks import TaskStatus
 from brio.store import NewTask, Store
-from brio.store.base import QueuedRecord
+from brio.store.base import QueuedRecord, TaskFilter
 from brio.tasks.events import EventBus
 from brio.tasks.placer import Placer
 
@@ -37,22 +38,27 @@ class Directory:
 
 
 class Reads:
-    """A real store that records the limit of each queued-tasks read."""
+    """A real store that records the limit of each queued-tasks read (a first page, or a
+    next page with the agents and pinned nodes it was limited to)."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.limits: list[int] = []
+        self.open_to: list[tuple[list[str], list[str]]] = []  # of each next page
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def queued_tasks(
-        self, limit: int, after: tuple[int, int] | None = None
+    async def queued_tasks(self, limit: int) -> list[QueuedRecord]:
+        self.limits.append(limit)
+        return await self.inner.queued_tasks(limit)
+
+    async def queued_tasks_after(
+        self, after: tuple[int, int], limit: int, agents: Sequence[str], nodes: Sequence[str]
     ) -> list[QueuedRecord]:
         self.limits.append(limit)
-        if after is None:
-            return await self.inner.queued_tasks(limit)
-        return await self.inner.queued_tasks(limit, after=after)
+        self.open_to.append((list(agents), list(nodes)))
+        return await self.inner.queued_tasks_after(after, limit, agents, nodes)
 
 
 def node(node_id: str, capacity: int, *agents: str) -> Candidate:
@@ -73,6 +79,11 @@ async def placer_for(store: Store, directory: Directory, **kwargs: Any) -> tuple
     reads = Reads(store)
     placer = Placer(reads, Scheduler(SchedulerSettings()), directory, EventBus(), **kwargs)
     return placer, reads
+
+
+async def assigned_ids(store: Store) -> list[str]:
+    page = await store.list_tasks(TaskFilter(status=TaskStatus.ASSIGNED), limit=500)
+    return [t.id for t in page.tasks]
 
 
 async def assigned(store: Store, ids: list[str]) -> dict[str, str | None]:
@@ -115,34 +126,37 @@ async def test_the_next_round_reads_by_the_room_left_and_the_freed_slots(store: 
 async def test_a_head_pinned_to_a_missing_node_does_not_starve_the_tasks_behind_it(
     store: Store,
 ) -> None:
-    """Forty tasks pinned to a node that is not there, then six that w1 can run: one round
-    pages past the head (the pages grow) and places the six."""
+    """Forty tasks pinned to a node that is not there, then six that w1 can run: the round
+    reads a first page of the head, then a next page of only what w1 may take, which skips
+    the rest of the head in the store and places the six."""
     await queue(store, 40, pin="gone")
     later = await queue(store, 6)
     placer, reads = await placer_for(store, Directory(node("w1", 10)), margin=2)
     await placer.round(EPOCH)
     assert set(await assigned(store, later)) == set(later)
-    assert reads.limits[0] == 10 + 2 and len(reads.limits) > 1
-    assert placer.waiting == 40
-    # the next round knows the head and reads past it in one page
-    reads.limits.clear()
+    assert reads.limits == [10 + 2, 10 + 2] and reads.open_to == [(["a"], ["w1"])]
+    assert placer.read == 12 + 6 and placer.waiting == 12
+    # and again, with the head still there
     more = await queue(store, 2)
     placer.wake()
     await placer.round(EPOCH)
     assert set(await assigned(store, more)) == set(more)
-    assert len(reads.limits) == 1
+    assert placer.read == 18 + 6 + 2  # first page (4 room + 2), the two
 
 
 async def test_pages_are_planned_with_the_loads_of_the_pages_before(store: Store) -> None:
-    """Five slots, a blocked head, then twenty tasks spread over several pages: exactly five
-    land, the five oldest (a later page neither overfills the node nor overtakes)."""
-    await queue(store, 10, pin="gone")
-    later = await queue(store, 20)
-    placer, _ = await placer_for(store, Directory(node("w1", 5)), margin=2)
+    """Six slots; the first page places four and meets blocked tasks, the next page sees the
+    two slots left, not six: exactly six land, the six oldest."""
+    await queue(store, 3, pin="gone")
+    first = await queue(store, 4)
+    await queue(store, 5, pin="gone")
+    rest = await queue(store, 10)
+    placer, reads = await placer_for(store, Directory(node("w1", 6)), margin=2)
     await placer.round(EPOCH)
-    got = await assigned(store, later)
-    assert set(got) == set(later[:5])
-    assert await store.node_loads() == {"w1": 5}
+    assert reads.limits == [6 + 2, 2 + 2]
+    got = await assigned(store, first + rest)
+    assert set(got) == set(first + rest[:2])
+    assert await store.node_loads() == {"w1": 6}
 
 
 async def test_tasks_waiting_for_a_full_node_do_not_starve_another_nodes_agent(
@@ -164,12 +178,35 @@ async def test_tasks_waiting_for_a_full_node_do_not_starve_another_nodes_agent(
 
 
 async def test_a_round_reads_no_more_than_a_batch(store: Store) -> None:
-    """A blocked head longer than the batch: the round stops after ``batch`` tasks read, and
-    says there is nothing to do at once (nothing was placed)."""
-    await queue(store, 30, pin="gone")
+    """Tasks pinned to w1 for an agent it does not run pass the next pages' filter and wait:
+    the round stops after ``batch`` tasks read, and says there is nothing to do at once
+    (nothing was placed)."""
+    await queue(store, 30, agent="z", pin="w1")
     placer, reads = await placer_for(store, Directory(node("w1", 4)), margin=1, batch=12)
     assert await placer.round(EPOCH) is False
-    assert sum(reads.limits) == 12 and placer.read == 12
+    assert reads.limits == [5, 5, 2] and placer.read == 12
+
+
+async def test_room_no_queued_task_can_use_is_left_out_of_the_next_first_page(
+    store: Store,
+) -> None:
+    """w2 has room but runs only b, and only a's are queued: after a round that found so,
+    a freed slot reads that slot and the margin, not w2's room too (and a next page of b's,
+    empty); a wake (a b may have come) counts w2's room again."""
+    await queue(store, 30, agent="a")
+    directory = Directory(node("w1", 2, "a"), node("w2", 5, "b"))
+    placer, reads = await placer_for(store, directory, margin=2)
+    await placer.round(EPOCH)
+    assert reads.limits == [7 + 2, 5 + 2] and reads.open_to == [(["b"], ["w2"])]
+    assert await store.cancel_task((await assigned_ids(store))[0]) is not None
+    placer.slot_freed()
+    reads.limits.clear()
+    await placer.round(EPOCH)
+    assert reads.limits == [1 + 2, 5 + 2]
+    placer.wake()
+    reads.limits.clear()
+    await placer.round(EPOCH)
+    assert reads.limits[0] == 5 + 2
 
 
 async def test_a_round_that_read_a_batch_and_placed_some_runs_again_at_once(
