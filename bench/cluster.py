@@ -42,6 +42,11 @@ medians):
   coordinator's WebSocket (this includes the forwarding of the event back from the worker),
   and, from the store, ``started_at - created_at`` of the same tasks (created_at is taken
   before the insert commits, so this includes the commit and the 202's own path). p50, p99.
+- ``backlog``: a long queue at once: 2,000 ``sleep`` tasks of 100 ms (300 with ``--quick``)
+  submitted in batches of 1,000 (``POST /api/tasks:batch``), then drained. A: ``sleep_w1``
+  (one worker), B: ``sleep`` (both). Completions per second from the store (as in
+  ``throughput``) and the coordinator's CPU milliseconds per task: placement with a long
+  queue, without an HTTP request or a WebSocket event per task.
 - ``failover``: 20 ``sleep`` tasks of 10 minutes spread over both workers; ``kill -9`` of
   worker-2; time until every one of its tasks is ``running`` on worker-1 (store, polled every
   50 ms), with the coordinator's log times of ``suspected``, ``failed`` and the requeue. With
@@ -93,6 +98,7 @@ from tests.system.cluster import (  # noqa: E402
 )
 
 MAX_AGENTS = 50
+BATCH_SIZE = 1000  # tasks per POST /api/tasks:batch in the backlog row (the API's most)
 SLEEP_MS = 100
 LONG_TASK_MS = 1000  # scale-out with tasks long enough that the slots, not the coordinator, bind
 CONCURRENCY = 64
@@ -103,7 +109,7 @@ MAIN_IPS = {"coordinator-1": "127.0.0.2", "worker-1": "127.0.0.3", "worker-2": "
 SHORT_IPS = {"coordinator-1": "127.0.0.6", "worker-1": "127.0.0.7", "worker-2": "127.0.0.8"}
 SINGLE_IP = "127.0.0.5"
 ROLES = {"coordinator-1": "coordinator", "worker-1": "worker", "worker-2": "worker"}
-ROWS = ("placement", "throughput", "scale-out", "scale-out-slots", "failover")
+ROWS = ("placement", "throughput", "scale-out", "scale-out-slots", "backlog", "failover")
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,11 @@ class Settings:
     latency_count: int
     failover_reps_short: int
     failover_reps_default: int
+    backlog: int  # tasks queued at once by the backlog row
 
 
-FULL = Settings(3, 8.0, 8.0, 200, 3, 3)
-QUICK = Settings(2, 1.5, 2.0, 15, 1, 0)
+FULL = Settings(3, 8.0, 8.0, 200, 3, 3, 2000)
+QUICK = Settings(2, 1.5, 2.0, 15, 1, 0, 300)
 
 
 def revision() -> str:
@@ -538,6 +545,60 @@ def scaleout_row(
     )
 
 
+def backlog_row(
+    s: Settings, meter: Meter, *, coordinator: MeshNode, store: Store, profiler: Profiler
+) -> dict[str, Any]:
+    """A long queue at once: ``s.backlog`` sleep tasks in batches of 1,000 (``POST
+    /api/tasks:batch``, a few requests: no HTTP cost per task), then the drain."""
+
+    def phase(agent: str, label: str) -> Callable[[int], dict[str, Any]]:
+        def run(rep: int) -> dict[str, Any]:
+            tag = f"backlog-{label}-{rep}"
+            item = {"agent": agent, "prompt": tag, "input": {"ms": SLEEP_MS}}
+
+            def submit_and_drain() -> dict[str, Any]:
+                left, started = s.backlog, time.monotonic()
+                while left:
+                    n = min(left, BATCH_SIZE)
+                    reply = httpx.post(
+                        f"{coordinator.http_url}/api/tasks:batch",
+                        json={"tasks": [item] * n},
+                        timeout=120,
+                    )
+                    reply.raise_for_status()
+                    left -= n
+                submitted = time.monotonic() - started
+                return {"submit_s": submitted, "drain_s": store.wait_drained(tag, timeout=300)}
+
+            with profiler.phase(f"backlog-{label}", rep, coordinator):
+                result = measured(meter, submit_and_drain)
+            result["store"] = done = store.completion(tag)
+            result["rate"] = done["rate"]
+            result["coord_ms_per_task"] = per_task(result, "coordinator-1", done["succeeded"])
+            log(
+                f"backlog {label} rep {rep}: {done['succeeded']} in {done['span_s']:.1f} s, "
+                f"{done['rate']:.0f} done/s on {done['by_node']}, coordinator "
+                f"{result['coord_ms_per_task']:.2f} ms CPU/task, "
+                f"other CPU {result['cpu']['other']:.1f}s"
+            )
+            return result
+
+        return run
+
+    runs_a, runs_b = alternate(s.reps, phase("sleep_w1", "one"), phase("sleep", "two"))
+    return summarize(
+        "backlog",
+        f"{s.backlog} sleep {SLEEP_MS} ms tasks queued at once (batches of {BATCH_SIZE}): "
+        "1 worker (A) vs 2 (B)",
+        runs_a,
+        runs_b,
+        {
+            "completed/s": lambda r: r["rate"],
+            "coord ms/task": lambda r: r["coord_ms_per_task"],
+        },
+    )
+
+
 def per_task(result: dict[str, Any], group: str, tasks: int) -> float:
     """CPU milliseconds ``group`` used per task over the phase (0 without tasks)."""
     return 1000 * result["cpu"][group] / tasks if tasks else 0.0
@@ -846,6 +907,16 @@ def main() -> None:
                             sleep_ms=sleep_ms,
                         )
                     )
+            if "backlog" in only:
+                rows.append(
+                    backlog_row(
+                        s,
+                        meter,
+                        coordinator=coordinator,
+                        store=stores["cluster"],
+                        profiler=profiler,
+                    )
+                )
             single.stop()
             if "failover" not in only:
                 pass
