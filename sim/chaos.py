@@ -406,19 +406,22 @@ class Chaos:
     def _stop(self, victim: SimNode) -> Undo:
         """A graceful stop (SIGTERM; the primary when there is one): the node hands the lease
         over and exits on its own a moment later; it starts again at the episode's end, or
-        at once if it exits after the heal."""
+        at once if it exits after that end (or the heal)."""
         world = self._world
         if not victim.up or victim.paused:
             return _nothing
+        over = False  # the episode ended (or the heal came) before the node exited
 
         def exited() -> None:
             world.crash_now(victim, "stops (the rest of a graceful stop is as a crash)")
-            if self._healed:
+            if over or self._healed:
                 self._restart(victim)
 
         victim.stop_gracefully(exited)
 
         def undo() -> None:
+            nonlocal over
+            over = True
             if not victim.up:
                 self._restart(victim)
 
