@@ -16,6 +16,8 @@ the promises (the production defaults here: a 5 s lease, election timeout 1-2.5 
   primary is printed, not asserted (a figure, not a bound of the test).
 - ``brio mesh drain`` of the (new) primary: its answer says it handed the lease over, another
   coordinator is primary under the next epoch, and the drained one campaigns no more.
+- Two coordinators with the store's witness: SIGTERM of the primary, the other is primary
+  under the next epoch, and the witness's row promises it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from tests.system.cluster import (
     MeshNode,
     fast_timings,
     health,
+    query,
     wait_for,
     wait_primary,
     write_cluster,
@@ -239,3 +242,58 @@ def test_a_drained_primary_hands_the_lease_over(cluster: Cluster) -> None:
     assert (health(new) or {})["epoch"] == epoch + 1
     time.sleep(2.0)  # a drained coordinator campaigns no more: it stays a standby
     assert (health(old) or {})["role"] == "standby"
+
+
+WITNESS_IPS = {"coord-1": "127.0.0.85", "coord-2": "127.0.0.86", "worker-1": "127.0.0.87"}
+
+
+def test_with_the_store_as_witness_sigterm_hands_the_lease_to_the_other_coordinator(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two coordinators and ``@store``: the release reaches the store's witness too (its
+    ``RELEASE`` statement), and the other coordinator is primary under the next epoch."""
+    base = tmp_path_factory.mktemp("transfer-witness")
+    certs = make_cluster_certs(base / "certs", {n: [ip] for n, ip in WITNESS_IPS.items()})
+    database = postgres_server.create_database("transfer_witness")
+    tables: dict[str, dict[str, Any]] = fast_timings(0.25, 1.0, 3)
+    tables["mesh.lease"] = {
+        "lease_duration": 5.0,
+        "election_timeout": [1.0, 2.5],
+        "voters": ["coord-1", "coord-2"],
+        "witness": "store",
+    }
+    roles = {n: "worker" if n.startswith("worker") else "coordinator" for n in WITNESS_IPS}
+    tls = {n: tls_config(certs, n) for n in WITNESS_IPS}
+    nodes = write_cluster(
+        base, WITNESS_IPS, roles, database, tls, tables, mesh={"coordinators_run_agents": False}
+    )
+    try:
+        for node in nodes.values():
+            node.start()
+        pair = [nodes["coord-1"], nodes["coord-2"]]
+        old = wait_primary(pair, 40)
+        epoch = (health(old) or {})["epoch"]
+        other = next(n for n in pair if n is not old)
+        assert old.proc is not None
+        old.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        new = wait_primary([other], 15, above=epoch)
+        took = time.monotonic() - signalled
+        assert old.proc.wait(30) == 0, old.log()[-4000:]
+        print(f"\nwitness handover: {old.node_id} -> {new.node_id} after {took:.3f} s")
+        assert (health(new) or {})["epoch"] == epoch + 1
+        assert f"lease: handed over epoch {epoch}; a standby campaigns" in old.log()
+
+        def witness_follows() -> list[list[str]] | None:
+            sql = "SELECT term, voted_for, promised_to FROM lease_witness"
+            rows = query(postgres_server, "transfer_witness", sql)
+            return rows if rows and rows[0][2] == new.node_id else None
+
+        rows = wait_for("the witness's promise to the new primary", witness_follows, 10, new)
+        # Its vote, not only its renewal: granted well inside the promise it had made the old
+        # primary (5 s from a renewal at most 1.7 s before the signal), so given back first.
+        assert rows[0][:2] == [str(epoch + 1), new.node_id], rows
+    finally:
+        for node in nodes.values():
+            node.stop()
+        postgres_server.drop_database("transfer_witness")
