@@ -304,7 +304,7 @@ class Lease:
         self.held: str | None = None  # why we do not campaign now (``hold``)
         self._retired = False  # handed the lease over (``transfer``): never campaign again
         self._transfer: _Transfer | None = None
-        self._heard_at: dict[str, float] = {}  # voter -> when it last acknowledged a renewal
+        self._heard_at: dict[str, float] = {}  # voter -> when it last answered us (alive)
 
     # ---------------------------------------------------------------- queries
 
@@ -412,9 +412,9 @@ class Lease:
         """Hand the lease over before stopping (SIGTERM, a drain): campaign no more, and as
         primary step down at once and release every peer's promise (``Release``).
 
-        ``successors`` are the coordinators that may take over; the one that acknowledged a
-        renewal last is told to campaign at once, as soon as the voters that gave their
-        promise back (with ours and its own vote) make a majority. The driver must have
+        ``successors`` are the coordinators that may take over; the one heard from last is
+        told to campaign at once, as soon as the voters that gave their promise back (ours
+        included) and its own vote make a majority (``_tell_successor``). The driver must have
         stopped the primary work (``SteppedDown``) before the first ``Send`` leaves: a voter
         that gets a release may vote for the successor at once. Nothing touches the fence.
         """
@@ -694,7 +694,7 @@ class Lease:
         promised = self._promised_to not in (None, leader) and now < self._promise_until
         if release.term < self.term or self.primary not in (None, leader) or promised:
             why = "term is stale" if release.term < self.term else f"{leader} is not our primary"
-            return [Send(leader, reply(False, why))] if self.is_voter else []
+            return actions + ([Send(leader, reply(False, why))] if self.is_voter else [])
         if self._promised_to == leader:
             self._promised_to = None
             self._promise_until = -math.inf

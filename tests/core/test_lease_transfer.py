@@ -14,6 +14,7 @@ import math
 from brio.core.lease import (
     BecamePrimary,
     Lease,
+    Persist,
     Release,
     RenewReply,
     RenewRequest,
@@ -202,3 +203,13 @@ def test_a_release_from_a_candidate_we_promised_nothing_is_refused() -> None:
     [refusal] = sends(b.receive(D + 0.1, "c", Release(1, "c", 6, DIGEST)))
     assert refusal.message == RenewReply(1, "b", False, 6, DIGEST, "c is not our primary")
     assert b.status().primary is None and b._promised_to == "a"
+
+
+def test_a_release_in_a_term_we_missed_is_adopted_and_written_even_when_refused() -> None:
+    # b promised a (term 1) until 2 D; c's release names term 3, which b never saw.
+    b = promised_voter()
+    actions = b.receive(D + 0.1, "c", Release(3, "c", 6, DIGEST))
+    assert actions[0] == Persist(3, None)  # terms only grow, on disk too
+    [refusal] = sends(actions)
+    assert isinstance(refusal.message, RenewReply) and not refusal.message.ok
+    assert b.term == 3 and b._promised_to == "a"  # the promise to a stands
