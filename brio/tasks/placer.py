@@ -17,18 +17,23 @@ itself. Each round:
 How much of the queue a round reads: with a long queue and full nodes, each finished task
 wakes a round that can place one task, so reading (and planning) ``batch`` tasks each time
 would be almost all waste. The first page is the free room the nodes had when the last round
-ended (its read loads plus its assignments; a node not seen then counts as empty, one whose
-room no queued task could use then counts as full until a ``wake``), plus one slot per
-``slot_freed`` since, plus ``margin`` for tasks that wait for something other than room. The
-loads come with that page, so the room is then known: while the page was full and a node
-still has room, the next page (after the last one's key) is read, of only the tasks that the
-nodes with room may take (``Scheduler.openings``: unpinned tasks of the agents they run,
-tasks pinned to them), and planned with the loads that the pages before it left. That is the
-same greedy walk as one plan of the whole queue, since a task left out would have waited
-anyway and its wait changes nothing else: the scheduler's fairness holds, and a head of
-tasks that wait for a node that is not there (or for full nodes while another has room)
+ended (its read loads plus its assignments; a node not seen then counts as empty), plus one
+slot per ``slot_freed`` since, plus ``margin`` for tasks that wait for something other than
+room. The loads come with that page, so the room is then known: while the page was full and
+a node still has room, the next page (after the last one's key) is read, of only the tasks
+that the nodes with room may take (``Scheduler.openings``: unpinned tasks of the agents they
+run, tasks pinned to them), and planned with the loads that the pages before it left. That
+is the same greedy walk as one plan of the whole queue, since a task left out would have
+waited anyway and its wait changes nothing else: the scheduler's fairness holds, and a head
+of tasks that wait for a node that is not there (or for full nodes while another has room)
 does not starve the tasks behind it, however long. A round stops at the end of the queue,
 when no node has room, or after ``batch`` tasks read.
+
+A node whose room a round found nothing queued to use (it read to the end of what such
+nodes may take) is idle: later rounds count its room neither in the first page nor as a
+reason to read on, until a ``wake`` (a submit, a node's change) or a poll (what only time
+changes: a session's stickiness expiring) says that may have changed. Without it, a node
+kept free by ``node_affinity`` would make every round look through the queue again.
 
 A round runs when woken (``wake``: a submit here, a notice from another coordinator, a task
 put back in the queue, a change of a peer's state; ``slot_freed``: a task finished, which
@@ -160,6 +165,7 @@ class Placer:
     async def run(self, epoch: int) -> None:
         """Place tasks under ``epoch`` until cancelled; raises ``FenceLost`` when deposed."""
         log.info("placing tasks for epoch %d", epoch)
+        self._idle, self._loads = set(), {}  # another primary may have placed meanwhile
         while True:
             # A fresh event before the round: a wake that comes while it runs (a submit
             # after its queue read) is kept for the next round, and wakes during one round
@@ -167,8 +173,12 @@ class Placer:
             self._wake = trio.Event()
             full = await self.round(epoch)
             if not full:
-                with trio.move_on_after(self.poll):
+                with trio.move_on_after(self.poll) as poll:
                     await self._wake.wait()
+                if poll.cancelled_caught:
+                    # a poll: the backstop for lost notices, and what only time changes (a
+                    # session's stickiness expiring) may open idle room too
+                    self._idle = set()
 
     async def round(self, epoch: int) -> bool:
         """One round; True when it read ``batch`` tasks, placed some and room is left (more
@@ -209,27 +219,34 @@ class Placer:
                 assignments += plan.assignments
                 waits += plan.waits
                 nodes = _with_added(nodes, plan.assignments)
-            room = self.scheduler.room(nodes)
+            # room on idle nodes is no reason to read on: nothing queued could use it
+            useful = [n for n in nodes if n.node_id not in self._idle]
+            room = self.scheduler.room(useful)
             if len(page) < limit or room == 0 or read >= self.batch:
                 break
             # the next page holds only what the nodes still with room may take
             limit = min(self.batch - read, room + self.margin)
-            last, open_ = page[-1], self.scheduler.openings(nodes)
+            last, open_ = page[-1], self.scheduler.openings(useful)
             page = await self.store.queued_tasks_after(
                 (last.priority, last.seq), limit, sorted(open_.agents), sorted(open_.nodes)
             )
         self.read += read
         self.waiting = len(waits)
         self._capacity_waits = sum(1 for wait in waits if wait.for_capacity)
-        # tasks were left unread (or skipped by a later page: they wait for full nodes)
+        # tasks were left unread (or skipped by a later page: they wait for full or idle nodes)
         self._unread = first_full
         self._loads = {n.node_id: n.load for n in nodes}
-        # nodes with room that nothing queued could use: the next first page leaves their
-        # room out, until a wake (a submit, a node's change) says that may have changed
-        exhausted = len(page) < limit and wakes == self._wakes
-        self._idle = (
-            {n.node_id for n in nodes if n.load < n.capacity} if exhausted and room else set()
-        )
+        # Nodes with room that nothing queued could use: the next rounds leave their room
+        # out of the first page and read no further for it, until a wake (a submit, a node's
+        # change) or a poll says that may have changed. They are those with room when the
+        # round read to the end of what such nodes may take; else those that were idle.
+        free = {n.node_id for n in nodes if n.load < n.capacity}
+        if wakes != self._wakes:
+            self._idle = set()
+        elif len(page) < limit:
+            self._idle = free
+        else:
+            self._idle &= free
         self._log_waits(waits, now)
         t_plan = trio.current_time()
         if assignments:

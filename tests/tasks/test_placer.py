@@ -187,12 +187,10 @@ async def test_a_round_reads_no_more_than_a_batch(store: Store) -> None:
     assert reads.limits == [5, 5, 2] and placer.read == 12
 
 
-async def test_room_no_queued_task_can_use_is_left_out_of_the_next_first_page(
-    store: Store,
-) -> None:
+async def test_room_no_queued_task_can_use_is_left_out_until_a_wake(store: Store) -> None:
     """w2 has room but runs only b, and only a's are queued: after a round that found so,
-    a freed slot reads that slot and the margin, not w2's room too (and a next page of b's,
-    empty); a wake (a b may have come) counts w2's room again."""
+    a freed slot reads that slot and the margin, and no next page for w2; a wake (a b may
+    have come) counts w2's room again."""
     await queue(store, 30, agent="a")
     directory = Directory(node("w1", 2, "a"), node("w2", 5, "b"))
     placer, reads = await placer_for(store, directory, margin=2)
@@ -202,11 +200,28 @@ async def test_room_no_queued_task_can_use_is_left_out_of_the_next_first_page(
     placer.slot_freed()
     reads.limits.clear()
     await placer.round(EPOCH)
-    assert reads.limits == [1 + 2, 5 + 2]
+    assert reads.limits == [1 + 2]
+    bs = await queue(store, 2, agent="b")
     placer.wake()
     reads.limits.clear()
     await placer.round(EPOCH)
-    assert reads.limits[0] == 5 + 2
+    assert reads.limits == [5 + 2, 5 + 2]
+    assert await assigned(store, bs) == dict.fromkeys(bs, "w2")
+
+
+async def test_a_poll_counts_idle_room_again(store: Store) -> None:
+    """Time alone may open idle room (a session's stickiness expires): a round after a
+    poll, not woken by anything, looks for w2 again."""
+    await queue(store, 30, agent="a")
+    directory = Directory(node("w1", 2, "a"), node("w2", 5, "b"))
+    placer, reads = await placer_for(store, directory, margin=2, poll=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        with trio.fail_after(5):
+            while len(reads.limits) < 4:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert reads.limits[:4] == [7 + 2, 5 + 2, 5 + 2, 5 + 2]
 
 
 async def test_a_round_that_read_a_batch_and_placed_some_runs_again_at_once(
