@@ -8,7 +8,11 @@ stays plain trio and the bridging rules live in one spot:
   handler re-raises into the surrounding nursery, so one misbehaving asyncio callback (a client
   that fails its TLS handshake, say) would otherwise crash the whole node.
 - ``run_trio()`` is the other direction: asyncio code (a grpclib request handler) awaits a trio
-  coroutine function, which runs as a trio task; cancelling the asyncio side cancels it.
+  coroutine function, which runs as a trio task; cancelling the asyncio side cancels it, and
+  waits for it to end. It starts the task itself, in the loop's own task nursery, instead of
+  through ``trio_asyncio.trio_as_aio``: that queues the start as an asyncio callback, and the
+  loop then stops taking callbacks until the new task has run once, so every mesh request cost
+  the whole loop a trio scheduling round (half the mesh's throughput, bench/mesh_calls.py).
 - ``call()`` runs one asyncio coroutine function from trio. Cancelling the trio scope cancels
   the asyncio task and surfaces as ``trio.Cancelled`` as usual. An asyncio-side cancellation
   that trio did not ask for becomes ``AsyncioCancelled``, an ordinary exception, so that it
@@ -19,11 +23,13 @@ stays plain trio and the bridging rules live in one spot:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
+import trio
 import trio_asyncio
 
 __all__ = ["AsyncioCancelled", "call", "loop_is_open", "open_loop", "run_trio"]
@@ -75,6 +81,54 @@ async def call(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs)
 
 
 async def run_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    """From asyncio code inside ``open_loop()``, await the trio coroutine function ``fn``."""
-    result: T = await trio_asyncio.trio_as_aio(fn)(*args, **kwargs)
-    return result
+    """From asyncio code inside ``open_loop()``, await the trio coroutine function ``fn``.
+
+    ``fn`` runs as a task of the loop's trio nursery (where ``trio_as_aio`` puts it too, so
+    it is cancelled and waited for when the loop closes); it sees the caller's contextvars.
+    An exception from it is raised here; a trio cancellation of it (the loop closing) is an
+    ``asyncio.CancelledError`` here. Cancelling the caller cancels ``fn`` and waits until it
+    has ended, as ``trio_as_aio`` does, so that it cannot outlive its caller.
+    """
+    loop = asyncio.get_running_loop()
+    # trio-asyncio's task nursery (set while the loop runs): the one trio_as_aio starts in
+    nursery: trio.Nursery | None = getattr(loop, "_nursery", None)
+    if nursery is None:
+        raise RuntimeError("brio.aio.run_trio() needs a running brio.aio.open_loop() loop")
+    answer: asyncio.Future[T] = loop.create_future()
+    scope = trio.CancelScope()
+    running = True
+    ended: asyncio.Future[None] | None = None  # made only if the caller is cancelled
+
+    async def run() -> None:
+        nonlocal running
+        try:
+            with scope:
+                result = await fn(*args, **kwargs)
+            if not answer.done():
+                if scope.cancelled_caught:
+                    answer.cancel()
+                else:
+                    answer.set_result(result)
+        except Exception as exc:
+            if not answer.done():
+                answer.set_exception(exc)
+        except BaseException:  # trio.Cancelled (the loop closing): it must reach its scope
+            if not answer.done():
+                answer.cancel()
+            raise
+        finally:
+            running = False
+            if ended is not None and not ended.done():
+                ended.set_result(None)
+
+    nursery.start_soon(run, name=fn)
+    try:
+        return await answer
+    except asyncio.CancelledError:
+        scope.cancel()
+        if running:
+            ended = loop.create_future()
+            while not ended.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(ended)
+        raise

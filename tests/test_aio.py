@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 import pytest
+import sniffio
 import trio
 
 from brio import aio
@@ -66,3 +68,128 @@ async def test_loop_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixtur
             await trio.sleep(0.01)
             assert await aio.call(asyncio.sleep, 0, result="still running") == "still running"
     assert "callback failed" in caplog.text
+
+
+# --- run_trio: asyncio code awaiting trio code -----------------------------------------------
+
+
+async def test_run_trio_returns_the_result_and_sees_the_context(aio_loop: None) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def in_trio(x: int) -> tuple[int, str, str | None]:
+        await trio.lowlevel.checkpoint()
+        return x * 2, var.get(), sniffio.current_async_library()
+
+    async def in_asyncio() -> tuple[int, str, str | None]:
+        var.set("from asyncio")
+        return await aio.run_trio(in_trio, 21)
+
+    assert await aio.call(in_asyncio) == (42, "from asyncio", "trio")
+
+
+async def test_run_trio_raises_what_the_trio_side_raised(aio_loop: None) -> None:
+    async def fails() -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyError("nope")
+
+    async def in_asyncio() -> None:
+        await aio.run_trio(fails)
+
+    with pytest.raises(KeyError, match="nope"):
+        await aio.call(in_asyncio)
+
+
+async def test_cancelling_the_asyncio_caller_cancels_and_waits_for_the_trio_side(
+    aio_loop: None,
+) -> None:
+    seen: list[str] = []
+    started = trio.Event()
+
+    async def slow() -> None:
+        try:
+            started.set()
+            await trio.sleep(10)
+        except trio.Cancelled:
+            seen.append("trio side cancelled")
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.01)  # cleanup that takes a while: the caller waits for it
+            seen.append("trio side ended")
+            raise
+
+    async def in_asyncio() -> str:
+        task = asyncio.ensure_future(aio.run_trio(slow))
+        await aio.run_trio(started.wait)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            seen.append("asyncio side cancelled")
+        return "done"
+
+    with trio.fail_after(5):
+        assert await aio.call(in_asyncio) == "done"
+    assert seen == ["trio side cancelled", "trio side ended", "asyncio side cancelled"]
+
+
+async def test_a_repeated_cancel_still_waits_for_the_trio_side(aio_loop: None) -> None:
+    seen: list[str] = []
+    started = trio.Event()
+
+    async def slow() -> None:
+        try:
+            started.set()
+            await trio.sleep(10)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.02)
+            seen.append("trio side ended")
+
+    async def in_asyncio() -> None:
+        task = asyncio.ensure_future(aio.run_trio(slow))
+        await aio.run_trio(started.wait)
+        for _ in range(3):
+            task.cancel()
+            await asyncio.sleep(0.001)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen.append("asyncio side cancelled")
+
+    with trio.fail_after(5):
+        await aio.call(in_asyncio)
+    assert seen == ["trio side ended", "asyncio side cancelled"]
+
+
+async def test_closing_the_loop_cancels_trio_sides_still_running() -> None:
+    seen: list[str] = []
+    started = trio.Event()
+
+    async def forever() -> None:
+        try:
+            started.set()
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            seen.append("trio side cancelled")
+            raise
+
+    async def in_asyncio() -> None:
+        try:
+            await aio.run_trio(forever)
+        except asyncio.CancelledError:
+            seen.append("asyncio side cancelled")
+            raise
+
+    with trio.fail_after(5):
+        async with aio.open_loop() as loop:
+            loop.create_task(in_asyncio())
+            await started.wait()
+    assert sorted(seen) == ["asyncio side cancelled", "trio side cancelled"]
+
+
+async def test_run_trio_needs_a_running_loop() -> None:
+    async def nothing() -> None:
+        pass
+
+    coro = aio.run_trio(nothing)
+    with pytest.raises(RuntimeError):
+        coro.send(None)  # no asyncio loop is running here
+    coro.close()
