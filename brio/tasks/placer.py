@@ -202,7 +202,9 @@ class Placer:
                 )
                 for task in back:
                     publish_update(self.bus, task, reason="its node is down")
-                # place them in this round: read the queue (and the loads) again
+                # place them in this round: read the queue (and the loads) again; they may
+                # be for the room of idle nodes
+                self._idle = set()
                 loads, page = await self._read(limit)
             for node_id in down:
                 self.scheduler.node_down(node_id, now)

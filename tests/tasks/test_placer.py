@@ -13,7 +13,7 @@ import trio
 from brio.core.scheduler import Candidate, Scheduler, SchedulerSettings
 from brio.core.tasks import TaskStatus
 from brio.store import NewTask, Store
-from brio.store.base import QueuedRecord, TaskFilter
+from brio.store.base import Assignment, QueuedRecord, TaskFilter
 from brio.tasks.events import EventBus
 from brio.tasks.placer import Placer
 
@@ -25,13 +25,14 @@ class Directory:
 
     def __init__(self, *nodes: Candidate) -> None:
         self.nodes = list(nodes)
+        self.gone: set[str] = set()  # nodes that are down
         self.told: list[tuple[str, list[str]]] = []
 
     def candidates(self) -> list[Candidate]:
         return list(self.nodes)
 
     def down(self, with_tasks: set[str]) -> list[str]:
-        return []
+        return sorted(with_tasks & self.gone)
 
     def notify(self, node_id: str, task_ids: list[str]) -> None:
         self.told.append((node_id, task_ids))
@@ -206,6 +207,20 @@ async def test_room_no_queued_task_can_use_is_left_out_until_a_wake(store: Store
     reads.limits.clear()
     await placer.round(EPOCH)
     assert reads.limits == [5 + 2, 5 + 2]
+    assert await assigned(store, bs) == dict.fromkeys(bs, "w2")
+
+
+async def test_tasks_back_from_a_node_that_is_down_may_use_idle_room(store: Store) -> None:
+    """w2 (agent b) is idle behind a queue of a's; b's come back from a dead node: the same
+    round places them on w2, not only the next poll."""
+    await queue(store, 30, agent="a")
+    bs = await queue(store, 2, agent="b")
+    directory = Directory(node("w1", 2, "a"), node("w2", 5, "b"))
+    placer, _ = await placer_for(store, directory, margin=2)
+    assert await store.assign_tasks(EPOCH, [Assignment(t, 1, "dead") for t in bs])
+    await placer.round(EPOCH)  # w2 idle: nothing queued for it
+    directory.gone = {"dead"}
+    await placer.round(EPOCH)
     assert await assigned(store, bs) == dict.fromkeys(bs, "w2")
 
 
