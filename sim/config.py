@@ -11,9 +11,10 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import LeaseSettings, SafetyKnobs
 from brio.core.membership import DetectorSettings
-from brio.core.witness import WITNESS_ID, WitnessKnobs
+from brio.core.witness import WitnessKnobs
 
 
 class Fault(StrEnum):

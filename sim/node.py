@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import (
     UNKNOWN_VOTE,
     Action,
@@ -37,7 +38,6 @@ from brio.core.lease import (
 )
 from brio.core.membership import Membership, NodeFacts, StateChanged
 from brio.core.scheduler import SchedulerSettings
-from brio.core.witness import WITNESS_ID
 from sim.clock import Clock
 from sim.config import SimConfig
 from sim.loop import EventLoop

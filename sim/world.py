@@ -14,10 +14,11 @@ from collections.abc import Callable
 from functools import partial
 
 from brio.core.balancer import STRATEGIES
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import Release, RenewRequest, Role, VoteReply, VoteRequest
 from brio.core.membership import PeerState
 from brio.core.scheduler import QueuedTask, SchedulerSettings
-from brio.core.witness import WITNESS_ID, WitnessRecord, accepted, decide
+from brio.core.witness import WitnessRecord, accepted, decide
 from sim.chaos import Chaos
 from sim.clock import Clock
 from sim.config import SimConfig

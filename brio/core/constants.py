@@ -4,7 +4,7 @@
 ids that could be mistaken for ``WITNESS_ID``. Taking them from ``brio.core.lease`` and
 ``brio.core.witness`` loaded the lease's state machine (about 12 ms) on every start, a single
 SQLite node's included, which never runs a lease. ``brio.core.lease.MAX_TERM`` and
-``brio.core.witness.WITNESS_ID`` must be these very values (tests/config/test_constants.py).
+``brio.core.witness.WITNESS_ID`` are imported from here.
 """
 
 from __future__ import annotations

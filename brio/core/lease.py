@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import assert_never
 
+from brio.core.constants import MAX_TERM
+
 
 class Role(StrEnum):
     FOLLOWER = "follower"  # a voter or a standby: follows whichever primary renews it
@@ -98,10 +100,6 @@ NO_RECORD = "no vote record: learning the cluster's terms"
 #: ``voted_for`` once a node without a record has learned the highest term: it may have voted
 #: in that term before it lost its record, for someone it cannot know. Never a node id.
 UNKNOWN_VOTE = "(unknown)"
-
-
-#: The largest term: the fence epoch is a signed 64-bit integer in the store.
-MAX_TERM = 2**63 - 1  # the same bound as brio.config.model.MAX_TERM
 
 
 def voters_digest(voters: Iterable[str]) -> str:

@@ -33,10 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import overload
 
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import Release, RenewReply, RenewRequest, VoteReply, VoteRequest
 
-#: The witness's voter id: a node id cannot start with "@" (brio.config.model).
-WITNESS_ID = "@store"
 #: The refusal of a request under another voter set while the witness's promise stands.
 OTHER_VOTERS = "voter sets differ"
 #: The refusal of a release from a leader the witness holds no promise to in its term.

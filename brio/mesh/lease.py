@@ -38,8 +38,7 @@ import trio
 
 from brio.config.model import LeaseConfig
 from brio.core import lease as core
-from brio.core.lease import MAX_TERM
-from brio.core.witness import WITNESS_ID
+from brio.core.constants import MAX_TERM, WITNESS_ID
 from brio.mesh import methods, pb
 from brio.mesh.lease_state import load_lease_state, save_lease_state
 from brio.mesh.methods import Method

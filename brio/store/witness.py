@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import Release, RenewReply, RenewRequest, VoteReply, VoteRequest
 from brio.core.witness import (
     NO_PROMISE,
     OTHER_VOTERS,
-    WITNESS_ID,
     Reply,
     Request,
     WitnessRecord,

@@ -4,7 +4,7 @@ that it is not (issue 11 item 1)."""
 from __future__ import annotations
 
 from brio.config.redact import redacted
-from brio.core.lease import MAX_TERM
+from brio.core.constants import MAX_TERM
 
 from .conftest import Loader, ProblemsOf
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from brio.core.constants import MAX_TERM
 from brio.core.lease import (
-    MAX_TERM,
     Action,
     BecamePrimary,
     LeaseExtended,

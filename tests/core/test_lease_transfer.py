@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import (
     BecamePrimary,
     Lease,
@@ -25,7 +26,7 @@ from brio.core.lease import (
     VoteRequest,
     voters_digest,
 )
-from brio.core.witness import NO_PROMISE, WITNESS_ID, WitnessRecord, decide
+from brio.core.witness import NO_PROMISE, WitnessRecord, decide
 from tests.core.test_lease import DIGEST, D, Net, elect_a, make, sends, vote_request
 
 FOLLOWER, CANDIDATE, PRIMARY = Role.FOLLOWER, Role.CANDIDATE, Role.PRIMARY

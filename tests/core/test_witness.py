@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from brio.config import BrioConfig, ConfigError, load_config
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import (
     BecamePrimary,
     Lease,
@@ -26,7 +27,7 @@ from brio.core.lease import (
     VoteRequest,
     voters_digest,
 )
-from brio.core.witness import OTHER_VOTERS, WITNESS_ID, WitnessKnobs, WitnessRecord, decide
+from brio.core.witness import OTHER_VOTERS, WitnessKnobs, WitnessRecord, decide
 
 LEASE = 5.0
 VOTERS = ("c1", "c2", WITNESS_ID)

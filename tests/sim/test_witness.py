@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from brio.core.witness import WITNESS_ID
+from brio.core.constants import WITNESS_ID
 from sim.config import SimConfig
 from sim.world import World
 

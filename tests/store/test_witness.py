@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from brio.aio import open_loop
+from brio.core.constants import WITNESS_ID
 from brio.core.lease import Release, RenewRequest, VoteRequest
-from brio.core.witness import WITNESS_ID, WitnessRecord, accepted, decide
+from brio.core.witness import WitnessRecord, accepted, decide
 from brio.store import open_store
 from brio.store.postgres import PostgresStore
 from brio.store.witness import RECORD, record_of
