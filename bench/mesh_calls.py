@@ -18,6 +18,11 @@ trio tasks entering asyncio through ``brio.aio.call``). Against it:
 With ``--tls`` the same three cases run again with mTLS (certificates from
 ``tests/certs.py``), and their ratio is to the mTLS baseline. Each case warms up for 1 s
 before it is measured. Prints figures; asserts nothing.
+
+``cpu us/call`` is this process's CPU time (every thread) over the measured seconds, per
+answered call: client and server together, with the node's background work. On a machine that
+other processes share, req/s (and so ``x base``) moves with the share of a core this process
+gets; CPU per call much less, so it says better where a change saved work.
 """
 
 from __future__ import annotations
@@ -69,11 +74,16 @@ class Result:
     errors: int
     seconds: float
     latencies_ms: list[float] = field(repr=False)
+    cpu_seconds: float = 0.0  # this process's CPU time over ``seconds``
     ratio: float = 1.0  # req/s over the baseline of the same transport
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        return self.cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
     @property
     def p50(self) -> float:
@@ -95,11 +105,15 @@ class Result:
             "ratio": round(self.ratio, 3),
             "p50_ms": round(self.p50, 3),
             "p99_ms": round(self.p99, 3),
+            "cpu_us_per_call": round(self.cpu_us_per_call, 1),
         }
 
 
-async def _load(callers: int, seconds: float, one: OneCall) -> tuple[int, int, float, list[float]]:
-    """Run ``callers`` loops of ``one`` for ``seconds``: successes, errors, elapsed, latencies."""
+async def _load(
+    callers: int, seconds: float, one: OneCall
+) -> tuple[int, int, float, float, list[float]]:
+    """Run ``callers`` loops of ``one`` for ``seconds``: successes, errors, elapsed, CPU
+    seconds, latencies."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -113,11 +127,12 @@ async def _load(callers: int, seconds: float, one: OneCall) -> tuple[int, int, f
             else:
                 errors += 1
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(callers):
             nursery.start_soon(caller)
-    return len(latencies), errors, time.perf_counter() - started, latencies
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return len(latencies), errors, elapsed, cpu, latencies
 
 
 async def _case(name: str, transport: str, callers: int, seconds: float, one: OneCall) -> Result:
@@ -125,8 +140,8 @@ async def _case(name: str, transport: str, callers: int, seconds: float, one: On
     # starting together would each open (and leak) one of their own.
     await one()
     await _load(callers, WARMUP, one)
-    ok, errors, elapsed, latencies = await _load(callers, seconds, one)
-    return Result(name, transport, ok, errors, elapsed, latencies)
+    ok, errors, elapsed, cpu, latencies = await _load(callers, seconds, one)
+    return Result(name, transport, ok, errors, elapsed, latencies, cpu)
 
 
 def _call_request() -> pb.MeshRequest:
@@ -373,11 +388,17 @@ def _print_table(results: list[Result], callers: int, seconds: float) -> None:
         f"trio-asyncio {v['trio_asyncio']}, grpclib {v['grpclib']}"
     )
     print("x base: req/s over the raw grpclib baseline on the same transport")
-    header = f"{'case':<36} {'req/s':>8} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    header = (
+        f"{'case':<36} {'req/s':>8} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'cpu us/call':>12}"
+    )
     print(header)
     for r in results:
         name = r.case if r.transport == "plaintext" else f"{r.case}, mTLS"
-        print(f"{name:<36} {r.rps:>8.0f} {r.ratio:>7.2f} {r.p50:>8.1f} {r.p99:>8.1f} {r.errors:>7}")
+        print(
+            f"{name:<36} {r.rps:>8.0f} {r.ratio:>7.2f} {r.p50:>8.1f} {r.p99:>8.1f} {r.errors:>7} "
+            f"{r.cpu_us_per_call:>12.0f}"
+        )
     bases = [r for r in results if r.case.endswith("(baseline)")]
     if len(bases) == 2:
         print(f"mTLS over plaintext, raw grpclib: {bases[1].rps / bases[0].rps:.2f}")
