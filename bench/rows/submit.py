@@ -6,10 +6,13 @@ Each repetition of each system is two phases, each a ``bench/suite_load.py`` pro
 
 1. 64 users in a closed loop for ``seconds``: submit a no-op ``echo`` task and wait for its
    result (Brio: the ``task_completed`` event on one WebSocket, then one ``GET`` of the task;
-   Celery: ``AsyncResult.get``), then submit the next. Tasks per second after the warm-up;
-   the server's CPU over the phase divided by the tasks it completed (Brio: the node, plus
-   PostgreSQL's postmaster and backends for the PostgreSQL system; Celery: the worker with its
-   prefork children, plus redis-server).
+   Celery: ``AsyncResult.get``), then submit the next. The WebSocket subscribes to
+   completions only, coalesced (``"types": ["task_completed"], "coalesce": true``), as a
+   client that wants only results would: one event per task, not the five a watcher of
+   everything gets, and several to a frame when tasks end together. Tasks per second after
+   the warm-up; the server's CPU over the phase divided by the tasks it completed (Brio: the
+   node, plus PostgreSQL's postmaster and backends for the PostgreSQL system; Celery: the
+   worker with its prefork children, plus redis-server).
 2. One user for ``single_seconds``: the p50 of submit to result.
 
 Every system's servers run during the whole row (idle while another is measured).

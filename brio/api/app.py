@@ -105,51 +105,43 @@ def create_app(deps: ApiDeps) -> QuartTrio:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(ApiError(500, "internal", "internal error; see the node's log"))
 
-    @app.before_request
-    async def _reject_nul() -> Response | None:
-        if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
-            return _error(
-                ApiError(422, "invalid_request", "NUL characters are not allowed in the URL")
-            )
-        return None
-
     origins = OriginPolicy(server.allowed_origins)
-
-    @app.before_request
-    async def _origin() -> Response | None:
-        """Browser writes from another origin are refused; reads are harmless (a page cannot
-        read the answer without CORS headers, which this API never sends)."""
-        if request.method in ("GET", "HEAD"):
-            return None
-        try:
-            origins.check(request.headers, request.scheme)
-        except ApiError as exc:
-            return _error(exc)
-        return None
-
     coordinator_only = tuple(deps.config.mesh.access_control.coordinator_only_endpoints)
 
-    @app.before_request
-    async def _coordinator_only() -> Response | None:
-        if deps.config.mesh.role == "coordinator":
-            return None
-        for prefix in coordinator_only:
-            if covered_by(prefix, request.path):
-                return _error(
-                    ApiError(
+    def _refusal() -> ApiError | None:
+        """Why the request is refused before its route runs, checked in this order: NUL
+        characters in the URL, a browser write from another origin, a coordinator-only path
+        on a worker, a missing or wrong bearer token."""
+        # request.args parses the query string: only when there is one
+        if "\x00" in request.path or (
+            request.query_string and any("\x00" in v for v in request.args.values())
+        ):
+            return ApiError(422, "invalid_request", "NUL characters are not allowed in the URL")
+        # Browser writes from another origin are refused; reads are harmless (a page cannot
+        # read the answer without CORS headers, which this API never sends).
+        if request.method not in ("GET", "HEAD"):
+            try:
+                origins.check(request.headers, request.scheme)
+            except ApiError as exc:
+                return exc
+        if deps.config.mesh.role != "coordinator":
+            for prefix in coordinator_only:
+                if covered_by(prefix, request.path):
+                    return ApiError(
                         403,
                         "coordinator_only",
                         f"{request.path} is served only by coordinators; this node is a worker "
                         "([mesh.access_control] coordinator_only_endpoints)",
                     )
-                )
+        if request.path.startswith("/api") and not token_ok(deps.token, request.headers, {}):
+            return ApiError(401, "unauthorized", "missing or wrong bearer token")
         return None
 
     @app.before_request
-    async def _auth() -> Response | None:
-        if request.path.startswith("/api") and not token_ok(deps.token, request.headers, {}):
-            return _error(ApiError(401, "unauthorized", "missing or wrong bearer token"))
-        return None
+    async def _checks() -> Response | None:
+        # one hook, not four: Quart awaits each hook of each blueprint level per request
+        refused = _refusal()
+        return None if refused is None else _error(refused)
 
     install(app, routes_of(deps), deps)
     if server.websocket_enabled:

@@ -10,7 +10,7 @@ Connections never outlive their answer (``_Guarded``): hypercorn 0.18 closes a c
 ``Connection: close``, an HTTP/1.0 request, or an answer given before the body was read) from
 inside the app's last ``send``, and quart-trio cancels that send as soon as it sees the
 ``http.disconnect`` the close itself queues, so the socket was left open, unanswered, until the
-client went away. Shielding the app's sends lets the close finish. A body must arrive within
+client went away. Shielding the app's last send lets the close finish. A body must arrive within
 ``BODY_TIMEOUT`` (408), and once the node stops accepting, a request still waiting for its body
 gets until the grace period ends (then 503 and the connection closes), whatever the client does.
 """
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -45,13 +47,44 @@ KEEP_ALIVE_TIMEOUT = 5.0
 kept open (hypercorn's ``keep_alive_timeout``)."""
 
 
-class _Guarded:
-    """The API app as hypercorn sees it: HTTP sends shielded, body waits bounded at shutdown."""
+@dataclass(eq=False)
+class _Request:
+    """One HTTP request in flight, as ``_Guarded`` follows it."""
 
-    def __init__(self, app: QuartTrio, grace: float, stopping: trio.Event) -> None:
+    scope: trio.CancelScope  # around the app; its deadline is when a missing body is cut
+    body_done: bool = False
+    started: bool = False
+
+
+class _Guarded:
+    """The API app as hypercorn sees it: final HTTP sends shielded, body waits bounded at
+    shutdown.
+
+    No task or nursery per request (they were a tenth of a small request's CPU): a request
+    whose body has not arrived yet sits in ``_waiting`` with a cancel scope around the app,
+    and ``stop`` gives each a deadline, the end of the grace period. A request that starts
+    after the stop gets a grace period of its own, as it did when a task per request waited
+    for the stop and then slept the grace."""
+
+    def __init__(self, app: QuartTrio, grace: float) -> None:
         self.app = app
         self.grace = grace
-        self.stopping = stopping
+        self._stopped = False
+        self._waiting: set[_Request] = set()  # requests whose body may still be awaited
+
+    def stop(self) -> None:
+        """The node stops accepting: cut the requests still waiting for their body once the
+        grace period is over."""
+        self._stopped = True
+        deadline = trio.current_time() + self.grace
+        for request in self._waiting:
+            request.scope.deadline = deadline
+
+    def _answered(self, request: _Request) -> None:
+        """Its body arrived, or its answer began: never cut it."""
+        if request in self._waiting:
+            self._waiting.discard(request)
+            request.scope.deadline = math.inf
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -59,33 +92,38 @@ class _Guarded:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = {"body_done": False, "started": False}
+        deadline = trio.current_time() + self.grace if self._stopped else math.inf
+        request = _Request(trio.CancelScope(deadline=deadline))
+        self._waiting.add(request)
 
         async def guarded_receive() -> ASGIReceiveEvent:
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
-                state["body_done"] = True
+                request.body_done = True
+                self._answered(request)
             return message
 
         async def shielded_send(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start":
-                state["started"] = True
-            with trio.CancelScope(shield=True):
-                await send(message)
+                request.started = True
+                self._answered(request)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # the last send, inside which hypercorn may close the connection
+                with trio.CancelScope(shield=True):
+                    await send(message)
+                return
+            await send(message)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._cut_at_grace, state, nursery.cancel_scope, send)
-            await self.app(scope, guarded_receive, shielded_send)
-            nursery.cancel_scope.cancel()
+        try:
+            with request.scope:
+                await self.app(scope, guarded_receive, shielded_send)
+        finally:
+            self._waiting.discard(request)
+        if request.scope.cancel_called and not (request.body_done or request.started):
+            await self._refuse(send)
 
-    async def _cut_at_grace(
-        self, state: dict[str, bool], app_scope: trio.CancelScope, send: ASGISendCallable
-    ) -> None:
-        await self.stopping.wait()
-        await trio.sleep(self.grace)
-        if state["body_done"] or state["started"]:
-            return  # its answer is on the way; hypercorn's graceful timeout bounds it
-        app_scope.cancel()
+    @staticmethod
+    async def _refuse(send: ASGISendCallable) -> None:
         body = {
             "error": {
                 "code": "shutting_down",
@@ -124,10 +162,12 @@ class HttpServer:
         self.config = server
         self.app = app
         self._stop_accepting = trio.Event()
+        self._guarded = _Guarded(app, server.shutdown_grace)
         self.finished = trio.Event()
 
     def stop_accepting(self) -> None:
         self._stop_accepting.set()
+        self._guarded.stop()
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -135,7 +175,7 @@ class HttpServer:
         """Serve until ``stop_accepting`` and the last request, or until cancelled."""
         try:
             await hypercorn_serve(
-                _Guarded(self.app, self.config.shutdown_grace, self._stop_accepting),
+                self._guarded,
                 hypercorn_config(self.config),
                 shutdown_trigger=self._stop_accepting.wait,
                 task_status=task_status,

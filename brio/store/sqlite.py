@@ -13,7 +13,13 @@ the cancellation; one still queued is dropped and never runs.
 The file runs in WAL mode with ``synchronous = FULL``: the API promises that a task is
 durable before it answers 202, and NORMAL may lose the last commits on power loss. The price
 is one fsync of the WAL per commit, which group commit shares among every write that waited
-for it. Timestamps are fixed-width ISO 8601 text in UTC; JSON is text. The statements are
+for it. Placement's own writes (``assign_tasks``, ``claim_assigned``) promise nobody anything,
+so a group of only those commits under NORMAL, without the fsync: losing them on power loss
+leaves the task queued or assigned, as it was, and it runs (again) after the restart, as a
+task that was running then does. WAL frames are written in order, so the next FULL commit
+(the task's result, say) makes them durable too, and a crash never keeps a later commit
+without the earlier ones. That takes two of a task's four fsyncs off its way from submit to
+result. Timestamps are fixed-width ISO 8601 text in UTC; JSON is text. The statements are
 ``brio.store.sql``'s, shared with PostgreSQL.
 """
 
@@ -207,6 +213,7 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     task: trio.lowlevel.Task
     token: trio.lowlevel.TrioToken
+    durable: bool  # False: its commit needs no fsync of its own (see the module's docstring)
     result: outcome.Outcome[Any] = field(
         default_factory=lambda: outcome.Error(StoreError("the write never ran"))
     )
@@ -229,12 +236,15 @@ class _Writer:
         self._conn = conn
         self._cond = threading.Condition()
         self._queue: list[_Write] = []
+        self._full = True  # the connection's synchronous setting is FULL (_connect sets it)
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="brio-sqlite-writer", daemon=True)
         self._thread.start()
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        write = _Write(fn, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        write = _Write(
+            fn, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), durable
+        )
         with self._cond:
             if self._closing:
                 raise StoreError("the SQLite store is closed")
@@ -268,12 +278,19 @@ class _Writer:
             if not group:
                 return  # closing, and nothing left
             try:
+                self._synchronous(any(write.durable for write in group))
                 if len(group) == 1:
                     self._alone(group[0])
                 else:
                     self._group(group)
             finally:  # every caller hears back, whatever happened
                 self._answer(group)
+
+    def _synchronous(self, full: bool) -> None:
+        """FULL (an fsync per commit) when a write of the group promises durability."""
+        if full != self._full:
+            self._conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._full = full
 
     def _alone(self, write: _Write) -> None:
         conn = self._conn
@@ -403,10 +420,13 @@ class SQLiteStore:
             return await self._writer.run(fn)
         return await self._readers.run(fn)
 
-    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _transaction(
+        self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> T:
         """A write, committed (with the others queued meanwhile) before this returns; an
-        exception from ``fn`` rolls back only ``fn``'s own statements."""
-        return await self._writer.run(fn)
+        exception from ``fn`` rolls back only ``fn``'s own statements. ``durable=False``: the
+        commit may skip its fsync (placement only; see the module's docstring)."""
+        return await self._writer.run(fn, durable=durable)
 
     async def close(self) -> None:
         if self._readers is not None:
@@ -588,7 +608,7 @@ class SQLiteStore:
             stmt = SQL.assign_tasks.bind(batch=rows, now=_now())
             return [_ROWS.task(row) for row in conn.execute(*stmt).fetchall()]
 
-        return await self._transaction(assign)
+        return await self._transaction(assign, durable=False)
 
     async def requeue_nodes_tasks(self, epoch: int, node_ids: list[str]) -> list[TaskRecord]:
         if not node_ids:
@@ -614,7 +634,7 @@ class SQLiteStore:
         stmt = SQL.claim_assigned.bind(
             node_id=node_id, agents=json.dumps(agents), limit=limit, now=_now()
         )
-        rows = await self._transaction(lambda conn: conn.execute(*stmt).fetchall())
+        rows = await self._transaction(lambda conn: conn.execute(*stmt).fetchall(), durable=False)
         return sorted((_ROWS.task(row) for row in rows), key=lambda t: (-t.priority, t.seq))
 
     # sessions and conversation history

@@ -225,6 +225,12 @@ class TaskService:
         elif self.wake_local is not None:
             self.wake_local()
 
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The task, from the supervisor's ``recent`` when it just ended here (a finished task
+        never changes, so that record is the store's), else read from the store."""
+        recent = self.supervisor.recent.get(task_id)
+        return recent if recent is not None else await self.store.get_task(task_id)
+
     async def cancel(self, task_id: str) -> TaskRecord | None:
         """Cancel a task in any non-terminal state; None when it was already finished."""
         # Shielded: once the store says cancelled, the agent must be stopped too, even if the
@@ -232,6 +238,7 @@ class TaskService:
         with trio.CancelScope(shield=True):
             task = await self.store.cancel_task(task_id)
             if task is not None:
+                self.supervisor.recent.add(task)
                 if not self.supervisor.cancel_local(task_id) and self.mesh is not None:
                     self.mesh.cancel_remote(task)
                 publish_completed(self.bus, task)

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -78,6 +79,60 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+def _json_size(value: Any) -> int:
+    """About the size of ``value`` as JSON text; a string or a scalar costs no encoding."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if not value or not isinstance(value, dict | list):
+        return 8
+    return len(json.dumps(value))
+
+
+class RecentlyFinished:
+    """The last tasks that ended here, as the store returned them when it committed their end.
+
+    A client that waits for ``task_completed`` and then reads the task (``GET
+    /api/tasks/{id}``) gets it from here instead of a store read in a worker thread: a task in
+    a terminal state never changes again (every transition checks the status it leaves), so
+    the committed record is the store's for good. Bounded in count and in bytes (a large
+    prompt, input or result is not kept); a miss is simply read from the store.
+    """
+
+    def __init__(self, max_tasks: int = 1024, max_bytes: int = 8 << 20) -> None:
+        self.max_tasks = max_tasks
+        self.max_bytes = max_bytes
+        self._tasks: OrderedDict[str, tuple[TaskRecord, int]] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, task: TaskRecord) -> None:
+        if not task.status.terminal:
+            raise ValueError(f"task {task.id} is {task.status.value}, not finished")
+        size = (
+            256
+            + len(task.prompt)
+            + len(task.error or "")
+            + _json_size(task.input)
+            + _json_size(task.result)
+        )
+        if size > self.max_bytes // 16:
+            return
+        old = self._tasks.pop(task.id, None)
+        if old is not None:
+            self._bytes -= old[1]
+        self._tasks[task.id] = (task, size)
+        self._bytes += size
+        while len(self._tasks) > self.max_tasks or self._bytes > self.max_bytes:
+            _, (_, dropped) = self._tasks.popitem(last=False)
+            self._bytes -= dropped
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        found = self._tasks.get(task_id)
+        return None if found is None else found[0]
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
 class Busy(RuntimeError):
     """No agent slot is free (or the node is draining) for work that must not wait."""
 
@@ -105,6 +160,7 @@ class Supervisor:
         self._accepting = True
         self._idle = trio.Event()
         self._idle.set()
+        self.recent = RecentlyFinished()  # what ended here, for reads right after the event
         # The primary's placer, when it runs here: a slot is free (it places more if tasks
         # wait for room), and a task went back to the queue (it places it again).
         self.on_finished: Callable[[], None] = _nothing
@@ -398,6 +454,7 @@ class Supervisor:
                 )
                 return
             if done is not None:
+                self.recent.add(done)
                 publish_completed(self._bus, done)
                 self.on_finished()
 

@@ -22,6 +22,7 @@ from brio.store import (
     open_store,
     sqlite_url,
 )
+from brio.store.base import Assignment
 from brio.store.sql import SQLITE_SQL as SQL
 
 
@@ -152,3 +153,67 @@ async def test_a_closed_store_refuses_writes(db: Path) -> None:
     await store.close()
     with pytest.raises(StoreError, match="closed"):
         await store.create_task(NewTask("echo", "late"))
+
+
+@contextmanager
+def statements(store: SQLiteStore) -> Iterator[list[str]]:
+    """Every statement the store's write connection runs during the body."""
+    seen: list[str] = []
+    conn = store._writer._conn
+    conn.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        conn.set_trace_callback(None)
+
+
+def _synchronous(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_placement_commits_skip_the_fsync_and_everything_else_keeps_it(
+    store: SQLiteStore,
+) -> None:
+    """assign_tasks and claim_assigned commit under synchronous = NORMAL (1); a task's
+    creation, its end and every other write under FULL (2), the promise of the 202."""
+    epoch = await store.fence_epoch() + 1
+    assert await store.raise_fence(epoch, "n1")
+    with statements(store) as seen:
+        task, _ = await store.create_task(NewTask("echo", "p"))
+        created = len(seen)
+        await store.assign_tasks(epoch, [Assignment(task.id, task.attempt, "n1")])
+        assigned = len(seen)
+        [claimed] = await store.claim_assigned("n1", ["echo"], 10)
+        claimed_at = len(seen)
+        done = await store.finish_task(claimed.id, claimed.attempt, TaskStatus.SUCCEEDED)
+    assert done is not None and done.status is TaskStatus.SUCCEEDED
+    pragmas = [(i, sql) for i, sql in enumerate(seen) if sql.startswith("PRAGMA synchronous")]
+    # NORMAL before the assignment's BEGIN, FULL again before the finish's
+    assert [sql for _, sql in pragmas] == [
+        "PRAGMA synchronous = NORMAL",
+        "PRAGMA synchronous = FULL",
+    ]
+    assert created <= pragmas[0][0] < assigned
+    assert claimed_at <= pragmas[1][0]
+    assert await store._transaction(_synchronous) == 2
+    assert await store._transaction(_synchronous, durable=False) == 1
+
+
+async def test_a_group_with_a_durable_write_commits_with_the_fsync(
+    store: SQLiteStore, db: Path
+) -> None:
+    """A placement write that shares its group with one that promises durability commits
+    under FULL: the group's one commit is the durable write's."""
+    seen: dict[str, int] = {}
+
+    async def probe(name: str, durable: bool) -> None:
+        seen[name] = await store._transaction(_synchronous, durable=durable)
+
+    async with trio.open_nursery() as nursery:
+        with write_lock(db):
+            nursery.start_soon(probe, "first", False)  # taken, waits for the lock
+            await trio.sleep(0.1)
+            nursery.start_soon(probe, "placement", False)
+            nursery.start_soon(store.create_task, NewTask("echo", "p"))
+            await trio.sleep(0.2)  # both queued behind the first
+    assert seen["placement"] == 2  # whether or not the first was taken alone

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ from brio.store.base import NewTask, Store, StoreError, TaskRecord
 from brio.tasks import supervisor as supervisor_module
 from brio.tasks.events import EventBus
 from brio.tasks.placer import Placer
+from brio.tasks.service import TaskService
 from brio.tasks.single import LocalPrimary, SingleNodeDirectory
-from brio.tasks.supervisor import Supervisor
+from brio.tasks.supervisor import RecentlyFinished, Supervisor
 
 
 class FlakyStore:
@@ -276,3 +279,72 @@ async def test_a_failed_read_of_the_placer_raises_the_stores_own_error(store: St
         with pytest.raises(StoreError, match=f"injected failure of {method}"):
             await placer.round(1)
         assert await placer.round(1) is False  # the next round reads again
+
+
+async def echo(ctx: AgentContext) -> Any:
+    return ctx.prompt
+
+
+async def test_a_finished_task_is_kept_as_the_store_committed_it(store: Store) -> None:
+    """``Supervisor.recent`` holds the record finish_task returned, the store's own, which
+    ``TaskService.get_task`` then answers without a store read."""
+    task, _ = await store.create_task(NewTask(agent="echo", prompt="hello"))
+    sup, placer = single_node(store, agents(echo=echo), 2, poll=0.02, claim_poll=0.02)
+    async with running(store, sup, placer):
+        await wait_terminal(store, [task.id])
+    stored = await store.get_task(task.id)
+    assert stored is not None and stored.result == "hello"
+    assert sup.recent.get(task.id) == stored
+
+    class NoReads(FlakyStore):
+        async def get_task(self, task_id: str) -> TaskRecord | None:
+            raise AssertionError("read from the store")
+
+    service = TaskService(NoReads(store), agents(echo=echo), EventBus(), sup)
+    assert await service.get_task(task.id) == stored
+
+
+def _finished(task_id: str, *, prompt: str = "", result: Any = None) -> TaskRecord:
+    now = datetime.now(UTC)
+    return TaskRecord(
+        id=task_id,
+        seq=1,
+        agent="echo",
+        prompt=prompt,
+        input={},
+        session_id=None,
+        idempotency_key=None,
+        priority=0,
+        status=TaskStatus.SUCCEEDED,
+        node_id="n1",
+        attempt=1,
+        result=result,
+        error=None,
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def test_recently_finished_is_bounded_in_count_and_bytes() -> None:
+    recent = RecentlyFinished(max_tasks=3, max_bytes=16 * 1024)
+    for i in range(5):
+        recent.add(_finished(f"t{i}"))
+    assert len(recent) == 3
+    assert recent.get("t0") is None and recent.get("t1") is None
+    assert recent.get("t4") is not None
+    recent.add(_finished("big", result="x" * 2000))  # over a sixteenth of the bytes: not kept
+    assert recent.get("big") is None and len(recent) == 3
+
+    recent = RecentlyFinished(max_tasks=100, max_bytes=16 * 1024)
+    for i in range(20):  # about 870 bytes each: the 19th goes over 16 KiB
+        recent.add(_finished(f"mid{i}", prompt="p" * 300, result={"r": "y" * 300}))
+    assert 16 <= len(recent) < 20
+    assert recent.get("mid0") is None and recent.get("mid19") is not None
+
+
+def test_recently_finished_refuses_a_task_that_has_not_ended() -> None:
+    running_task = replace(_finished("t"), status=TaskStatus.RUNNING)
+    with pytest.raises(ValueError, match="not finished"):
+        RecentlyFinished().add(running_task)

@@ -163,7 +163,7 @@ def _not_found(task_id: str) -> ApiError:
     responses={200: ("The task", models.TaskOut), 404: "Unknown task"},
 )
 async def get_task(deps: ApiDeps, path: models.TaskRef) -> Reply:
-    task = await deps.store.get_task(path.task_id)
+    task = await deps.service.get_task(path.task_id)
     if task is None:
         raise _not_found(path.task_id)
     return Reply(200, models.TaskOut.of(task))
