@@ -20,7 +20,10 @@ class Clock:
 
     def true_at(self, local_time: float) -> float:
         """The earliest true time at which this clock reads at least ``local_time``."""
-        t = (local_time - self.offset) / self.rate
+        offset, rate = self.offset, self.rate
+        t = (local_time - offset) / rate
+        if offset + rate * t >= local_time:  # the usual case, without a call per check
+            return t
         # Rounding may land a hair early; a timer firing early would tick for nothing forever.
         while self.local(t) < local_time:
             t = math.nextafter(t, math.inf)

@@ -17,21 +17,27 @@ Entry = tuple[float, int, str | None, Action]
 class EventLoop:
     def __init__(self) -> None:
         self.now = 0.0
-        self._heap: list[Entry] = []
+        #: The entries, a heap; ``World`` pops it directly in its event loop (as ``pop`` does).
+        self.heap: list[Entry] = []
         self._seq = 0
 
     def at(self, time: float, action: Action, node: str | None = None) -> None:
         """Run ``action`` at true ``time`` (never in the past)."""
         self._seq += 1
-        heapq.heappush(self._heap, (max(time, self.now), self._seq, node, action))
+        now = self.now
+        heapq.heappush(self.heap, (now if now > time else time, self._seq, node, action))
 
     def after(self, delay: float, action: Action, node: str | None = None) -> None:
-        self.at(self.now + delay, action, node)
+        """``at(now + delay)``, written out: it is called for every message."""
+        self._seq += 1
+        now = self.now
+        time = now + delay
+        heapq.heappush(self.heap, (now if now > time else time, self._seq, node, action))
 
     def pop(self, until: float) -> tuple[str | None, Action] | None:
         """The next event due at or before ``until``, with the clock moved to it."""
-        if not self._heap or self._heap[0][0] > until:
+        if not self.heap or self.heap[0][0] > until:
             return None
-        time, _, node, action = heapq.heappop(self._heap)
+        time, _, node, action = heapq.heappop(self.heap)
         self.now = time
         return node, action

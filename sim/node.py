@@ -126,6 +126,7 @@ class SimNode:
         self, host: Host, name: str, *, coordinator: bool, clock: Clock, seed: int
     ) -> None:
         self.host = host
+        self._loop = host.loop
         self.name = name
         self.coordinator = coordinator
         self.clock = clock
@@ -155,7 +156,8 @@ class SimNode:
         self.pause_at_batch = False  # ... at the next batch of assignments, not a write
         self.crash_armed = False  # crash right after the next batch of assignments leaves
         self.work: Work | None = None  # the tasks: placer, supervisor, API
-        self.timers: dict[str, tuple[float, int, Callable[[], None]]] = {}
+        #: key -> (deadline, token, fire); a call's timeout is keyed by the call's id.
+        self.timers: dict[str | int, tuple[float, int, Callable[[], None]]] = {}
         self.open_calls: set[int] = set()
         self.lease: Lease | None = None
         self.membership: Membership | None = None
@@ -166,20 +168,30 @@ class SimNode:
         self._rng = random.Random()
         self._on_exit: Callable[[], None] | None = None  # stopping: what its exit does
         self._stopping_epoch = 0  # the term it stopped in
+        # Built once, not per heartbeat (the facts never change; the messages are frozen):
+        # a probe per peer per second is most of what a seed does.
+        self._heartbeat = Heartbeat(self.facts)
+        self._heartbeat_reply = HeartbeatReply(self.facts)
+        peers = [p for p in host.config.node_ids if p != name]
+        self._addresses = {p: address(p) for p in peers}
+        self._probe_keys = {p: f"probe {p}" for p in peers}
+        self._probers = {p: partial(self._probe, p) for p in peers}
+        self._missers = {p: partial(self._missed, p) for p in peers}
 
     # ---------------------------------------------------------------- time and timers
 
     def local(self) -> float:
-        return self.clock.local(self.host.loop.now)
+        clock = self.clock  # Clock.local written out: this runs several times per event
+        return clock.offset + clock.rate * self._loop.now
 
-    def set_timer(self, key: str, deadline: float, fire: Callable[[], None]) -> None:
+    def set_timer(self, key: str | int, deadline: float, fire: Callable[[], None]) -> None:
         """Call ``fire`` once this node's clock reads ``deadline``; replaces ``key``'s timer."""
         self._token += 1
-        self.timers[key] = (deadline, self._token, fire)
-        when = self.clock.true_at(deadline)
-        self.host.loop.at(when, partial(self._fire, key, self._token), self.name)
+        token = self._token
+        self.timers[key] = (deadline, token, fire)
+        self.host.loop.at(self.clock.true_at(deadline), partial(self._fire, key, token), self.name)
 
-    def cancel_timer(self, key: str) -> None:
+    def cancel_timer(self, key: str | int) -> None:
         self.timers.pop(key, None)
 
     def retime(self) -> None:
@@ -187,7 +199,7 @@ class SimNode:
         for key, (deadline, _, fire) in list(self.timers.items()):
             self.set_timer(key, deadline, fire)
 
-    def _fire(self, key: str, token: int) -> None:
+    def _fire(self, key: str | int, token: int) -> None:
         entry = self.timers.get(key)
         if entry is None or entry[1] != token:
             return  # cancelled, replaced, or from before a crash
@@ -220,7 +232,7 @@ class SimNode:
                 role = "coordinator" if peer.startswith("c") else "worker"
                 self.membership.add(address(peer), now, node_id=peer, role=role, static=True)
                 phase = self._rng.uniform(0.0, config.detector.heartbeat_interval)
-                self.set_timer(f"probe {peer}", now + phase, partial(self._probe, peer))
+                self.set_timer(self._probe_keys[peer], now + phase, self._probers[peer])
         self._arm_lease()
         self.host.lease_changed(self)
         if config.tasks:
@@ -279,7 +291,7 @@ class SimNode:
             case Heartbeat():
                 assert self.membership is not None
                 self._members(self.membership.heartbeat_received(request.facts, self.local()))
-                return HeartbeatReply(self.facts)
+                return self._heartbeat_reply
             case TaskRun():
                 if self.work is not None:
                     self.work.poke()
@@ -369,28 +381,32 @@ class SimNode:
 
     def _probe(self, peer: str) -> None:
         """One heartbeat, and the next one an interval after this one started."""
-        interval = self.host.config.detector.heartbeat_interval
+        detector = self.host.config.detector
         started = self.local()
-        self.set_timer(f"probe {peer}", started + interval, partial(self._probe, peer))
+        self.set_timer(
+            self._probe_keys[peer], started + detector.heartbeat_interval, self._probers[peer]
+        )
         self.host.call(
             self,
             peer,
-            Heartbeat(self.facts),
-            timeout=self.host.config.detector.heartbeat_timeout,
+            self._heartbeat,
+            timeout=detector.heartbeat_timeout,
             on_reply=partial(self._answered, peer, started),
-            on_timeout=partial(self._missed, peer),
+            on_timeout=self._missers[peer],
         )
 
     def _answered(self, peer: str, started: float, reply: Reply) -> None:
         assert self.membership is not None and isinstance(reply, HeartbeatReply)
         now = self.local()
         self._members(
-            self.membership.heartbeat_answered(address(peer), now, now - started, reply.facts)
+            self.membership.heartbeat_answered(
+                self._addresses[peer], now, now - started, reply.facts
+            )
         )
 
     def _missed(self, peer: str) -> None:
         assert self.membership is not None
-        self._members(self.membership.heartbeat_missed(address(peer), self.local()))
+        self._members(self.membership.heartbeat_missed(self._addresses[peer], self.local()))
 
     def _members_tick(self) -> None:
         assert self.membership is not None

@@ -22,7 +22,7 @@ from random import Random
 from sim.loop import EventLoop
 from sim.network import Network
 from sim.node import STORE, SimNode
-from sim.wire import Reply, Request, describe, is_lease, is_task, is_task_statement
+from sim.wire import LEASE_MESSAGES, TASK_STATEMENTS, TASK_TRAFFIC, Reply, Request, describe
 
 #: Answers a request that reached ``dst`` from ``sender``: the reply, or None (no reply, or
 #: nobody there to answer).
@@ -30,8 +30,12 @@ Serve = Callable[[str, str, Request], Reply | None]
 Note = Callable[[str, str], None]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
+    """One call in flight; nothing changes it after construction. Not frozen: one is built
+    for every message, and a frozen init's per-field ``object.__setattr__`` was a visible share
+    of a seed's CPU. Its timeout's timer, if any, is keyed by ``id``."""
+
     id: int
     src: SimNode
     incarnation: int  # the caller's, when it called: a restarted caller has no such call
@@ -40,10 +44,6 @@ class Call:
     deadline: float  # the caller's clock
     on_reply: Callable[[Reply], None]
     on_timeout: Callable[[], None] | None
-
-    @property
-    def timer(self) -> str:
-        return f"call {self.id}"
 
 
 class Calls:
@@ -80,31 +80,40 @@ class Calls:
             on_timeout,
         )
         src.open_calls.add(call.id)
-        copies = self._network.transit(src.name, dst, self._rng_for(request))
-        if not copies and is_lease(request):
+        kind = type(request)
+        task = kind in TASK_TRAFFIC
+        copies = self._network.transit(src.name, dst, self._task_rng if task else None)
+        if not copies and kind in LEASE_MESSAGES:
             self._note(src.name, f"-> {dst} {describe(request)}: lost")
-        if copies and dst == STORE and is_task_statement(request):
+        to_store = dst == STORE
+        if copies and to_store and kind in TASK_STATEMENTS:
             now = self._loop.now
             arrival = max(now + copies[0], self._in_order.get(src.name, 0.0))
             self._in_order[src.name] = arrival
             copies = [arrival - now]
-        for delay in copies:
-            self._loop.after(delay, partial(self._arrive, call), None if dst == STORE else dst)
+        if copies:
+            arrive = partial(self._arrive, call)
+            target = None if to_store else dst
+            after = self._loop.after
+            for delay in copies:
+                after(delay, arrive, target)
         if on_timeout is not None:
-            src.set_timer(call.timer, call.deadline, partial(self._expire, call))
-
-    def _rng_for(self, message: Request | Reply) -> Random | None:
-        return self._task_rng if is_task(message) else None
+            src.set_timer(call.id, call.deadline, partial(self._expire, call))
 
     def _arrive(self, call: Call) -> None:
         reply = self._serve(call.src.name, call.dst, call.request)
         if reply is None:
             return
-        copies = self._network.transit(call.dst, call.src.name, self._rng_for(reply))
-        if not copies and is_lease(reply):
-            self._note(call.dst, f"-> {call.src.name} {describe(reply)}: lost")
+        kind = type(reply)
+        rng = self._task_rng if kind in TASK_TRAFFIC else None
+        copies = self._network.transit(call.dst, call.src.name, rng)
+        if not copies:
+            if kind in LEASE_MESSAGES:
+                self._note(call.dst, f"-> {call.src.name} {describe(reply)}: lost")
+            return
+        answer = partial(self._answer, call, reply)
         for delay in copies:
-            self._loop.after(delay, partial(self._answer, call, reply), call.src.name)
+            self._loop.after(delay, answer, call.src.name)
 
     def _answer(self, call: Call, reply: Reply) -> None:
         src = call.src
@@ -113,11 +122,12 @@ class Calls:
         if src.local() > call.deadline:
             if call.on_timeout is None:  # else its timer ends the call, in order
                 src.open_calls.discard(call.id)
-            if is_lease(reply):
+            if type(reply) in LEASE_MESSAGES:
                 self._note(src.name, f"<- {call.dst} {describe(reply)}: after the call's timeout")
             return
         src.open_calls.discard(call.id)
-        src.cancel_timer(call.timer)
+        if call.on_timeout is not None:
+            src.cancel_timer(call.id)
         call.on_reply(reply)
 
     def _expire(self, call: Call) -> None:

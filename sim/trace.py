@@ -14,11 +14,14 @@ TAIL = 200
 
 
 class Trace:
+    """The lines are kept as their parts and formatted only when asked for: most seeds never
+    show theirs, and formatting every line cost more than keeping it."""
+
     def __init__(self, keep_all: bool) -> None:
-        self._lines: deque[str] = deque(maxlen=None if keep_all else TAIL)
+        self._lines: deque[tuple[float, str, str]] = deque(maxlen=None if keep_all else TAIL)
 
     def add(self, time: float, who: str, text: str) -> None:
-        self._lines.append(f"{time:11.6f}  {who:<5}  {text}")
+        self._lines.append((time, who, text))
 
     def lines(self) -> list[str]:
-        return list(self._lines)
+        return [f"{time:11.6f}  {who:<5}  {text}" for time, who, text in self._lines]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from functools import partial
+from heapq import heappop
 
 from brio.core.balancer import STRATEGIES
 from brio.core.constants import WITNESS_ID
@@ -135,21 +136,7 @@ class World:
         if config.tasks:
             self.note("tasks", self._describe_settings())
             self._next_submission()
-        budget = config.event_budget
-        while self.checker.violation is None:
-            item = self.loop.pop(config.duration)
-            if item is None:
-                break
-            if self.events >= budget:
-                self.checker.livelock(self.loop.now, self.events, config.duration)
-                break
-            target, action = item
-            if target is not None and self.nodes[target].paused:
-                self.nodes[target].held.append(action)
-                continue
-            action()
-            self.events += 1
-            self._after_event()
+        self._run_events(config.event_budget)
         violation = self.checker.violation
         shown = self._keep_trace or violation is not None
         trace = tuple(self._trace.lines()) if shown else ()
@@ -175,6 +162,29 @@ class World:
             tasks_after_heal=self._tasks_ok,
             transfers=tuple(self.transfers.samples),
         )
+
+    def _run_events(self, budget: int) -> None:
+        """Run events until the end, a violation or the budget (``EventLoop.pop`` inlined:
+        this loop runs once per event, so what it reads is bound to locals once)."""
+        loop, checker, nodes, primaries = self.loop, self.checker, self.nodes, self.primaries
+        heap, duration, events = loop.heap, self.config.duration, self.events
+        after_event = self._after_event
+        while checker.violation is None:
+            if not heap or heap[0][0] > duration:
+                break
+            time, _, target, action = heappop(heap)
+            loop.now = time
+            if events >= budget:
+                checker.livelock(time, events, duration)
+                break
+            if target is not None and nodes[target].paused:
+                nodes[target].held.append(action)
+                continue
+            action()
+            events += 1
+            self.events = events
+            if len(primaries) >= 2 or self.healed_at is not None:
+                after_event()
 
     def _after_event(self) -> None:
         if len(self.primaries) >= 2:
