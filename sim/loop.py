@@ -7,8 +7,8 @@ the world can hold it while that node is paused.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
+from heapq import heappop, heappush
 
 Action = Callable[[], None]
 Entry = tuple[float, int, str | None, Action]
@@ -25,19 +25,19 @@ class EventLoop:
         """Run ``action`` at true ``time`` (never in the past)."""
         self._seq += 1
         now = self.now
-        heapq.heappush(self.heap, (now if now > time else time, self._seq, node, action))
+        heappush(self.heap, (now if now > time else time, self._seq, node, action))
 
     def after(self, delay: float, action: Action, node: str | None = None) -> None:
         """``at(now + delay)``, written out: it is called for every message."""
         self._seq += 1
         now = self.now
         time = now + delay
-        heapq.heappush(self.heap, (now if now > time else time, self._seq, node, action))
+        heappush(self.heap, (now if now > time else time, self._seq, node, action))
 
     def pop(self, until: float) -> tuple[str | None, Action] | None:
         """The next event due at or before ``until``, with the clock moved to it."""
         if not self.heap or self.heap[0][0] > until:
             return None
-        time, _, node, action = heapq.heappop(self.heap)
+        time, _, node, action = heappop(self.heap)
         self.now = time
         return node, action

@@ -93,6 +93,11 @@ class World:
         self.elections = 0
         self.events = 0
         self.healed_at: float | None = None
+        self._watching = False  # healed, and some liveness condition not seen yet
+        # (node, peer's address) for every pair, and (node, None) for the node itself being
+        # up; and where the last look found a node not seeing a peer healthy.
+        self._pairs: list[tuple[SimNode, str | None]] = []
+        self._blind_at = 0
         self._primary_ok: float | None = None
         self._members_ok: float | None = None
         self._calls = Calls(
@@ -183,18 +188,19 @@ class World:
             action()
             events += 1
             self.events = events
-            if len(primaries) >= 2 or self.healed_at is not None:
+            if len(primaries) >= 2 or self._watching:
                 after_event()
 
     def _after_event(self) -> None:
         if len(self.primaries) >= 2:
             self.checker.primaries(self.loop.now, self._holders())
-        if self.healed_at is not None and (
-            self._primary_ok is None
-            or self._members_ok is None
-            or (self.config.tasks and self._tasks_ok is None)
-        ):
+        if self._watching:
             self._watch_liveness()
+            self._watching = (
+                self._primary_ok is None
+                or self._members_ok is None
+                or (self.config.tasks and self._tasks_ok is None)
+            )
 
     def _holders(self) -> list[Holder]:
         holders = []
@@ -218,6 +224,7 @@ class World:
 
     def _heal(self) -> None:
         self.healed_at = self.loop.now
+        self._watching = True
         self.chaos.heal()
         self.loop.after(self.config.primary_bound, self._judge_primary)
         self.loop.after(self.config.membership_bound, self._judge_members)
@@ -227,15 +234,49 @@ class World:
     def _watch_liveness(self) -> None:
         assert self.healed_at is not None
         since = self.loop.now - self.healed_at
-        nodes = self.nodes.values()
+        # Only a node whose core is PRIMARY can be working, and ``primaries`` holds exactly
+        # those (``lease_changed`` follows every lease call): no walk over every node.
         if self._primary_ok is None and any(
-            n.fenced and n.work_epoch is not None and n.working(n.work_epoch) for n in nodes
+            n.fenced and n.work_epoch is not None and n.working(n.work_epoch)
+            for n in (self.nodes[name] for name in sorted(self.primaries))
         ):
             self._primary_ok = since
-        if self._members_ok is None and all(self._sees_all(n) for n in nodes):
+        if self._members_ok is None and self._everyone_sees_everyone():
             self._members_ok = since
         if self._tasks_ok is None and not self._unfinished and not self._pending:
             self._tasks_ok = since
+
+    def _everyone_sees_everyone(self) -> bool:
+        """Every node up, and every peer healthy in its table: ``_sees_all`` of every node.
+
+        Asked after every event of the heal window until it holds, so it must not walk all
+        n² pairs each time (at 200 nodes that was nearly all of a run's CPU): the walk starts
+        at the pair found blind last time, which is usually still blind, and only says yes
+        after a full round of the pairs found each one healthy."""
+        pairs = self._pairs
+        if not pairs:
+            self._pairs = pairs = [
+                (node, None if peer is None else address(peer))
+                for node in self.nodes.values()
+                for peer in (None, *self.config.node_ids)
+                if peer != node.name
+            ]
+        count, start = len(pairs), self._blind_at
+        for i in range(count):
+            at = start + i if start + i < count else start + i - count
+            node, peer = pairs[at]
+            table = node.membership
+            if table is None:
+                blind = True
+            elif peer is None:
+                blind = False
+            else:
+                row = table.get(peer)
+                blind = row is None or row.state is not PeerState.HEALTHY
+            if blind:
+                self._blind_at = at
+                return False
+        return True
 
     def _sees_all(self, node: SimNode) -> bool:
         table = node.membership
