@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -28,6 +29,8 @@ from brio.api.inputs import read_body, read_path, read_query
 from brio.config.model import BrioConfig
 
 log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,14 @@ def documented(route: Route, config: BrioConfig) -> dict[int, Answer]:
 
 
 def json_response(body: BaseModel | dict[str, Any], status: int) -> Response:
-    data = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
-    return Response(json.dumps(data), status=status, content_type="application/json")
+    if isinstance(body, BaseModel):
+        try:  # pydantic's own encoder: half the cost of model_dump then json.dumps
+            return Response(body.model_dump_json(), status=status, content_type=JSON_TYPE)
+        except PydanticSerializationError:  # a lone surrogate, which only json.dumps escapes
+            return Response(
+                json.dumps(body.model_dump(mode="json")), status=status, content_type=JSON_TYPE
+            )
+    return Response(json.dumps(body), status=status, content_type=JSON_TYPE)
 
 
 def install(app: QuartTrio, routes: list[Route], deps: Any) -> None:
