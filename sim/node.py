@@ -127,6 +127,7 @@ class SimNode:
     ) -> None:
         self.host = host
         self._loop = host.loop
+        self._detector = host.config.detector
         self.name = name
         self.coordinator = coordinator
         self.clock = clock
@@ -186,10 +187,9 @@ class SimNode:
 
     def set_timer(self, key: str | int, deadline: float, fire: Callable[[], None]) -> None:
         """Call ``fire`` once this node's clock reads ``deadline``; replaces ``key``'s timer."""
-        self._token += 1
-        token = self._token
+        self._token = token = self._token + 1
         self.timers[key] = (deadline, token, fire)
-        self.host.loop.at(self.clock.true_at(deadline), partial(self._fire, key, token), self.name)
+        self._loop.at(self.clock.true_at(deadline), partial(self._fire, key, token), self.name)
 
     def cancel_timer(self, key: str | int) -> None:
         self.timers.pop(key, None)
@@ -381,7 +381,7 @@ class SimNode:
 
     def _probe(self, peer: str) -> None:
         """One heartbeat, and the next one an interval after this one started."""
-        detector = self.host.config.detector
+        detector = self._detector
         started = self.local()
         self.set_timer(
             self._probe_keys[peer], started + detector.heartbeat_interval, self._probers[peer]

@@ -50,6 +50,8 @@ from sim.wire import (
     is_task_statement,
 )
 
+#: The requests an aimed fault may strike (``Chaos.sending`` ignores every other kind).
+_AIMED_AT = frozenset({RenewRequest, VoteRequest})
 #: Clock offsets: nodes booted at different times, so their monotonic clocks read differently.
 OFFSETS = (0.0, 10_000.0)
 #: With the witness, a coordinator is cut off from the store about once every this many lease
@@ -521,7 +523,8 @@ class World:
         on_reply: Callable[[Reply], None],
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
-        self.chaos.sending(src, request)  # aimed faults strike at the moment a round leaves
+        if type(request) in _AIMED_AT:  # Chaos.sending looks at nothing else
+            self.chaos.sending(src, request)  # aimed faults strike at the moment a round leaves
         self._calls.call(
             src, dst, request, timeout=timeout, on_reply=on_reply, on_timeout=on_timeout
         )
