@@ -113,6 +113,11 @@ class World:
         )
         self.task_settings = self._scheduler_settings(self._stream("tasks/settings"))
         self._clients = self._stream("tasks/clients")
+        # The config's derived figures, computed once (its properties compute them per read,
+        # and submissions read them for every task).
+        self._node_ids = config.node_ids
+        self._fault_end = config.fault_end
+        self._in_flight = config.in_flight
         self._answers: dict[str, TaskAnswer] = {}  # request id -> the store's answer
         self._pending: dict[str, str] = {}  # submissions on their way: task -> coordinator
         self._unfinished = 0  # rows in the store without a result
@@ -354,7 +359,7 @@ class World:
     def _next_submission(self) -> None:
         rng = self._clients
         at = self.loop.now + rng.expovariate(self.config.task_rate)
-        if at < self.config.fault_end:
+        if at < self._fault_end:
             self.loop.at(at, self._submission)
 
     def _submission(self) -> None:
@@ -363,10 +368,10 @@ class World:
         self._next_submission()
         agent = "code" if rng.random() < 0.3 else "echo"
         session = f"s{rng.randrange(6)}" if rng.random() < 0.5 else None
-        runs = [n for n in config.node_ids if agent in self.nodes[n].facts.agents]
+        runs = [n for n in self._node_ids if agent in self.nodes[n].facts.agents]
         pin = rng.choice(runs) if rng.random() < 0.1 else None
-        coordinator = self.nodes[rng.choice(config.node_ids[: config.coordinators])]
-        if self._unfinished + len(self._pending) >= config.in_flight:
+        coordinator = self.nodes[rng.choice(self._node_ids[: config.coordinators])]
+        if self._unfinished + len(self._pending) >= self._in_flight:
             return
         self._submitted += 1
         task_id = f"t{self._submitted}"
