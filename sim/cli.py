@@ -147,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
         type=_timeout,
         metavar="MIN,MAX",
         default=DEFAULTS.election_timeout,
-        help="default 1.0,2.5",
+        help="default " + ",".join(f"{t:g}" for t in DEFAULTS.election_timeout),
     )
     p.add_argument(
         "--max-clock-drift",

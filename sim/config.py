@@ -100,8 +100,10 @@ class SimConfig:
     coordinators: int = 3
     duration: float = 120.0  # simulated seconds, the fault-free heal window included
     faults: tuple[Fault, ...] = DEFAULT_FAULTS
-    lease_duration: float = 5.0
-    election_timeout: tuple[float, float] = (1.0, 2.5)
+    #: Production's defaults ([mesh.lease] in brio.config.model; test_production_timings.py checks
+    #: that they agree), so that the default shape runs the timings that ship.
+    lease_duration: float = 3.0
+    election_timeout: tuple[float, float] = (0.15, 0.45)
     max_clock_drift: float = 0.05
     unsafe: frozenset[Unsafe] = field(default_factory=frozenset)
     #: Events one seed may take before it is stopped as a livelock (``event-budget``);

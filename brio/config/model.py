@@ -227,10 +227,13 @@ MAX_TERM_JUMP = 100_000
 class LeaseConfig(Section):
     """The coordinator lease (``brio.core.lease``): who may vote, and its timing."""
 
-    lease_duration: Seconds = 5.0
+    # 3 s and [0.15, 0.45]: kill -9 to a new primary in about 2.8 s (2.2-3.5 s), and a primary
+    # rides out a 1.85 s stall of its event loop (1-1.5 s seen on a saturated 2-core machine,
+    # where 2 s leases flapped); docs/lease.md, Failover time, derives and measures both.
+    lease_duration: Seconds = 3.0
     # A follower waits a random pick from [min, max] seconds after the primary's lease would
     # have run out before it asks for votes; the spread keeps two candidates from tying.
-    election_timeout: tuple[float, float] = (1.0, 2.5)
+    election_timeout: tuple[float, float] = (0.15, 0.45)
     # How much faster one node's clock may run than another's (0.05: 5 %); the primary
     # shortens its own lease by this fraction.
     max_clock_drift: float = Field(default=0.05, ge=0, lt=0.5)

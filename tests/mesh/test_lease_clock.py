@@ -44,7 +44,7 @@ class TimerLoopSpins(Exception):
 
 
 NODES = ("c1", "c2", "c3")
-CONFIG = LeaseConfig()  # the defaults: a 5 s lease, election timeout [1.0, 2.5] s
+CONFIG = LeaseConfig()  # the defaults: a 3 s lease, election timeout [0.15, 0.45] s
 DELAY = 0.002  # one way, per message
 #: A fresh cluster elects within: the restart wait (no vote for one lease after start), the
 #: longest election timeout, and a renewal interval for the rounds in between (pre-vote,

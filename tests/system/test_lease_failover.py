@@ -8,7 +8,9 @@
   fence moved. An audit trigger, added by this test, records every committed write to
   ``cluster_view`` (the primary's fenced table) with the database's clock.
 
-The failover times are printed, not asserted: they are figures (the benchmarks track them).
+The cluster runs the default lease settings, so that the printed failover times are those
+of a default install. They are printed, not asserted: they are figures (``bench.suite --rows
+failover`` tracks them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from brio.config.model import LeaseConfig
 from tests.certs import make_cluster_certs, tls_config
 from tests.pg import PostgresServer
 from tests.system.cluster import MeshNode, wait_for, write_cluster
@@ -37,8 +40,7 @@ IPS = {
 }
 ROLES = {n: "worker" if n.startswith("worker") else "coordinator" for n in IPS}
 COORDINATORS = [n for n in IPS if ROLES[n] == "coordinator"]
-LEASE = 2.0
-ELECTION_TIMEOUT = [0.3, 0.8]
+LEASE = LeaseConfig().lease_duration  # the default
 
 AUDIT = """
 CREATE TABLE cluster_view_audit (
@@ -76,7 +78,6 @@ def cluster(
             "suspicion_threshold": 3,
             "degraded_latency": 2.0,
         },
-        "mesh.lease": {"lease_duration": LEASE, "election_timeout": ELECTION_TIMEOUT},
     }
     tls = {n: tls_config(certs, n) for n in IPS}
     nodes = write_cluster(base, IPS, ROLES, database, tls, tables)
