@@ -446,6 +446,11 @@ class Lease:
         t = self._transfer
         if t is None or t.successor is None:
             return []
+        if self.term != t.term:
+            # A newer term has begun (we voted in it): the handover is over, and a release of
+            # the old term sent now would carry a term older than ours.
+            self._transfer = None
+            return []
         if len(t.released - {t.successor}) >= self.majority:
             level = 2
         elif len(t.released | ({t.successor} & self.voters)) >= self.majority:

@@ -214,3 +214,19 @@ def test_a_release_in_a_term_we_missed_is_adopted_and_written_even_when_refused(
     [refusal] = sends(actions)
     assert isinstance(refusal.message, RenewReply) and not refusal.message.ok
     assert b.term == 3 and b._promised_to == "a"  # the promise to a stands
+
+
+def test_a_late_answer_to_a_release_after_a_newer_term_began_sends_nothing() -> None:
+    """Found by the state machine: the old primary voted in the successor's term, then an
+    answer to its release arrived and it told the successor again, in the old term: a message
+    with a term older than its own. The handover is over once a newer term has begun."""
+    net, t1 = three_coordinators()
+    a = net.nodes["a"]
+    now = t1 + 0.01
+    released = a.transfer(now, {"b", "c"})
+    [round_id] = {s.message.round for s in sends(released) if isinstance(s.message, Release)}
+    # b campaigns in term 2 and a votes for it before c's answer to the release comes back.
+    [vote] = sends(a.receive(now + 0.01, "b", vote_request(2, "b")))
+    assert isinstance(vote.message, VoteReply) and vote.message.granted and a.term == 2
+    late = a.receive(now + 0.02, "c", RenewReply(1, "c", True, round_id, DIGEST))
+    assert late == []
