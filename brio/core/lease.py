@@ -339,6 +339,19 @@ class Lease:
             until = None
         return Status(self.role, self.term, self.primary, until, self.is_voter)
 
+    def round_lease_end(self, round_id: int) -> float | None:
+        """Until when an answer to our renewal round ``round_id`` can still count (local
+        clock): the end of the lease that round grants, ``round_start + lease_duration * (1 -
+        max_clock_drift)``; None when we are not primary or the round is gone (older than a
+        lease, or of another term). The driver waits that long for an answer (not one renewal
+        interval): every voter promised at its answer time, after the round start, so an
+        answer that comes back later than the next round's start but before this end still
+        extends the lease safely (``_ack``)."""
+        current = self._rounds.get(round_id)
+        if self.role is not Role.PRIMARY or current is None:
+            return None
+        return self._lease_end(current.start)
+
     def next_deadline(self) -> float:
         """When to call ``tick`` next (local clock)."""
         if self._amnesiac:
@@ -589,8 +602,11 @@ class Lease:
         current.acks.add(voter)
         if len(current.acks) < self.majority:
             return []
+        # An older round's majority extends the lease from that round's start, and only when
+        # that ends later than the lease does now (a newer round may have extended it past).
+        # An end already past (an answer held up by a stalled loop) extends nothing.
         until = self._lease_end(current.start)
-        if until <= self._lease_until:
+        if until <= self._lease_until or until <= now:
             return []
         self._lease_until = until
         return [LeaseExtended(self.term, until)]

@@ -384,8 +384,10 @@ class LeaseDriver:
         if to == WITNESS_ID:
             await self._ask_witness(message)
             return
+        timeout = self._answer_timeout(message)
+        if timeout is None:
+            return
         method, request = _to_pb(message)
-        timeout = self.settings.renew_interval
         try:
             answer = await self.transport.call(to, method, request, timeout)
         except Exception as exc:  # unreachable, unknown, refused: the core sees silence
@@ -407,13 +409,17 @@ class LeaseDriver:
 
     async def _ask_witness(self, message: core.Message) -> None:
         """A request to the store's witness voter: one statement, within the lease call
-        timeout; its answer is a reply from ``WITNESS_ID``, its failure silence."""
+        timeout (``_answer_timeout``); its answer is a reply from ``WITNESS_ID``, its failure
+        silence."""
         if self.witness is None or not isinstance(
             message, core.VoteRequest | core.RenewRequest | core.Release
         ):
             return
+        timeout = self._answer_timeout(message)
+        if timeout is None:
+            return
         answer = None
-        with trio.move_on_after(self.settings.renew_interval):
+        with trio.move_on_after(timeout):
             try:
                 answer = await self.witness.ask_witness(message, self.settings.lease_duration)
             except Exception as exc:  # the store's error: the witness is silent this time
@@ -425,6 +431,25 @@ class LeaseDriver:
         self.witness_failures = 0
         if self.core is not None:
             self._execute(self.core.receive(trio.current_time(), WITNESS_ID, answer.reply))
+
+    def _answer_timeout(self, message: core.Message) -> float | None:
+        """How long to wait for the answer to ``message``; None: do not send it at all.
+
+        A renewal's answer counts until the lease its round would grant ends (the core
+        times that lease from the round's start, before any voter promised), so the call
+        waits until then rather than one renewal interval: an answer held up by a stalled
+        event loop or a slow database still extends the lease. Rounds leave every D/3 and
+        each waits at most 0.95 D, so at most three calls per peer are in flight. A round
+        whose lease ended before its request could leave (a stall of a whole lease) is not
+        sent: the next tick steps down. Votes, pre-votes and releases wait one renewal
+        interval: an election round is over at the next election timeout anyway."""
+        if not isinstance(message, core.RenewRequest):
+            return self.settings.renew_interval
+        end = self.core.round_lease_end(message.round) if self.core is not None else None
+        if end is None:
+            return None
+        remaining = end - trio.current_time()
+        return remaining if remaining > 0 else None
 
     def log_refused_by(self, peer: str, kind: str, exc: Exception) -> None:
         now = trio.current_time()

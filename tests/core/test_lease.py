@@ -292,6 +292,64 @@ def test_a_renewal_answered_late_extends_from_its_round_start() -> None:
     assert a.receive(t1 + 0.3, "b", reply.message) == []
 
 
+def primary_a_and_voter_b() -> tuple[Lease, Lease]:
+    """``a`` primary of epoch 1 with ``b``'s vote (``c`` never answers), at its first round."""
+    a, b = make("a"), make("b", candidate=False)
+    t0 = a.next_deadline()
+    [pre, _] = sends(a.tick(t0))
+    [election, _] = sends(a.receive(t0, "b", only_reply(b.receive(t0, "a", pre.message))))
+    a.receive(t0, "b", only_reply(b.receive(t0, "a", election.message)))
+    assert a.role is PRIMARY
+    return a, b
+
+
+def renew_reply(actions: list[Action]) -> RenewReply:
+    [send] = sends(actions)
+    assert isinstance(send.message, RenewReply)
+    return send.message
+
+
+def test_an_answer_to_an_older_round_extends_the_lease_from_that_rounds_start() -> None:
+    """The driver waits for a renewal's answer until its round's lease ends (not one renewal
+    interval), so answers to a round come back after the next round started. Such an answer
+    extends the lease from its own round's start (the voter promised at its answer time,
+    after that start), and only when that ends later than the lease does now."""
+    a, b = primary_a_and_voter_b()
+    t1 = a.next_deadline()
+    [r1, _] = sends(a.tick(t1))
+    assert a.round_lease_end(r1.message.round) == t1 + D * (1 - EPS)
+    t2 = a.next_deadline()
+    assert t2 == pytest.approx(t1 + D / 3)
+    [r2, _] = sends(a.tick(t2))
+    # b answers round 1 after round 2 left: counted, from round 1's start
+    late = renew_reply(b.receive(t2 + 0.1, "a", r1.message))
+    assert a.receive(t2 + 0.2, "b", late) == [LeaseExtended(1, t1 + D * (1 - EPS))]
+    assert a.lease_until == t1 + D * (1 - EPS)
+    # round 2's answer moves it on; a later answer to round 1 (from a voter that was slower)
+    # would end earlier and changes nothing
+    on_time = renew_reply(b.receive(t2 + 0.25, "a", r2.message))
+    assert a.receive(t2 + 0.3, "b", on_time) == [LeaseExtended(1, t2 + D * (1 - EPS))]
+    c = make("c", candidate=False)
+    c.receive(t2 + 0.3, "a", VoteRequest(1, "a", False, 1, DIGEST))  # c voted for a as well
+    slow = renew_reply(c.receive(t2 + 0.35, "a", r1.message))
+    assert a.receive(t2 + 0.4, "c", slow) == []
+    assert a.lease_until == t2 + D * (1 - EPS)
+
+
+def test_an_answer_that_comes_back_after_its_rounds_lease_extends_nothing() -> None:
+    """A primary whose loop stalled past its lease without a tick: a round's answer that it
+    takes in after the lease that round would grant has ended does not extend the lease into
+    the past (nor restart the primary's work for it); the next tick steps down."""
+    a, b = primary_a_and_voter_b()
+    t1 = a.next_deadline()
+    [r1, _] = sends(a.tick(t1))
+    reply = renew_reply(b.receive(t1 + 0.1, "a", r1.message))
+    end = t1 + D * (1 - EPS)
+    assert a.receive(end, "b", reply) == []
+    assert a.tick(end) == [SteppedDown(1, "lease expired: a majority did not answer in time")]
+    assert a.round_lease_end(r1.message.round) is None  # not primary: no answer counts
+
+
 def test_a_primary_whose_voters_stop_answering_steps_down_at_lease_end() -> None:
     net = one_candidate()
     t0 = elect_a(net)

@@ -26,6 +26,8 @@ import trio.testing
 
 from brio.config.model import LeaseConfig
 from brio.core import lease as core
+from brio.core.constants import WITNESS_ID
+from brio.core.witness import Request, WitnessRecord, decide
 from brio.mesh import methods, pb
 from brio.mesh.lease import (
     LeaseDriver,
@@ -37,6 +39,7 @@ from brio.mesh.lease import (
 from brio.mesh.lease_state import load_lease_state
 from brio.mesh.methods import Method
 from brio.mesh.transport import MeshCallError
+from brio.store.witness import WitnessAnswer
 
 
 class TimerLoopSpins(Exception):
@@ -68,6 +71,11 @@ class Net:
     drivers: dict[str, LeaseDriver] = field(default_factory=dict)
     cut: set[frozenset[str]] = field(default_factory=set)
     work: list[Work] = field(default_factory=list)
+    #: extra one-way delay of a node's answers to renewals (a stalled loop, a slow link)
+    slow_renew: dict[str, float] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str], int] = field(default_factory=dict)  # (from, to) -> calls
+    most_in_flight: int = 0
+    timed_out: int = 0
     votes_checked: int = 0
     #: what the test fails on: a granted vote whose file did not say so when it was returned
     #: (raising in the transport would only look like silence to the driver)
@@ -102,6 +110,20 @@ class InMemoryLeaseTransport:
     async def call(
         self, node_id: str, method: Method, request: Any, timeout: float | None = None
     ) -> Any:
+        """One call, given up after ``timeout`` as the real channel does."""
+        assert timeout is not None and timeout > 0
+        link = (self.sender, node_id)
+        self.net.in_flight[link] = self.net.in_flight.get(link, 0) + 1
+        self.net.most_in_flight = max(self.net.most_in_flight, self.net.in_flight[link])
+        try:
+            with trio.move_on_after(timeout):
+                return await self._call(node_id, method, request)
+            self.net.timed_out += 1
+            raise MeshCallError(node_id, method.path, "timeout", "timed out", "DEADLINE_EXCEEDED")
+        finally:
+            self.net.in_flight[link] -= 1
+
+    async def _call(self, node_id: str, method: Method, request: Any) -> Any:
         if not self.net.reachable(self.sender, node_id):
             raise self._unreachable(node_id, method)
         await trio.sleep(DELAY)
@@ -122,6 +144,7 @@ class InMemoryLeaseTransport:
             else:
                 assert isinstance(renew, core.RenewReply)
                 answer = renew_reply_pb(renew)
+            await trio.sleep(self.net.slow_renew.get(node_id, 0.0))
         else:
             raise AssertionError(f"the lease sent {method.path}")
         await trio.sleep(DELAY)
@@ -313,3 +336,103 @@ async def test_the_timer_loop_sleeps_until_the_next_deadline(
         await trio.sleep(60)
         # one election timeout (>= 1 s) at the least between campaigns
         assert 0 < ticks <= 60 / CONFIG.election_timeout[0] + 5
+
+
+#: Later than one renewal interval (D/3 = 1 s), earlier than the end of the lease the round
+#: would grant less the primary's margin (0.95 D - D/3 - 0.15 s = 1.7 s after the next round).
+LATE = 1.4
+
+
+async def test_renewal_answers_later_than_a_renewal_interval_keep_the_lease(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every voter's answer to a renewal comes back 1.4 s late (a stalled loop): the call
+    waits until the round's lease would end, so the primary keeps its lease and its work,
+    with at most three renewals in flight per peer."""
+    async with cluster(tmp_path) as net:
+        winner = await until_primary(net, ELECTION_BOUND)
+        epoch = net.drivers[winner].view().epoch
+        net.slow_renew = {n: LATE for n in NODES if n != winner}
+        await trio.sleep(10 * CONFIG.lease_duration)
+        assert net.primaries() == [winner]
+        assert net.drivers[winner].view().epoch == epoch
+        assert net.drivers[winner].step_downs == 0
+        assert [(w.node, w.epoch) for w in net.work] == [(winner, epoch)]  # never restarted
+        remaining = net.drivers[winner].view().lease_remaining
+        assert remaining is not None and remaining > 0
+        assert net.timed_out == 0
+        assert 2 <= net.most_in_flight <= 3
+
+
+async def test_renewal_answers_after_the_rounds_lease_do_not_keep_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Answers later than the lease they would extend: the calls give up, the primary steps
+    down, and (answers still that late) no primary lasts."""
+    async with cluster(tmp_path) as net:
+        winner = await until_primary(net, ELECTION_BOUND)
+        net.slow_renew = {n: CONFIG.lease_duration for n in NODES}
+        with trio.fail_after(CONFIG.lease_duration):
+            while net.drivers[winner].view().role == "primary":
+                await trio.sleep(0.01)
+        assert net.drivers[winner].step_downs == 1
+        await trio.sleep(CONFIG.lease_duration)  # the last round's calls end with its lease
+        assert net.timed_out >= 2
+        assert net.most_in_flight <= 3
+
+
+class SlowWitness:
+    """The store's witness voter in memory (``brio.core.witness.decide``, virtual time as
+    the database clock); its answers to renewals take ``renew_delay``."""
+
+    def __init__(self) -> None:
+        self.record = WitnessRecord()
+        self.renew_delay = 0.0
+        self.renewals = 0
+
+    async def ask_witness(self, request: Request, lease_duration: float) -> WitnessAnswer:
+        await trio.sleep(DELAY)
+        now = trio.current_time()
+        self.record, reply = decide(self.record, request, now, lease_duration)
+        if isinstance(request, core.RenewRequest):
+            self.renewals += 1
+            await trio.sleep(self.renew_delay)
+        await trio.sleep(DELAY)
+        return WitnessAnswer(reply, self.record, now)
+
+
+async def test_late_witness_answers_to_renewals_keep_the_lease(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """One coordinator and the store's witness (a majority of two is both): the witness
+    answers each renewal 1.4 s late, later than a renewal interval; the lease holds."""
+    witness = SlowWitness()
+    work: list[Work] = []
+
+    async def primary(epoch: int) -> None:
+        work.append(Work("c1", epoch, trio.current_time()))
+        await trio.sleep_forever()
+
+    driver = LeaseDriver(
+        "c1",
+        config=CONFIG,
+        voters=frozenset({"c1", WITNESS_ID}),
+        candidates=frozenset({"c1"}),
+        candidate=True,
+        data_dir=tmp_path,
+        transport=InMemoryLeaseTransport(Net(), "c1"),  # nobody else: never called
+        primary=primary,
+        witness=witness,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        with trio.fail_after(ELECTION_BOUND + CONFIG.lease_duration):
+            while driver.view().role != "primary":
+                await trio.sleep(0.01)
+        witness.renew_delay = LATE
+        renewals = witness.renewals
+        await trio.sleep(10 * CONFIG.lease_duration)
+        assert witness.renewals - renewals >= 29  # one every D/3
+        assert driver.view().role == "primary" and driver.step_downs == 0
+        assert len(work) == 1 and driver.witness_failures == 0 == driver.witness_errors
+        nursery.cancel_scope.cancel()
