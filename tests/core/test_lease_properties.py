@@ -32,6 +32,7 @@ from tests.core.test_lease import (
     DIGEST,
     EPS,
     FOLLOWER,
+    PRIMARY,
     SETTINGS,
     D,
     elect_a,
@@ -243,3 +244,60 @@ def test_a_stray_refusal_during_the_restart_wait_does_not_end_it() -> None:
     a.receive(10.1, "b", VoteReply(3, "b", False, False, 1, DIGEST, "term is stale"))
     assert a.term == 3
     assert a.next_deadline() >= 10.0 + D
+
+
+# -- late answers (the driver waits for a renewal's answer until its round's lease ends) -------
+
+
+@given(
+    delays=st.lists(st.floats(0.0, 1.3 * D), min_size=1, max_size=12),
+    stalls=st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_late_renewal_answers_extend_the_lease_to_the_latest_answered_rounds_end(
+    delays: list[float], stalls: list[bool]
+) -> None:
+    """``b``'s answer to round k comes back ``delays[k]`` after the round left (half way it
+    reaches ``b``, which promises then); ``c`` never answers. Ticks and answers are taken in
+    time order, except that with ``stalls[k]`` the answer is taken before a tick that was due
+    earlier (a loop that stalled past its deadline). The lease is always the end of the latest
+    round answered while that end lay ahead, never later than ``b``'s promise: an extension
+    never ends in the past."""
+    net = one_candidate()
+    elect_a(net)
+    a, b = net.nodes["a"], net.nodes["b"]
+    net.cut = {"b", "c"}  # the Net delivers nothing: the answers are carried by hand below
+    rounds: list[tuple[float, RenewRequest]] = []  # (start, request)
+    arrivals: list[tuple[float, int]] = []  # (when a hears b's answer, round index)
+    expected = a.lease_until
+    assert expected is not None
+    now = 0.0  # the core's time never runs backwards: a tick after a stall is late
+    while a.role is PRIMARY:
+        tick_at = a.next_deadline()
+        pending = sorted(x for x in arrivals if x[0] < tick_at or stalls[x[1]])
+        if pending:
+            at, k = pending[0]
+            arrivals.remove((at, k))
+            start, request = rounds[k]
+            heard = start + delays[k] / 2
+            [answer] = sends(b.receive(heard, "a", request))
+            now = max(now, at)
+            actions = a.receive(now, "b", answer.message)
+            end = start + D * (1 - EPS)
+            if end > expected and end > now:
+                assert actions == [LeaseExtended(1, end)]
+                expected = end
+            else:
+                assert actions == []
+        else:
+            now = max(now, tick_at)
+            actions = a.tick(now)
+            requests = [s.message for s in sends(actions) if isinstance(s.message, RenewRequest)]
+            if requests and len(rounds) < len(delays):
+                rounds.append((now, requests[0]))
+                arrivals.append((now + delays[len(rounds) - 1], len(rounds) - 1))
+            elif a.role is PRIMARY and not arrivals and len(rounds) == len(delays):
+                break  # every answer is in: the lease runs out on its own
+        if a.role is PRIMARY:
+            assert a.lease_until == expected
+            promise = b.status().lease_until  # one clock; None until b heard a renewal
+            assert promise is None or expected <= promise
