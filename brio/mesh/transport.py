@@ -323,6 +323,7 @@ class _GuardedProtocol(H2Protocol):
         rate = self.limits.max_resets_per_second
         self._reset_tokens = float(2 * rate)
         self._reset_checked = self.last_activity
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # lost
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
@@ -413,6 +414,8 @@ class _GuardedProtocol(H2Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._server.protocols.discard(self)
+        if not self.gone.done():
+            self.gone.set_result(None)
         if self.host:
             self._server.by_address[self.host] -= 1
             if self._server.by_address[self.host] <= 0:
@@ -669,16 +672,29 @@ class MeshServer(grpclib.server.Server):
                     protocol.goaway()
 
     async def finish_requests(self, grace: float) -> None:
-        """Accept no more connections, then give the requests in flight up to ``grace``
-        seconds to finish before ``close`` cancels them. grpclib's close cancels every
-        running handler, and a handler's answer is written after it returns: the answer of
-        ``brio mesh leave``, which lets the node stop, was cut off by the stop it caused
-        (the client saw GOAWAY instead). Every mesh method is unary, so this is short."""
+        """Accept no more connections, then give the requests in flight, and their clients,
+        up to ``grace`` seconds in all before ``close`` cancels and says GOAWAY.
+
+        grpclib's close cancels every running handler, and a handler's answer is written
+        after it returns: the answer of ``brio mesh leave``, which lets the node stop, was cut
+        off by the stop it caused. Once the handlers are done, the answers may still be
+        unread: grpclib's client fails every open stream on GOAWAY, even one whose answer
+        came in the same read, so a connection that had requests gets up to ``STOP_LINGER`` to
+        read its answer and hang up first. Every mesh method is unary: this is short,
+        and an idle pooled connection waits for nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self._server is not None:
             self._server.close()
+        # connections with requests of late (grpclib forgets finished ones every 10 requests)
+        answered = [p for p in self.protocols if typing.cast(_Handler, p.handler)._tasks]
         running = [t for h in self._handlers for t in h._tasks.values() if not t.done()]
         if running:
             await asyncio.wait(running, timeout=grace)
+        still_open = [p.gone for p in answered if p in self.protocols]
+        linger = min(STOP_LINGER, deadline - loop.time())
+        if still_open and linger > 0:
+            await asyncio.wait(still_open, timeout=linger)
 
     def close(self) -> None:
         if self._reaper is not None:
@@ -979,6 +995,8 @@ async def start_server(
 
 #: Seconds that requests in flight when the mesh server stops get to finish and be answered.
 STOP_GRACE = 1.0
+#: Seconds a connection that had requests gets to read its answers and hang up before GOAWAY.
+STOP_LINGER = 0.2
 
 
 async def stop_server(server: MeshServer, grace: float = STOP_GRACE) -> None:
