@@ -436,9 +436,7 @@ class Lease:
                 self.role = Role.FOLLOWER
             return []
         actions = self._step_down("handing the lease over: this node is stopping")
-        if self._promised_to == self.node_id:  # our own promise, to ourselves: given back
-            self._promised_to = None
-            self._promise_until = -math.inf
+        self._give_back_promise(self.node_id)  # our own promise, to ourselves
         choices = sorted(set(successors) & self.peers)
         # The one heard from last (any answer: it is alive); among equals, the first by name.
         successor = max(choices, key=lambda c: self._heard_at.get(c, -math.inf), default=None)
@@ -714,9 +712,7 @@ class Lease:
         if release.term < self.term or self.primary not in (None, leader) or promised:
             why = "term is stale" if release.term < self.term else f"{leader} is not our primary"
             return actions + ([Send(leader, reply(False, why))] if self.is_voter else [])
-        if self._promised_to == leader:
-            self._promised_to = None
-            self._promise_until = -math.inf
+        self._give_back_promise(leader)
         if self.primary == leader:
             self.primary = None
         if self.is_voter:
@@ -732,6 +728,12 @@ class Lease:
             fallback = max(now, self._vote_after) + self._timeout()
             self._election_at = min(self._election_at, fallback)
         return actions
+
+    def _give_back_promise(self, to: str) -> None:
+        """Drop the promise not to vote for anyone but ``to``, if it is ``to`` we promised."""
+        if self._promised_to == to:
+            self._promised_to = None
+            self._promise_until = -math.inf
 
     def _may_vote(self, now: float, candidate: str) -> bool:
         if self._amnesiac or now < self._vote_after:
