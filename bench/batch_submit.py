@@ -50,6 +50,7 @@ import trio
 
 from bench.cpu import Meter, machine
 from bench.loadgen import HTTPError, RawHTTP
+from bench.rows.common import clean_env, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_TASKS_PER_S = 1257  # issue 12, measured on this machine kind
@@ -209,37 +210,23 @@ def run_loadgen(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_node(base: Path, agents: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = base / "brio.toml"
     config.write_text(CONFIG.format(data=base / "data", port=port, agents=agents))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"}
-    env.update(HOME=str(base), BRIO_CONFIG=str(config))
-    with (base / "node.log").open("ab") as out:
+    env = clean_env({"HOME": str(base), "BRIO_CONFIG": str(config)})
+    log_path = base / "node.log"
+    with log_path.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "brio", "serve"], cwd=base, env=env, stdout=out, stderr=out
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the node exited: {(base / 'node.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the node was not ready within 30 s")
+    try:
+        wait_ready(url + "/health/ready", proc, 30, log_path)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def wait_idle(url: str, timeout: float = 120) -> None:

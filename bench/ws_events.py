@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from bench.cpu import Meter, machine
+from bench.rows.common import clean_env, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
@@ -103,37 +102,23 @@ def serve(baseline: bool) -> int:
     return main(["serve"])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_node(base: Path, baseline: bool) -> tuple[subprocess.Popen[bytes], str]:
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = base / "brio.toml"
     config.write_text(CONFIG.format(data=base / "data", port=port))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIO_") and k != "CI"}
-    env.update(HOME=str(base), BRIO_CONFIG=str(config))
+    env = clean_env({"HOME": str(base), "BRIO_CONFIG": str(config)})
     argv = [sys.executable, "-m", "bench.ws_events", "--serve"] + (["--baseline"] * baseline)
-    with (base / "node.log").open("ab") as out:
+    log_path = base / "node.log"
+    with log_path.open("ab") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the node exited: {(base / 'node.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the node was not ready within 30 s")
+    try:
+        wait_ready(url + "/health/ready", proc, 30, log_path)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 async def _post(client: httpx.AsyncClient, size: int) -> list[str]:
