@@ -790,6 +790,60 @@ def test_voters_digest_is_order_independent() -> None:
     assert make("a", voters=["c", "b", "a"]).digest == make("b").digest == DIGEST
 
 
+# -- holds ---------------------------------------------------------------------------------------
+
+
+def test_a_hold_steps_a_primary_down_and_it_campaigns_again_only_once_lifted() -> None:
+    net = one_candidate()
+    t0 = elect_a(net)
+    a = net.nodes["a"]
+    reason = "a peer reports another voter set"
+    held = a.hold(t0 + 0.1, reason)
+    assert held == [SteppedDown(1, f"held: {reason}")]
+    assert (a.role, a.held, a.status().primary) == (FOLLOWER, reason, None)
+    # Held, it sends nothing however long it waits: no renewal, no pre-vote.
+    end = t0 + 20 * D
+    net.run_until(end)
+    assert [x for _, x in net.became_primary()] == [BecamePrimary(1, t0 + D * (1 - EPS))]
+    assert not sends(net.carry_out("a", end, a.tick(end)))
+    # Lifting acts on nothing itself; the next election timeout campaigns again.
+    assert a.hold(end, None) == []
+    assert a.held is None and a.role is FOLLOWER
+    net.run_until(end + 5 * D)
+    assert [x.epoch for _, x in net.became_primary()] == [1, 2]
+    assert a.role is PRIMARY
+
+
+def test_a_hold_ends_a_campaign_so_the_answers_it_gets_elect_nobody() -> None:
+    a, b = make("a"), make("b", candidate=False)
+    t0 = a.next_deadline()
+    [pre, _] = sends(a.tick(t0))
+    pre_reply = only_reply(b.receive(t0, "a", pre.message))
+    assert a.hold(t0, "held in the pre-vote") == []
+    assert a.role is FOLLOWER
+    assert a.receive(t0, "b", pre_reply) == []  # no election begins
+    # Held once the election has begun: the vote it then gets makes no primary.
+    a.hold(t0, None)
+    t1 = a.next_deadline()
+    [pre, _] = sends(a.tick(t1))
+    [election, _] = sends(a.receive(t1, "b", only_reply(b.receive(t1, "a", pre.message))))
+    vote = only_reply(b.receive(t1, "a", election.message))
+    assert vote.granted
+    assert a.hold(t1, "held in the election") == []
+    assert (a.role, a.receive(t1, "b", vote)) == (FOLLOWER, [])
+    assert a.status().primary is None and a.lease_until is None
+
+
+def test_lifting_a_hold_that_was_never_set_leaves_a_primary_primary() -> None:
+    net = one_candidate()
+    t0 = elect_a(net)
+    a = net.nodes["a"]
+    assert a.hold(t0 + 0.1, None) == []
+    assert (a.role, a.status().primary) == (PRIMARY, "a")
+    t = a.next_deadline()
+    assert net.tick("a", t)[-1] == LeaseExtended(1, t + D * (1 - EPS))
+
+
 # -- who campaigns -------------------------------------------------------------------------------
 
 
