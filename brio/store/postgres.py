@@ -15,6 +15,15 @@ The fence row is the other lock: ``raise_fence`` and every fenced write (``recor
 take it with ``SELECT ... FOR UPDATE`` first, so they run one after the other, and their
 timestamps are ``clock_timestamp()`` read after the lock (``now()`` is when the transaction
 began, which may be before it waited), so that they order as the writes did.
+
+Placement's own writes (``assign_tasks``, ``claim_assigned``) promise nobody anything, so they
+go through a second, small pool whose sessions run with ``synchronous_commit = off``: their
+commits do not wait for the WAL flush. As with SQLite's NORMAL commits, a database crash may
+lose the last of them, which leaves the task queued or assigned as it was, and it runs (again)
+after the restart; the WAL is written in order, so the next synchronous commit (a result, a
+submit) flushes them too, and a crash never keeps a later commit without the earlier ones.
+The 202 of a submit and a task's result still wait for the flush. ``max_connections`` counts
+both pools.
 """
 
 from __future__ import annotations
@@ -126,15 +135,43 @@ class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg has no t
         return ""
 
 
-async def _create_pool(url: str, max_connections: int, connect_timeout: float) -> Any:
+#: The first half of the two-key advisory locks a batch takes on its idempotency keys (the
+#: migration's one-key lock is another key space).
+KEY_LOCK_SPACE = 0x6B657973
+
+#: Connections of ``max_connections`` kept for placement's writes (none with a pool of 1).
+PLACEMENT_CONNECTIONS = 2
+#: Their sessions' settings (the name shows them in ``pg_stat_activity``).
+PLACEMENT_SETTINGS = {"synchronous_commit": "off", "application_name": "brio placement"}
+
+
+async def _create_pool(
+    url: str, max_size: int, connect_timeout: float, server_settings: dict[str, str] | None = None
+) -> Any:
     return await asyncpg.create_pool(
         url,
         min_size=1,
-        max_size=max_connections,
+        max_size=max_size,
         timeout=connect_timeout,
         init=_init_connection,
         connection_class=_Connection,
+        server_settings=server_settings,
     )
+
+
+async def _create_pools(url: str, max_connections: int, connect_timeout: float) -> tuple[Any, Any]:
+    """The pool for everything, and the one for placement's writes (module docstring); with
+    ``max_connections`` 1 both are the same pool."""
+    placement = min(PLACEMENT_CONNECTIONS, max_connections - 1)
+    pool = await _create_pool(url, max_connections - placement, connect_timeout)
+    if placement == 0:
+        return pool, pool
+    try:
+        relaxed = await _create_pool(url, placement, connect_timeout, PLACEMENT_SETTINGS)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool, relaxed
 
 
 async def _migrate(conn: Connection) -> None:
@@ -155,8 +192,9 @@ class PostgresStore:
 
     backend = "postgresql"
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, placement_pool: Any | None = None) -> None:
         self._pool = pool
+        self._placement_pool = pool if placement_pool is None else placement_pool
 
     @classmethod
     async def open(
@@ -168,10 +206,10 @@ class PostgresStore:
                 f"the PostgreSQL store ({redact_url(url)}) needs brio.aio.open_loop() around it"
             )
         try:
-            pool = await aio.call(_create_pool, url, max_connections, connect_timeout)
+            pools = await aio.call(_create_pools, url, max_connections, connect_timeout)
         except (*_DB_ERRORS, ValueError) as exc:
             raise StoreError(f"cannot connect to {redact_url(url)}: {exc}") from exc
-        store = cls(pool)
+        store = cls(*pools)
         try:
             await store._transaction(_migrate)
         except BaseException:
@@ -196,6 +234,16 @@ class PostgresStore:
 
         return await self._call(read)
 
+    async def _placement_write(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """``fn``, one statement, on the placement pool: committed without waiting for the WAL
+        flush (the module's docstring says why that is safe)."""
+
+        async def write() -> T:
+            async with self._placement_pool.acquire() as conn:
+                return await fn(conn)
+
+        return await self._call(write)
+
     async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """``fn`` in one transaction: for writes of more than one statement."""
 
@@ -206,7 +254,11 @@ class PostgresStore:
         return await self._call(transaction)
 
     async def close(self) -> None:
-        await self._call(self._pool.close)
+        try:
+            await self._call(self._pool.close)
+        finally:
+            if self._placement_pool is not self._pool:
+                await self._call(self._placement_pool.close)
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.fetchval(SQL.ping.text))
@@ -254,6 +306,10 @@ class PostgresStore:
             return {row["idempotency_key"]: _ROWS.task(row) for row in await conn.fetch(sql, *args)}
 
         async def create(conn: Connection) -> list[Created]:
+            if plan.keys and len(plan.keys) > 1:
+                assert SQL.lock_keys is not None
+                sql, args = SQL.lock_keys.bind(space=KEY_LOCK_SPACE, keys=plan.keys)
+                await conn.fetchval(sql, *args)
             existing = await by_keys(conn, plan.keys) if plan.keys else {}
             sessions: set[str] = set()
             if plan.session_ids:
@@ -373,7 +429,8 @@ class PostgresStore:
             nodes=[a.node_id for a in batch],
         )
         # one statement, committed on its own (see the fence in brio.store.sql)
-        return [_ROWS.task(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
+        rows = await self._placement_write(lambda c: c.fetch(sql, *args))
+        return [_ROWS.task(row) for row in rows]
 
     async def requeue_nodes_tasks(self, epoch: int, node_ids: list[str]) -> list[TaskRecord]:
         if not node_ids:
@@ -390,7 +447,7 @@ class PostgresStore:
         if not agents or limit <= 0:
             return []
         sql, args = SQL.claim_assigned.bind(node_id=node_id, agents=agents, limit=limit)
-        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+        rows = await self._placement_write(lambda conn: conn.fetch(sql, *args))
         return sorted((_ROWS.task(row) for row in rows), key=lambda t: (-t.priority, t.seq))
 
     # sessions and conversation history

@@ -349,6 +349,17 @@ class Statements:
             if d.name == "postgresql"
             else {}
         )
+        # PostgreSQL only: a batch's idempotency keys locked in one order (by their text), for
+        # its transaction, before it inserts. Two batches that share keys in other orders
+        # would each hold one key's insert and wait for the other's: a deadlock.
+        self.lock_keys = (
+            q(
+                "SELECT count(pg_advisory_xact_lock(:space, hashtext(k)))"
+                " FROM (SELECT DISTINCT unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS s"
+            )
+            if d.name == "postgresql"
+            else None
+        )
         self.cancel_task = q(
             "UPDATE tasks SET status = 'cancelled', finished_at = :now, updated_at = :now"
             f" WHERE id = :id AND status IN {sql_in(predecessors(TaskStatus.CANCELLED))}"

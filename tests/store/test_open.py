@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from brio import aio
 from brio.core.tasks import TaskStatus
 from brio.store import NewTask, Store, StoreError, open_store, redact_url, sqlite_url
+from brio.store.base import Assignment
 from brio.store.schema import LATEST_VERSION, MIGRATIONS
 from tests.pg import PostgresServer
 
@@ -192,3 +194,49 @@ async def test_missing_postgres_database_is_store_error(
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("max_connections", "placement"), [(10, 2), (2, 1), (1, 0)])
+async def test_placement_writes_commit_on_sessions_without_synchronous_commit(
+    postgres_url: str,
+    request: pytest.FixtureRequest,
+    aio_loop: None,
+    max_connections: int,
+    placement: int,
+) -> None:
+    """assign_tasks and claim_assigned run on the placement sessions (``synchronous_commit =
+    off``, set by the client); the rest, a submit among them, on the others; both pools
+    together hold at most ``max_connections``."""
+    store = await open_store(postgres_url, max_connections=max_connections)
+    try:
+        assert await store.raise_fence(1, "c1")
+        task, _ = await store.create_task(NewTask(agent="echo", prompt="p"))
+        assert await store.assign_tasks(1, [Assignment(task.id, 1, "w1")])
+        assert [t.id for t in await store.claim_assigned("w1", ["echo"], 5)] == [task.id]
+        sessions = raw_sql(
+            postgres_url,
+            request,
+            "SELECT application_name, count(*), string_agg(query, ' ; ') FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " GROUP BY application_name ORDER BY application_name",
+        )
+        by_name = {line.split("|")[0]: line.split("|", 2)[1:] for line in sessions.splitlines()}
+        if placement:
+            count, queries = by_name["brio placement"]
+            assert 1 <= int(count) <= placement
+            assert "status = 'assigned'" in queries or "status = 'running'" in queries
+            assert "INSERT INTO tasks" not in queries
+        else:
+            assert "brio placement" not in by_name
+        assert sum(int(count) for count, _ in by_name.values()) <= max_connections
+        # set by the client on the placement sessions; the others keep the server's setting
+        source = (
+            "SELECT setting || ' ' || source FROM pg_settings WHERE name = 'synchronous_commit'"
+        )
+        pools = {store._pool: "server", store._placement_pool: "client" if placement else "server"}
+        for pool, expected in pools.items():
+            seen = await aio.call(pool.fetchval, source)
+            assert (seen == "off client") if expected == "client" else not seen.endswith("client")
+    finally:
+        await store.close()
