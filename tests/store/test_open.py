@@ -13,6 +13,7 @@ from brio import aio
 from brio.core.tasks import TaskStatus
 from brio.store import NewTask, Store, StoreError, open_store, redact_url, sqlite_url
 from brio.store.base import Assignment
+from brio.store.postgres import PostgresStore
 from brio.store.schema import LATEST_VERSION, MIGRATIONS
 from tests.pg import PostgresServer
 
@@ -234,6 +235,7 @@ async def test_placement_writes_commit_on_sessions_without_synchronous_commit(
         source = (
             "SELECT setting || ' ' || source FROM pg_settings WHERE name = 'synchronous_commit'"
         )
+        assert isinstance(store, PostgresStore)
         pools = {store._pool: "server", store._placement_pool: "client" if placement else "server"}
         for pool, expected in pools.items():
             seen = await aio.call(pool.fetchval, source)
