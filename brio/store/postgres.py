@@ -224,12 +224,13 @@ class PostgresStore:
         except _DB_ERRORS as exc:
             raise StoreError(f"postgresql: {exc}") from exc
 
-    async def _read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        """``fn`` on a pooled connection outside any transaction: a read, or a write that is
-        one statement, which commits on its own (no BEGIN and COMMIT round trips)."""
+    async def _read(self, fn: Callable[[Connection], Awaitable[T]], *, pool: Any = None) -> T:
+        """``fn`` on a pooled connection (of ``pool``, else the main one) outside any
+        transaction: a read, or a write that is one statement, which commits on its own (no
+        BEGIN and COMMIT round trips)."""
 
         async def read() -> T:
-            async with self._pool.acquire() as conn:
+            async with (pool or self._pool).acquire() as conn:
                 return await fn(conn)
 
         return await self._call(read)
@@ -237,12 +238,7 @@ class PostgresStore:
     async def _placement_write(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """``fn``, one statement, on the placement pool: committed without waiting for the WAL
         flush (the module's docstring says why that is safe)."""
-
-        async def write() -> T:
-            async with self._placement_pool.acquire() as conn:
-                return await fn(conn)
-
-        return await self._call(write)
+        return await self._read(fn, pool=self._placement_pool)
 
     async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """``fn`` in one transaction: for writes of more than one statement."""
@@ -306,7 +302,7 @@ class PostgresStore:
             return {row["idempotency_key"]: _ROWS.task(row) for row in await conn.fetch(sql, *args)}
 
         async def create(conn: Connection) -> list[Created]:
-            if plan.keys and len(plan.keys) > 1:
+            if len(plan.keys) > 1:
                 assert SQL.lock_keys is not None
                 sql, args = SQL.lock_keys.bind(space=KEY_LOCK_SPACE, keys=plan.keys)
                 await conn.fetchval(sql, *args)
