@@ -162,10 +162,18 @@ async def _run(
                 await tree.start("lease", mesh.lease.run)  # └── primary, while we hold it
         await _record_node(store, config, agents, mesh.local.address if mesh else None)
 
-        service = TaskService(store, agents, bus, supervisor, mesh=mesh.router if mesh else None)
+        service = TaskService(
+            store,
+            agents,
+            bus,
+            supervisor,
+            mesh=mesh.router if mesh else None,
+            placement=mesh.placer if mesh else None,
+        )
         if mesh is None:  # a cluster of one: its own primary, placing on itself
             directory = SingleNodeDirectory(node_id, config.mesh.role, agents, supervisor)
             placer = Placer(store, Scheduler(scheduler_settings(config)), directory, bus)
+            service.placement = placer
             service.wake_local = supervisor.on_queued = placer.wake
             supervisor.on_finished = placer.slot_freed
             await tree.start("placement", LocalPrimary(node_id, store, placer).run)

@@ -96,6 +96,14 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the primary placed a task as it was submitted, under its ``epoch``."""
+
+    epoch: int
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     status: TaskStatus | None = None
     agent: str | None = None
@@ -177,9 +185,12 @@ class Store(Protocol):
     async def schema_version(self) -> int: ...
 
     # tasks
-    async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
+    async def create_task(
+        self, new: NewTask, placement: Placement | None = None
+    ) -> tuple[TaskRecord, bool]:
         """Insert a queued task; with an idempotency key already used, return that task
-        and False."""
+        and False. With ``placement``, the task is inserted already assigned to its node if
+        the fence still holds its epoch (in the same statement or transaction), else queued."""
 
     async def create_tasks(
         self, batch: Sequence[NewTask]

@@ -64,6 +64,7 @@ from brio.store.base import (
     NodeRecord,
     NodeStateRecord,
     NotFound,
+    Placement,
     QueuedRecord,
     SessionRecord,
     StoreError,
@@ -264,7 +265,9 @@ class PostgresStore:
 
     # tasks
 
-    async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
+    async def create_task(
+        self, new: NewTask, placement: Placement | None = None
+    ) -> tuple[TaskRecord, bool]:
         key_sql, key_args = SQL.task_by_key.bind(key=new.idempotency_key)
         insert_sql, insert_args = SQL.insert_task.bind(
             id=new_id(),
@@ -275,6 +278,8 @@ class PostgresStore:
             key=new.idempotency_key,
             priority=new.priority,
             target_node=new.node_id,
+            epoch=placement.epoch if placement else None,
+            node_id=placement.node_id if placement else None,
         )
 
         # One statement, committed on its own. A used key makes the INSERT do nothing (ON

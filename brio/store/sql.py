@@ -224,6 +224,33 @@ _REQUEUE_NODES: dict[schema.Dialect, str] = {
     ),
 }
 
+# create_task: one task, queued, or already assigned to :node_id when the primary placed it as it
+# came (brio.tasks.placer.Placer.create_task) and the fence still holds its :epoch. SQLite
+# checks the fence first inside its BEGIN IMMEDIATE transaction and binds the status; PostgreSQL
+# joins the FOR SHARE-locked fence row, which is no row (so no lock) for a NULL :epoch. No row
+# if another transaction inserted the key since task_by_key looked (possible on PostgreSQL;
+# SQLite's BEGIN IMMEDIATE rules it out): the caller reads that task.
+_INSERT_TASK_COLUMNS = (
+    "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key, priority, status,"
+    " target_node, node_id, attempt, created_at, updated_at)"
+)
+_INSERT_TASK: dict[schema.Dialect, str] = {
+    "sqlite": f"""
+        {_INSERT_TASK_COLUMNS}
+        VALUES (:id, :agent, :prompt, :input, :session_id, :key, :priority, :status,
+                :target_node, :node_id, 1, :now, :now)
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
+    "postgresql": f"""
+        WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE)
+        {_INSERT_TASK_COLUMNS}
+        SELECT :id, :agent, :prompt, :input, :session_id, :key, :priority,
+               CASE WHEN f.epoch IS NULL THEN 'queued' ELSE 'assigned' END, :target_node,
+               CASE WHEN f.epoch IS NULL THEN NULL ELSE CAST(:node_id AS text) END,
+               1, :now, :now
+        FROM (SELECT 1) AS one LEFT JOIN f ON true
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
+}
+
 # create_tasks: a whole batch in one INSERT, in the batch's order (so seq follows it). The
 # caller has already dropped the keys in use and the unknown sessions; ON CONFLICT leaves out a
 # key a concurrent writer took meanwhile (PostgreSQL only: BEGIN IMMEDIATE rules it out on
@@ -312,15 +339,7 @@ class Statements:
         # tasks
         self.task_by_id = q(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = :id")
         self.task_by_key = q(f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = :key")
-        # No row if another transaction inserted the key since task_by_key looked (possible on
-        # PostgreSQL; SQLite's BEGIN IMMEDIATE rules it out): the caller reads that task.
-        self.insert_task = q(
-            "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key,"
-            " priority, status, target_node, attempt, created_at, updated_at)"
-            " VALUES (:id, :agent, :prompt, :input, :session_id, :key, :priority, 'queued',"
-            " :target_node, 1, :now, :now)"
-            f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"
-        )
+        self.insert_task = q(_INSERT_TASK[d.name])
         self.tasks_by_keys = q(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE {d.is_in('idempotency_key', 'keys')}"
         )

@@ -66,6 +66,7 @@ from brio.store.base import (
     NodeRecord,
     NodeStateRecord,
     NotFound,
+    Placement,
     QueuedRecord,
     SessionRecord,
     StoreError,
@@ -443,7 +444,9 @@ class SQLiteStore:
 
     # tasks
 
-    async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]:
+    async def create_task(
+        self, new: NewTask, placement: Placement | None = None
+    ) -> tuple[TaskRecord, bool]:
         def create(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             key = new.idempotency_key
             if key is not None:
@@ -452,6 +455,11 @@ class SQLiteStore:
                     return existing, False
             if new.session_id is not None and not _session_exists(conn, new.session_id):
                 raise NotFound(f"session {new.session_id!r} does not exist")
+            # BEGIN IMMEDIATE holds the write lock: no raise_fence lands between check and write
+            placed = (
+                placement is not None
+                and conn.execute(SQL.fence_epoch.text).fetchone()[0] == placement.epoch
+            )
             stmt = SQL.insert_task.bind(
                 id=new_id(),
                 agent=new.agent,
@@ -461,6 +469,8 @@ class SQLiteStore:
                 key=key,
                 priority=new.priority,
                 target_node=new.node_id,
+                status="assigned" if placed else "queued",
+                node_id=placement.node_id if placed and placement else None,
                 now=_now(),
             )
             task = _one_task(conn, stmt)

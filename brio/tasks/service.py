@@ -15,6 +15,7 @@ import trio
 
 from brio.agents.registry import RegisteredAgent
 from brio.core.routing import Local, Route, RouteError
+from brio.core.tasks import TaskStatus
 from brio.store.base import NewTask, NotFound, Store, TaskRecord
 from brio.tasks.events import EventBus
 from brio.tasks.supervisor import Supervisor, publish_completed
@@ -111,6 +112,16 @@ class MeshRouting(Protocol):
     def cancel_remote(self, task: TaskRecord) -> None: ...
 
 
+class SubmitPlacement(Protocol):
+    """The primary's placer, where it runs here (``brio.tasks.placer.Placer``): it commits a
+    submitted task, already placed when it can tell where a round would put it."""
+
+    async def create_task(self, new: NewTask) -> tuple[TaskRecord, bool]: ...
+
+    def tell(self, placed: Sequence[TaskRecord]) -> None:
+        """Announce the tasks ``create_task`` placed (their node is told)."""
+
+
 @dataclass
 class TaskService:
     store: Store
@@ -120,6 +131,7 @@ class TaskService:
     accepting: bool = True
     mesh: MeshRouting | None = None
     wake_local: Callable[[], None] | None = None  # the placer of a node without a mesh
+    placement: SubmitPlacement | None = None  # the placer, on a node that may be primary
 
     def resolve(self, target: str) -> tuple[str, str | None]:
         """The agent name and the node a target is pinned to (None: the scheduler places it).
@@ -158,7 +170,10 @@ class TaskService:
         # (SQLite in its transaction, PostgreSQL by the foreign key), one round trip less.
         try:
             with trio.CancelScope(shield=True):  # committed: it must be announced (_announce)
-                task, created = await self.store.create_task(new)
+                if self.placement is not None:
+                    task, created = await self.placement.create_task(new)
+                else:
+                    task, created = await self.store.create_task(new)
         except NotFound:
             assert new.session_id is not None  # the only row a task names
             raise UnknownSession(new.session_id) from None
@@ -220,6 +235,11 @@ class TaskService:
             return
         for task in created:
             self.bus.publish("task_created", task.id, task.session_id, task_json(task))
+        placed = [task for task in created if task.status is TaskStatus.ASSIGNED]
+        if placed and self.placement is not None:
+            self.placement.tell(placed)
+        if len(placed) == len(created):  # all placed as they came: nothing waits for a round
+            return
         if self.mesh is not None:
             self.mesh.wake_placement()
         elif self.wake_local is not None:

@@ -218,7 +218,8 @@ async def test_placement_writes_commit_on_sessions_without_synchronous_commit(
         sessions = raw_sql(
             postgres_url,
             request,
-            "SELECT application_name, count(*), string_agg(query, ' ; ') FROM pg_stat_activity"
+            "SELECT application_name, count(*), string_agg(replace(query, chr(10), ' '), ' ; ')"
+            " FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             " GROUP BY application_name ORDER BY application_name",
         )

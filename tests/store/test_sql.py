@@ -82,6 +82,10 @@ def test_both_dialects_bind_the_same_names() -> None:
         if name == "requeue_nodes_tasks":
             assert set(postgres[name].names) - set(query.names) == {"epoch"}
             continue
+        if name == "insert_task":  # SQLite binds the status its fence check chose
+            assert set(postgres[name].names) - set(query.names) == {"epoch"}
+            assert set(query.names) - set(postgres[name].names) == {"now", "status"}
+            continue
         assert set(query.names) - {"now"} == set(postgres[name].names), name
         assert "now" not in postgres[name].names, name
 

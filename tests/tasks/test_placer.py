@@ -274,3 +274,100 @@ async def test_a_freed_slot_wakes_the_loop_while_the_queue_was_left_unread(store
 def test_batch_and_margin_must_be_positive() -> None:
     with pytest.raises(ValueError, match="margin"):
         Placer(None, Scheduler(SchedulerSettings()), Directory(), EventBus(), margin=0)  # type: ignore[arg-type]
+
+
+async def idle_primary(store: Store, *nodes: Candidate) -> tuple[Placer, Reads, Directory]:
+    """A placer whose first round (an empty queue) has run: it places submits as they come."""
+    directory = Directory(*nodes)
+    placer, reads = await placer_for(store, directory, poll=60)
+    return placer, reads, directory
+
+
+async def until_it_places_submits(placer: Placer) -> None:
+    with trio.fail_after(5):
+        while not placer.places_submits:
+            await trio.sleep(0.005)
+
+
+async def test_a_submit_to_an_idle_primary_is_placed_as_it_comes(store: Store) -> None:
+    """With the queue read to its end and empty, a submit is inserted already assigned (no
+    round: no queue read), by the strategy (round-robin here) and never beyond capacity by
+    the loads the last round left plus its own placements; then it is queued and wakes one."""
+    placer, reads, directory = await idle_primary(store, node("w1", 1), node("w2", 1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        assert reads.limits == [2 + 16]  # the first round; none for the submits below
+        first, created = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert created and first.status is TaskStatus.ASSIGNED
+        second, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert second.status is TaskStatus.ASSIGNED
+        assert {first.node_id, second.node_id} == {"w1", "w2"}
+        assert reads.limits == [18]
+        placer.tell([first, second])
+        assert sorted(directory.told) == sorted(
+            [(first.node_id, [first.id]), (second.node_id, [second.id])]
+        )
+        assert placer.placed == 2
+        # both nodes are full by that count: the third waits in the queue, and the path is off
+        third, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert third.status is TaskStatus.QUEUED and third.node_id is None
+        placer.wake()  # as the service does for a task that comes back queued
+        with trio.fail_after(5):
+            while len(reads.limits) < 2:
+                await trio.sleep(0.005)
+        assert await assigned(store, [first.id, second.id, third.id]) == {
+            first.id: first.node_id,
+            second.id: second.node_id,
+        }
+        assert not placer.places_submits  # the third waits for room
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submit_is_queued_while_anything_may_wait_in_the_queue(store: Store) -> None:
+    """A task that waits (no node runs its agent), a wake since the last round, or a fence
+    that moved: the submit is a plain queued insert, for a round to place."""
+    placer, _, _ = await idle_primary(store, node("w1", 5))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        stuck, _ = await placer.create_task(NewTask(agent="nobody-runs-it", prompt="p"))
+        assert stuck.status is TaskStatus.QUEUED  # the plan says it waits
+        assert not placer.places_submits
+        placer.wake()
+        with trio.fail_after(5):
+            while placer.read < 1:
+                await trio.sleep(0.005)
+        # the stuck task waits: every submit now goes through the queue, in its order
+        after, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert after.status is TaskStatus.QUEUED
+        await store.cancel_task(stuck.id)
+        placer.wake()
+        await until_it_places_submits(placer)  # the round placed `after`, the queue is empty
+        assert (await assigned(store, [after.id])) == {after.id: "w1"}
+        placer.wake()  # something changed: no submit is placed before the next round
+        assert not placer.places_submits
+        await until_it_places_submits(placer)
+        # a newer primary raised the fence: the insert does not assign (and the task stays)
+        assert await store.raise_fence(EPOCH + 1, "c2")
+        late, created = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert created and late.status is TaskStatus.QUEUED and late.node_id is None
+        assert (await store.get_task(late.id)) is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replayed_key_is_not_placed_again(store: Store) -> None:
+    """An idempotency key used before answers its task as it is; the count of placements
+    is not moved by the replay."""
+    placer, _, _ = await idle_primary(store, node("w1", 5))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        new = NewTask(agent="a", prompt="p", idempotency_key="k")
+        task, created = await placer.create_task(new)
+        again, created_again = await placer.create_task(new)
+        assert created and not created_again and again.id == task.id
+        assert again.status is TaskStatus.ASSIGNED and again.node_id == "w1"
+        page = await store.list_tasks(TaskFilter(), limit=10)
+        assert [t.id for t in page.tasks] == [task.id]
+        nursery.cancel_scope.cancel()
