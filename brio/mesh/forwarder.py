@@ -59,13 +59,13 @@ class EventForwarder:
         outboxes: dict[str, trio.MemorySendChannel[Event]] = {}
         async with trio.open_nursery() as nursery:
             with self.bus.subscribe(buffer=FORWARD_BUFFER, max_bytes=256 << 20) as sub:
-                sub.everything = True
+                # what it forwards, and only what happened here (the rest costs no JSON)
+                sub.everything, sub.local_only = True, True
+                sub.types = frozenset(FORWARDED_EVENTS)
                 task_status.started()
                 async for event in sub.receive:
                     sub.delivered(event)
                     self._count(event)
-                    if event.origin is not None or event.type not in FORWARDED_EVENTS:
-                        continue
                     for peer in self.membership.peers():
                         if peer.node_id is None or peer.role != "coordinator":
                             continue
@@ -85,7 +85,7 @@ class EventForwarder:
                     log.error("event forwarding fell behind the bus and stopped")
 
     def _count(self, event: Event) -> None:
-        if event.type != "task_completed" or event.origin is not None:
+        if event.type != "task_completed":
             return
         if event.data.get("node_id") != self.node_id:
             return

@@ -137,12 +137,13 @@ class TaskMeter:
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.bus.subscribe(buffer=10_000, max_bytes=64 << 20) as sub:
-            sub.everything = True
+            # this node's own updates and ends: no JSON for the rest (Subscription.wants)
+            sub.everything, sub.local_only = True, True
+            sub.types = frozenset({"task_update", "task_completed"})
             task_status.started()
             async for event in sub.receive:
                 sub.delivered(event)
-                if event.origin is None:
-                    self.observe(event.type, event.task_id, event.data, trio.current_time())
+                self.observe(event.type, event.task_id, event.data, trio.current_time())
 
 
 class QueueCounter:

@@ -82,11 +82,15 @@ class Subscription:
     task_ids: set[str] = field(default_factory=set)
     session_ids: set[str] = field(default_factory=set)
     types: frozenset[str] = frozenset(EVENT_TYPES)  # of the events above, the kinds it wants
+    # only the events published here, not those that came over the mesh (``Event.origin``)
+    local_only: bool = False
     overflowed: bool = False
 
     def wants(self, event: Event) -> bool:
         """Checked before the event is serialised or queued: an event no subscriber wants
         costs no JSON, and one this subscriber does not want takes none of its buffer."""
+        if self.local_only and event.origin is not None:
+            return False
         return event.type in self.types and (
             self.everything
             or event.task_id in self.task_ids

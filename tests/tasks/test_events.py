@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import trio
 
 from brio.store.base import MAX_CREATE_BATCH
@@ -101,3 +102,23 @@ async def test_a_type_filter_drops_events_before_they_are_serialised_or_queued()
         assert not completions.overflowed  # a buffer of one held the only wanted event
         assert completions.receive.receive_nowait() is done
         assert completions.pending_bytes == len(done.text)
+
+
+def test_a_local_only_subscription_gets_no_event_from_the_mesh_and_costs_it_no_json() -> None:
+    """The forwarder and the task meter want this node's own events: one that came from a
+    peer (``origin``) is neither queued for them nor serialised for them."""
+    bus = EventBus()
+    with bus.subscribe() as local, bus.subscribe() as every:
+        local.everything, local.local_only = True, True
+        every.everything = True
+        mine = bus.publish("task_update", "t1", None, {"status": "running"})
+        theirs = bus.publish("task_update", "t2", None, {"status": "running"}, origin="worker-1")
+        assert local.receive.receive_nowait() is mine
+        with pytest.raises(trio.WouldBlock):
+            local.receive.receive_nowait()
+        assert [every.receive.receive_nowait() for _ in range(2)] == [mine, theirs]
+        assert local.pending_bytes == len(mine.text)
+    with bus.subscribe() as local:
+        local.everything, local.local_only = True, True
+        unseen = bus.publish("task_completed", "t3", None, {"status": "ok"}, origin="worker-1")
+        assert "text" not in unseen.__dict__  # nobody wanted it: never serialised
