@@ -230,19 +230,19 @@ _REQUEUE_NODES: dict[schema.Dialect, str] = {
 # joins the FOR SHARE-locked fence row, which is no row (so no lock) for a NULL :epoch. No row
 # if another transaction inserted the key since task_by_key looked (possible on PostgreSQL;
 # SQLite's BEGIN IMMEDIATE rules it out): the caller reads that task.
-_INSERT_TASK_COLUMNS = (
+_TASK_INSERT_COLUMNS = (  # of both inserts (a batch is always queued: its node_id NULL)
     "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key, priority, status,"
     " target_node, node_id, attempt, created_at, updated_at)"
 )
 _INSERT_TASK: dict[schema.Dialect, str] = {
     "sqlite": f"""
-        {_INSERT_TASK_COLUMNS}
+        {_TASK_INSERT_COLUMNS}
         VALUES (:id, :agent, :prompt, :input, :session_id, :key, :priority, :status,
                 :target_node, :node_id, 1, :now, :now)
         ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
     "postgresql": f"""
         WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE)
-        {_INSERT_TASK_COLUMNS}
+        {_TASK_INSERT_COLUMNS}
         SELECT :id, :agent, :prompt, :input, :session_id, :key, :priority,
                CASE WHEN f.epoch IS NULL THEN 'queued' ELSE 'assigned' END, :target_node,
                CASE WHEN f.epoch IS NULL THEN NULL ELSE CAST(:node_id AS text) END,
@@ -257,23 +257,20 @@ _INSERT_TASK: dict[schema.Dialect, str] = {
 # SQLite). SQLite reads the rows from one JSON array of arrays (``WHERE true`` keeps its parser
 # from reading ON CONFLICT as a join's ON); PostgreSQL unnests one array per column, with the
 # input as JSON text.
-_TASK_INSERT_COLUMNS = (
-    "INSERT INTO tasks (id, agent, prompt, input, session_id, idempotency_key, priority, status,"
-    " target_node, attempt, created_at, updated_at)"
-)
 _INSERT_TASKS: dict[schema.Dialect, str] = {
     "sqlite": f"""
         {_TASK_INSERT_COLUMNS}
         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
                json_extract(value, '$[2]'), json_extract(value, '$[3]'),
                json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-               json_extract(value, '$[6]'), 'queued', json_extract(value, '$[7]'), 1, :now, :now
+               json_extract(value, '$[6]'), 'queued', json_extract(value, '$[7]'), NULL,
+               1, :now, :now
         FROM json_each(:rows) WHERE true ORDER BY key
         ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}""",
     "postgresql": f"""
         {_TASK_INSERT_COLUMNS}
         SELECT t.id, t.agent, t.prompt, CAST(t.input AS jsonb), t.session_id, t.key, t.priority,
-               'queued', t.target_node, 1, :now, :now
+               'queued', t.target_node, NULL, 1, :now, :now
         FROM unnest(CAST(:ids AS text[]), CAST(:agents AS text[]), CAST(:prompts AS text[]),
                     CAST(:inputs AS text[]), CAST(:session_ids AS text[]), CAST(:keys AS text[]),
                     CAST(:priorities AS int[]), CAST(:target_nodes AS text[]))

@@ -49,8 +49,10 @@ on the loads that round left (its read plus every placement since: an upper boun
 the primary adds load), and the store inserts it already assigned, in the same statement or
 transaction as the insert and conditional on the fence; then its node is told. That is three
 store round trips fewer between submit and start (the wake, the reads, the assignment) for the
-same decision. Rounds and such submits take turns (``_lock``), so that no round's read of the
-loads misses a placement. A task the plan cannot place now, a fence that moved, or a node the
+same decision. Such inserts run concurrently (so that SQLite's group commit still takes many
+in one fsync), but never beside a round: a round waits for those in flight before it reads,
+and submits while it runs take the queue, so that no round's read of the loads misses a
+placement. A task the plan cannot place now, a fence that moved, or a node the
 last round did not see makes the insert a plain queued one and wakes a round, as any submit.
 
 No round is skipped on the estimate alone, even when it says every node is full: a freed
@@ -167,13 +169,15 @@ class Placer:
         self._idle: set[str] = set()  # nodes whose room no queued task could use
         self._wakes = 0  # wake calls, to tell whether one came during a round
         self._epoch: int | None = None  # while ``run`` places tasks
-        self._lock = trio.Lock()  # a round, or a submit placed as it comes (create_task)
+        self._rounding = False  # a round runs (or waits for the placed inserts in flight)
+        self._in_flight = 0  # inserts of tasks placed as they came, not yet answered
+        self._settled = trio.Event()  # set when the last of them is answered
         self._empty = False  # the queue is known empty: submits here may be placed at once
 
     @property
     def places_submits(self) -> bool:
         """Whether a submit here now is placed as it comes (``create_task``)."""
-        return self._epoch is not None and self._empty
+        return self._epoch is not None and self._empty and not self._rounding
 
     def wake(self) -> None:
         """Something changed (a task was queued, a node came or went): plan now."""
@@ -186,20 +190,27 @@ class Placer:
         """Commit a submitted task (``Store.create_task``), already placed when the queue is
         known empty (see the module docstring). The caller announces it: ``tell`` for a task
         that comes back assigned, a ``wake`` for one that is queued."""
-        if self._epoch is None or not self._empty:
+        placement = self._place_new(new) if self.places_submits else None
+        if placement is None:
             return await self.store.create_task(new)
-        async with self._lock:
-            placement = self._place_new(new)
+        self._in_flight += 1
+        try:
             task, created = await self.store.create_task(new, placement)
-            if created and task.status is not TaskStatus.ASSIGNED:
-                self._empty = False  # it waits in the queue: the next ones must not pass it
-            return task, created
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._settled.set()
+        if created and task.status is not TaskStatus.ASSIGNED:
+            self._empty = False  # the fence moved: it waits in the queue for a round
+        return task, created
 
     def _place_new(self, new: NewTask) -> Placement | None:
-        """Where a round would place ``new`` now, or None when this cannot be told here."""
+        """Where a round would place ``new`` now, or None (and the path off until a round
+        finds the queue empty again: the task waits in the queue) when this cannot be told
+        here. Synchronous: the loads it counts on cannot change while it decides."""
         epoch = self._epoch
-        if epoch is None or not self._empty:  # deposed, or woken, while we waited our turn
-            return None
+        assert epoch is not None
+        self._empty = False  # until it is placed: back on below
         nodes: list[Candidate] = []
         for candidate in self.directory.candidates():
             load = self._loads.get(candidate.node_id)
@@ -219,6 +230,7 @@ class Placer:
             return None
         node_id = plan.assignments[0].node_id
         self._loads[node_id] += 1  # a task replayed by its key leaves this too high: safe
+        self._empty = True
         return Placement(epoch, node_id)
 
     def tell(self, placed: Sequence[TaskRecord]) -> None:
@@ -246,8 +258,14 @@ class Placer:
                 # after its queue read) is kept for the next round, and wakes during one round
                 # coalesce into one next round.
                 self._wake = trio.Event()
-                async with self._lock:
+                self._rounding = True  # submits from now on take the queue
+                try:
+                    while self._in_flight:  # placed before the round: its reads must see them
+                        self._settled = trio.Event()
+                        await self._settled.wait()
                     full = await self.round(epoch)
+                finally:
+                    self._rounding = False
                 if not full:
                     with trio.move_on_after(self.poll) as poll:
                         await self._wake.wait()

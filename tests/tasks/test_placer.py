@@ -13,7 +13,7 @@ import trio
 from brio.core.scheduler import Candidate, Scheduler, SchedulerSettings
 from brio.core.tasks import TaskStatus
 from brio.store import NewTask, Store
-from brio.store.base import Assignment, QueuedRecord, TaskFilter
+from brio.store.base import Assignment, Placement, QueuedRecord, TaskFilter, TaskRecord
 from brio.tasks.events import EventBus
 from brio.tasks.placer import Placer
 
@@ -370,4 +370,59 @@ async def test_a_replayed_key_is_not_placed_again(store: Store) -> None:
         assert again.status is TaskStatus.ASSIGNED and again.node_id == "w1"
         page = await store.list_tasks(TaskFilter(), limit=10)
         assert [t.id for t in page.tasks] == [task.id]
+        nursery.cancel_scope.cancel()
+
+
+class GatedInserts(Reads):
+    """Reads, and inserts of placed tasks that wait for ``gate`` (counted as they enter)."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.gate = trio.Event()
+        self.entered = 0
+
+    async def create_task(
+        self, new: NewTask, placement: Placement | None = None
+    ) -> tuple[TaskRecord, bool]:
+        if placement is not None:
+            self.entered += 1
+            await self.gate.wait()
+        return await self.inner.create_task(new, placement)
+
+
+async def test_placed_inserts_run_at_once_and_a_round_waits_for_them(store: Store) -> None:
+    """Submits placed as they come are inserted concurrently (SQLite's group commit can
+    take them in one fsync); a round waits until they are answered before it reads the
+    loads, and a submit while it waits takes the queue."""
+    assert await store.raise_fence(EPOCH, "c1")
+    gated = GatedInserts(store)
+    placer = Placer(gated, Scheduler(SchedulerSettings()), Directory(node("w1", 3)), EventBus())
+    placer.poll = 60
+    done: list[TaskRecord] = []
+
+    async def submit() -> None:
+        done.append((await placer.create_task(NewTask(agent="a", prompt="p")))[0])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        for _ in range(3):
+            nursery.start_soon(submit)
+        with trio.fail_after(5):
+            while gated.entered < 3:
+                await trio.sleep(0.005)
+        placer.wake()
+        await trio.sleep(0.05)
+        assert len(gated.limits) == 1  # the round waits for the three in flight
+        await submit()  # meanwhile: a plain queued insert
+        assert done[-1].status is TaskStatus.QUEUED
+        gated.gate.set()
+        with trio.fail_after(5):
+            while placer.waiting < 1:  # the round ran: the fourth waits for room
+                await trio.sleep(0.005)
+        assert sorted(t.status.value for t in done) == ["assigned"] * 3 + ["queued"]
+        # capacity 3: the round read the three placed ones (a read before they landed would
+        # have seen an empty node and placed the fourth too)
+        placed = [t.id for t in done if t.status is TaskStatus.ASSIGNED]
+        assert sorted(await assigned_ids(store)) == sorted(placed)
         nursery.cancel_scope.cancel()
