@@ -112,6 +112,13 @@ def _one_task(conn: sqlite3.Connection, stmt: Bound) -> TaskRecord | None:
     return None if row is None else _ROWS.task(row)
 
 
+def _fence_holds(conn: sqlite3.Connection, epoch: int) -> bool:
+    """Whether the fence holds ``epoch``. Inside a BEGIN IMMEDIATE transaction, which holds
+    the write lock from its start, no raise_fence (from this store or another process) can
+    land between this check and the writes after it."""
+    return bool(conn.execute(SQL.fence_epoch.text).fetchone()[0] == epoch)
+
+
 def _session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
     return conn.execute(*SQL.session_exists.bind(id=session_id)).fetchone() is not None
 
@@ -455,11 +462,7 @@ class SQLiteStore:
                     return existing, False
             if new.session_id is not None and not _session_exists(conn, new.session_id):
                 raise NotFound(f"session {new.session_id!r} does not exist")
-            # BEGIN IMMEDIATE holds the write lock: no raise_fence lands between check and write
-            placed = (
-                placement is not None
-                and conn.execute(SQL.fence_epoch.text).fetchone()[0] == placement.epoch
-            )
+            placed = placement is not None and _fence_holds(conn, placement.epoch)
             stmt = SQL.insert_task.bind(
                 id=new_id(),
                 agent=new.agent,
@@ -612,8 +615,7 @@ class SQLiteStore:
         rows = json.dumps([[a.task_id, a.attempt, a.node_id] for a in batch])
 
         def assign(conn: sqlite3.Connection) -> list[TaskRecord]:
-            # BEGIN IMMEDIATE holds the write lock: no raise_fence lands between check and write
-            if conn.execute(SQL.fence_epoch.text).fetchone()[0] != epoch:
+            if not _fence_holds(conn, epoch):
                 return []
             stmt = SQL.assign_tasks.bind(batch=rows, now=_now())
             return [_ROWS.task(row) for row in conn.execute(*stmt).fetchall()]
@@ -626,7 +628,7 @@ class SQLiteStore:
         nodes = json.dumps(node_ids)
 
         def requeue(conn: sqlite3.Connection) -> list[TaskRecord]:
-            if conn.execute(SQL.fence_epoch.text).fetchone()[0] != epoch:
+            if not _fence_holds(conn, epoch):
                 return []
             stmt = SQL.requeue_nodes_tasks.bind(nodes=nodes, now=_now())
             return [_ROWS.task(row) for row in conn.execute(*stmt).fetchall()]
@@ -752,9 +754,7 @@ class SQLiteStore:
         record_row = SQL.record_cluster_view
 
         def record(conn: sqlite3.Connection) -> bool:
-            # BEGIN IMMEDIATE holds the write lock from the start, so no raise_fence (from this
-            # store or another process) can land between this check and the writes.
-            if conn.execute(SQL.fence_epoch.text).fetchone()[0] != epoch:
+            if not _fence_holds(conn, epoch):
                 return False
             now = _now()
             conn.executemany(

@@ -233,10 +233,6 @@ class Placer:
         self._empty = True
         return Placement(epoch, node_id)
 
-    def tell(self, placed: Sequence[TaskRecord]) -> None:
-        """Announce tasks ``create_task`` placed: their update, and a notice to each node."""
-        self._tell([task for task in placed if task.status is TaskStatus.ASSIGNED])
-
     def slot_freed(self) -> None:
         """A task finished somewhere: plan now only if the last round left tasks waiting for
         room, or stopped reading the queue for want of room. A finish with nothing waiting
@@ -355,7 +351,7 @@ class Placer:
                 fence = await self.store.fence_epoch()
                 if fence != epoch:
                     raise FenceLost(fence)
-            self._tell(landed)
+            self.tell(landed)
         # The whole queue was read and placed, and nothing was queued meanwhile: until a wake,
         # a submit here may be placed as it comes (create_task).
         self._empty = not first_full and not waits and wakes == self._wakes
@@ -403,7 +399,9 @@ class Placer:
             raise group.exceptions[0] from None
         return loads, queued
 
-    def _tell(self, landed: Sequence[TaskRecord]) -> None:
+    def tell(self, landed: Sequence[TaskRecord]) -> None:
+        """Announce tasks placed (by a round, or by ``create_task``): their update, and one
+        notice to each node of its tasks."""
         self.placed += len(landed)
         by_node: dict[str, list[str]] = defaultdict(list)
         for task in landed:
