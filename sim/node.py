@@ -157,9 +157,12 @@ class SimNode:
         self.pause_at_batch = False  # ... at the next batch of assignments, not a write
         self.crash_armed = False  # crash right after the next batch of assignments leaves
         self.work: Work | None = None  # the tasks: placer, supervisor, API
-        #: key -> (deadline, token, fire); a call's timeout is keyed by the call's id.
-        self.timers: dict[str | int, tuple[float, int, Callable[[], None]]] = {}
-        self.open_calls: set[int] = set()
+        #: key -> (deadline, token, fire).
+        self.timers: dict[str, tuple[float, int, Callable[[], None]]] = {}
+        self.open_calls: set[int] = set()  # ids of the calls made and not ended
+        #: A heap of (deadline, call id, on_timeout) of calls that asked to hear of their
+        #: timeout, ended ones included until they come up (``sim.rpc``).
+        self.call_deadlines: list[tuple[float, int, Callable[[], None]]] = []
         self.lease: Lease | None = None
         self.membership: Membership | None = None
         self.work_epoch: int | None = None  # the epoch of the primary work running, if any
@@ -185,13 +188,13 @@ class SimNode:
         clock = self.clock  # Clock.local written out: this runs several times per event
         return clock.offset + clock.rate * self._loop.now
 
-    def set_timer(self, key: str | int, deadline: float, fire: Callable[[], None]) -> None:
+    def set_timer(self, key: str, deadline: float, fire: Callable[[], None]) -> None:
         """Call ``fire`` once this node's clock reads ``deadline``; replaces ``key``'s timer."""
         self._token = token = self._token + 1
         self.timers[key] = (deadline, token, fire)
         self._loop.at(self.clock.true_at(deadline), partial(self._fire, key, token), self.name)
 
-    def cancel_timer(self, key: str | int) -> None:
+    def cancel_timer(self, key: str) -> None:
         self.timers.pop(key, None)
 
     def retime(self) -> None:
@@ -199,7 +202,7 @@ class SimNode:
         for key, (deadline, _, fire) in list(self.timers.items()):
             self.set_timer(key, deadline, fire)
 
-    def _fire(self, key: str | int, token: int) -> None:
+    def _fire(self, key: str, token: int) -> None:
         entry = self.timers.get(key)
         if entry is None or entry[1] != token:
             return  # cancelled, replaced, or from before a crash
@@ -250,6 +253,7 @@ class SimNode:
         self.held.clear()
         self.timers.clear()
         self.open_calls.clear()
+        self.call_deadlines.clear()
         self.lease = None
         self.membership = None
         self.work_epoch = None

@@ -3,8 +3,11 @@
 A request may be lost, delayed or duplicated on its way; the callee answers each copy that
 arrives; the reply travels back on the same call and is dropped if the caller restarted since,
 already has its answer, or reads its clock past the call's deadline. A caller that asked to
-hear of timeouts gets a timer on its own clock, which also ends the call in order with its
-other events (a paused caller learns of both only when it wakes).
+hear of timeouts learns of them from a timer on its own clock, which also ends the call in
+order with its other events (a paused caller learns of both only when it wakes). One timer per
+node serves all its open calls (``CALLS_TIMER``), due at the earliest deadline of a call that
+was open when it was armed: an answered call only leaves the open set, so most calls, answered
+in time, cost no event of their own (a timer per call fired for nothing for each).
 
 A node's task statements reach the store over one connection, in order: a later statement
 never overtakes an earlier one (TCP), though either may be lost. The placer's argument for
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from heapq import heappop, heappush
 from random import Random
 
 from sim.loop import EventLoop
@@ -29,12 +33,15 @@ from sim.wire import LEASE_MESSAGES, TASK_STATEMENTS, TASK_TRAFFIC, Reply, Reque
 Serve = Callable[[str, str, Request], Reply | None]
 Note = Callable[[str, str], None]
 
+#: The node timer that times out the node's calls (see the module doc).
+CALLS_TIMER = "calls"
+
 
 @dataclass(slots=True)
 class Call:
     """One call in flight; nothing changes it after construction. Not frozen: one is built
     for every message, and a frozen init's per-field ``object.__setattr__`` was a visible share
-    of a seed's CPU. Its timeout's timer, if any, is keyed by ``id``."""
+    of a seed's CPU."""
 
     id: int
     src: SimNode
@@ -98,7 +105,8 @@ class Calls:
             for delay in copies:
                 after(delay, arrive, target)
         if on_timeout is not None:
-            src.set_timer(call.id, call.deadline, partial(self._expire, call))
+            heappush(src.call_deadlines, (call.deadline, call.id, on_timeout))
+            self._arm(src)
 
     def _arrive(self, call: Call) -> None:
         reply = self._serve(call.src.name, call.dst, call.request)
@@ -125,13 +133,31 @@ class Calls:
             if type(reply) in LEASE_MESSAGES:
                 self._note(src.name, f"<- {call.dst} {describe(reply)}: after the call's timeout")
             return
-        src.open_calls.discard(call.id)
-        if call.on_timeout is not None:
-            src.cancel_timer(call.id)
+        src.open_calls.discard(call.id)  # its deadline stays queued, and is skipped
         call.on_reply(reply)
 
-    def _expire(self, call: Call) -> None:
-        if call.id in call.src.open_calls:
-            call.src.open_calls.discard(call.id)
-            assert call.on_timeout is not None
-            call.on_timeout()
+    def _arm(self, src: SimNode) -> None:
+        """Have ``CALLS_TIMER`` due by the earliest queued deadline (the queue not empty)."""
+        deadline = src.call_deadlines[0][0]
+        armed = src.timers.get(CALLS_TIMER)
+        if armed is None or deadline < armed[0]:
+            src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+
+    def _expire(self, src: SimNode) -> None:
+        """End every open call of ``src`` past its deadline, earliest first; then arm the
+        timer for the earliest still open, if any (the ended ones are dropped on the way)."""
+        deadlines, open_calls = src.call_deadlines, src.open_calls
+        now, incarnation = src.local(), src.incarnation
+        while deadlines and deadlines[0][0] <= now:
+            _, call_id, on_timeout = heappop(deadlines)
+            if call_id in open_calls:
+                open_calls.discard(call_id)
+                on_timeout()  # may call again (queued, not yet due), crash or pause the node
+                if src.incarnation != incarnation:
+                    return  # crashed: its calls are gone
+                if src.paused:
+                    break  # the rest when it wakes: the timer is held till then
+        while deadlines and deadlines[0][1] not in open_calls:
+            heappop(deadlines)
+        if deadlines:
+            self._arm(src)
