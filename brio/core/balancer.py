@@ -70,46 +70,49 @@ class HashRing:
     the nodes with room works as "the hashed node, or the next one clockwise that has room".
     """
 
-    _MAX_CACHED = 16  # rings for recent node sets: a plan sees a few as nodes fill up
-    _MAX_NODES = 4096  # node ids whose points are kept; beyond, the cache starts again
+    _MAX_NODES = 4096  # node ids whose points are kept; beyond, the ring starts again
 
     def __init__(self, replicas: int = 64) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self._replicas = replicas
-        self._points: dict[str, list[tuple[int, str]]] = {}
-        self._rings: dict[frozenset[str], tuple[list[int], list[str]]] = {}
+        # The ring over every node seen so far, sorted by (hash, node id): a subset's ring is
+        # this one with the other nodes' points skipped, so it is never built per subset.
+        self._nodes: set[str] = set()
+        self._hashes: list[int] = []
+        self._owners: list[str] = []
 
     def node_for(self, key: str, nodes: Collection[str]) -> str | None:
         """The node that owns ``key`` among ``nodes``; None when there are none."""
-        members = frozenset(nodes)
+        members = nodes if isinstance(nodes, set | frozenset) else set(nodes)
         if not members:
             return None
-        hashes, owners = self._ring(members)
-        i = bisect.bisect_left(hashes, _hash(key))
-        return owners[i if i < len(hashes) else 0]
+        if not self._nodes.issuperset(members):
+            self._add(members)
+        hashes, owners = self._hashes, self._owners
+        count = len(hashes)
+        start = bisect.bisect_left(hashes, _hash(key))
+        # The first point at or after the key's hash that a member owns, wrapping around.
+        for i in range(start, start + count):
+            owner = owners[i if i < count else i - count]
+            if owner in members:
+                return owner
+        raise AssertionError("every member has points on the ring")
 
-    def _ring(self, members: frozenset[str]) -> tuple[list[int], list[str]]:
-        ring = self._rings.get(members)
-        if ring is None:
-            if len(self._rings) >= self._MAX_CACHED:
-                self._rings.clear()
-            # Sorting by (hash, node id) settles a 64-bit collision the same way everywhere.
-            points = sorted(p for node in members for p in self._node_points(node))
-            ring = ([h for h, _ in points], [n for _, n in points])
-            self._rings[members] = ring
-        return ring
-
-    def _node_points(self, node: str) -> list[tuple[int, str]]:
-        points = self._points.get(node)
-        if points is None:
-            if len(self._points) >= self._MAX_NODES:
-                self._points.clear()
-            # The replica number is the suffix after the last '#', so no two (node, replica)
-            # pairs hash the same text.
-            points = [(_hash(f"{node}#{i}"), node) for i in range(self._replicas)]
-            self._points[node] = points
-        return points
+    def _add(self, members: Collection[str]) -> None:
+        """Put the points of the members not on the ring yet on it."""
+        points = list(zip(self._hashes, self._owners, strict=True))
+        if len(self._nodes | set(members)) > self._MAX_NODES:
+            self._nodes, points = set(), []
+        new = [node for node in members if node not in self._nodes]
+        # The replica number is the suffix after the last '#', so no two (node, replica)
+        # pairs hash the same text.
+        points.extend((_hash(f"{node}#{i}"), node) for node in new for i in range(self._replicas))
+        # Sorting by (hash, node id) settles a 64-bit collision the same way everywhere.
+        points.sort()
+        self._nodes.update(new)
+        self._hashes = [h for h, _ in points]
+        self._owners = [n for _, n in points]
 
 
 def _ratio(c: Candidate) -> Fraction | float:

@@ -364,7 +364,11 @@ class Scheduler:
             self._stick(task, chosen, now)
             return chosen
         key = task.session_id if s.strategy == "consistent-hash" else None
-        return balancer.choose([replace(n, load=n.load + added[n.node_id]) for n in free], key=key)
+        # A candidate's load counts what this plan gave it (most got nothing: no copy).
+        loaded = [
+            n if not added[n.node_id] else replace(n, load=n.load + added[n.node_id]) for n in free
+        ]
+        return balancer.choose(loaded, key=key)
 
     def _place_pinned(
         self,
