@@ -309,8 +309,20 @@ class Store:
                 f"SELECT node_id, count(*) FROM tasks WHERE prompt = '{tag}' GROUP BY node_id"
             )
         )
+        # how long a task waited from its insert to its start (placement, and a free slot)
+        quantiles = ("p50", "p90", "p99")
+        waits = self.rows(
+            "SELECT "
+            + ", ".join(
+                f"percentile_cont({q}) WITHIN GROUP (ORDER BY "
+                "extract(epoch FROM started_at - created_at) * 1000)"
+                for q in (0.5, 0.9, 0.99)
+            )
+            + f" FROM tasks WHERE prompt = '{tag}' AND status = 'succeeded'"
+        )[0]
         return {
             "succeeded": n,
+            "wait_ms": {q: float(w) for q, w in zip(quantiles, waits, strict=True) if w},
             "span_s": span,
             "rate": n / span if span else 0.0,
             "by_node": {k or "-": int(v) for k, v in by_node.items()},
@@ -521,9 +533,11 @@ def scaleout_row(
             result["drain_s"] = store.wait_drained(tag)
             result["store"] = store.completion(tag)
             result["coord_ms_per_task"] = per_task(result, "coordinator-1", result["completed"])
+            wait = result["store"]["wait_ms"]
             log(
                 f"{name} {label} rep {rep}: {result['rate']:.0f} done/s "
-                f"on {result['store']['by_node']}, coordinator "
+                f"on {result['store']['by_node']}, started after p50 {wait.get('p50', 0):.0f} "
+                f"p90 {wait.get('p90', 0):.0f} ms, coordinator "
                 f"{result['coord_ms_per_task']:.1f} ms CPU/task, "
                 f"other CPU {result['cpu']['other']:.1f}s"
             )

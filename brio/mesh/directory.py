@@ -118,4 +118,4 @@ class MeshDirectory:
         if node_id == self.local.node_id:
             self.local.supervisor.wake()
         else:
-            self.calls.notify(node_id, "task.run", {"task_ids": task_ids})
+            self.calls.nudge(node_id, "task.run", task_ids)

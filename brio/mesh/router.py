@@ -60,7 +60,7 @@ class MeshRouter:
         if view.role == "primary" and self.placer is not None:
             self.placer.wake()
         elif view.primary is not None and view.primary != self.node_id:
-            self.calls.notify(view.primary, "task.queued", {})
+            self.calls.nudge(view.primary, "task.queued")
 
     def cancel_remote(self, task: TaskRecord) -> None:
         """Stop the agent of a task that runs on another node (its state is already written)."""
