@@ -52,7 +52,8 @@ class EventForwarder:
         self.membership = membership
         self.calls = calls
         self.counts = TaskCounts()
-        self.on_remote_finished: Callable[[], None] = lambda: None
+        #: (origin, task id) of each ``task_completed`` from a peer: its slot there is free
+        self.on_remote_finished: Callable[[str, str], None] = lambda origin, task_id: None
         self._unsent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -134,8 +135,9 @@ class EventForwarder:
                 await trio.sleep(0.02)
 
     def publish_remote(self, origin: str, events: list[dict[str, Any]]) -> int:
-        if any(item["type"] == "task_completed" for item in events):
-            self.on_remote_finished()  # a slot is free on ``origin``: the placer may use it
+        for item in events:
+            if item["type"] == "task_completed":  # a slot is free on ``origin``: the placer
+                self.on_remote_finished(origin, str(item["task_id"]))  # may use it
         for item in events:
             self.bus.publish(
                 str(item["type"]),

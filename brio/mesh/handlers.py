@@ -608,7 +608,7 @@ class MeshHandlers:
                 "and run `brio mesh leave` on it",
             )
         try:
-            moved = (await mesh.store.node_loads()).get(target, 0)
+            moved = len((await mesh.store.node_tasks()).get(target, ()))
         except Exception as exc:
             log.warning("counting the tasks of %s failed: %s", target, exc)
             moved = 0

@@ -186,6 +186,14 @@ def task_input(value: JSON) -> JSON:
     return {} if value is None else value
 
 
+def by_node(rows: Sequence[Any]) -> dict[str, list[str]]:
+    """``node_tasks``' rows (``node_id``, ``id``) as node id -> its task ids."""
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["node_id"], []).append(row["id"])
+    return found
+
+
 def queued_record(row: Any) -> QueuedRecord:
     return QueuedRecord(
         id=row["id"],

@@ -252,8 +252,8 @@ class Store(Protocol):
         one of ``agents``, or are pinned to one of ``nodes``: the next page of what nodes with
         room might take."""
 
-    async def node_loads(self) -> dict[str, int]:
-        """Tasks assigned to or running on each node."""
+    async def node_tasks(self) -> dict[str, list[str]]:
+        """The ids of the tasks assigned to or running on each node (its load)."""
 
     async def assign_tasks(self, epoch: int, batch: list[Assignment]) -> list[TaskRecord]:
         """queued -> assigned on each assignment's node, for that attempt, in one write that

@@ -43,6 +43,7 @@ from brio.store._common import (
     Created,
     RowDecoder,
     TaskBatch,
+    by_node,
     check_cluster_view,
     check_limit,
     check_messages,
@@ -416,9 +417,9 @@ class PostgresStore:
         )
         return [queued_record(row) for row in await self._read(lambda c: c.fetch(sql, *args))]
 
-    async def node_loads(self) -> dict[str, int]:
-        rows = await self._read(lambda conn: conn.fetch(SQL.node_loads.text))
-        return {row["node_id"]: int(row["load"]) for row in rows}
+    async def node_tasks(self) -> dict[str, list[str]]:
+        rows = await self._read(lambda conn: conn.fetch(SQL.node_tasks.text))
+        return by_node(rows)
 
     async def assign_tasks(self, epoch: int, batch: list[Assignment]) -> list[TaskRecord]:
         if not batch:

@@ -407,10 +407,12 @@ class Statements:
             f" OR {d.is_in('target_node', 'nodes')})"
             " ORDER BY priority DESC, seq ASC LIMIT :limit"
         )
-        self.node_loads = q(
-            "SELECT node_id, COUNT(*) AS load FROM tasks"
+        # one row per task taking a slot: at most the cluster's slots (the placer counts them,
+        # and takes them off as their completions come in)
+        self.node_tasks = q(
+            "SELECT node_id, id FROM tasks"
             f" WHERE status IN {sql_in(predecessors(TaskStatus.QUEUED))}"
-            " AND node_id IS NOT NULL GROUP BY node_id"
+            " AND node_id IS NOT NULL"
         )
         self.assign_tasks = q(_ASSIGN[d.name])
         self.requeue_nodes_tasks = q(

@@ -46,6 +46,7 @@ from brio.store._common import (
     Created,
     RowDecoder,
     TaskBatch,
+    by_node,
     check_cluster_view,
     check_limit,
     check_messages,
@@ -605,9 +606,9 @@ class SQLiteStore:
         rows = await self._run(lambda conn: conn.execute(*stmt).fetchall())
         return [queued_record(row) for row in rows]
 
-    async def node_loads(self) -> dict[str, int]:
-        rows = await self._run(lambda conn: conn.execute(SQL.node_loads.text).fetchall())
-        return {row["node_id"]: int(row["load"]) for row in rows}
+    async def node_tasks(self) -> dict[str, list[str]]:
+        rows = await self._run(lambda conn: conn.execute(SQL.node_tasks.text).fetchall())
+        return by_node(rows)
 
     async def assign_tasks(self, epoch: int, batch: list[Assignment]) -> list[TaskRecord]:
         if not batch:

@@ -45,8 +45,8 @@ that a burst of submits is placed in a few rounds, not one each.
 A task submitted on the primary while the queue is known to be empty is placed as it comes
 (``create_task``): the last round read the whole queue and placed all of it, and nothing has
 woken the placer since, so a round now would read just this task. The scheduler plans it alone
-on the loads that round left (its read plus every placement since: an upper bound, since only
-the primary adds load), and the store inserts it already assigned, in the same statement or
+on the loads that round left (see *The loads between rounds*), and the store inserts it
+already assigned, in the same statement or
 transaction as the insert and conditional on the fence; then its node is told. That is three
 store round trips fewer between submit and start (the wake, the reads, the assignment) for the
 same decision. Such inserts run concurrently (so that SQLite's group commit still takes many
@@ -55,11 +55,22 @@ and submits while it runs take the queue, so that no round's read of the loads m
 placement. A task the plan cannot place now, a fence that moved, or a node the
 last round did not see makes the insert a plain queued one and wakes a round, as any submit.
 
-No round is skipped on the estimate alone, even when it says every node is full: a freed
-slot always adds one (the finish may already be in the last round's read, but that cannot
-be told), and a cancel, or a finish whose forwarded event was lost, frees a slot with no
-notice at all, so the estimate is no upper bound; the loads are read in the same round trip
-as the first page anyway, and that page is then ``margin`` tasks or so.
+The loads between rounds: a round reads the ids of the tasks on each node (assigned or
+running), and the placer keeps them with the count, adding every task it places after the
+read. The count is an upper bound of each node's load, since only the primary adds load; a
+completion (``slot_freed``, from the node's forwarded ``task_completed``, or this node's own
+supervisor) takes its task off, but only when the task is among the ids counted, once: a
+finish the read already saw, or a second event for it, changes nothing. So under a steady
+load, where every submit follows a completion (a closed loop), the submit finds the room
+that completion left and is placed as it comes, instead of finding every node full and
+waiting for a round. The read is one row per task that takes a slot: at most the cluster's
+slots.
+
+No round is skipped on the estimate alone, even when it says every node is full: a cancel,
+a requeue, or a finish whose forwarded event was lost frees a slot with no notice at all, so
+the room the loads show is no upper bound (a freed slot they do not count adds one to the
+first page); the loads are read in the same round trip as the first page anyway, and that
+page is then ``margin`` tasks or so.
 """
 
 from __future__ import annotations
@@ -165,6 +176,8 @@ class Placer:
         self._unread = False  # the last round stopped before the end of the queue
         # for the size of the next round's first page:
         self._loads: dict[str, int] = {}  # per node, as the last round left them
+        self._counted: dict[str, set[str]] = {}  # per node, the ids of what those count
+        self._reads = 0  # the loads' generation: one more each time they are replaced
         self._freed = 0  # slot_freed calls since the last round's reads began
         self._idle: set[str] = set()  # nodes whose room no queued task could use
         self._wakes = 0  # wake calls, to tell whether one came during a round
@@ -193,6 +206,7 @@ class Placer:
         placement = self._place_new(new) if self.places_submits else None
         if placement is None:
             return await self.store.create_task(new)
+        reads = self._reads
         self._in_flight += 1
         try:
             task, created = await self.store.create_task(new, placement)
@@ -202,6 +216,8 @@ class Placer:
                 self._settled.set()
         if created and task.status is not TaskStatus.ASSIGNED:
             self._empty = False  # the fence moved: it waits in the queue for a round
+        elif created and reads == self._reads and task.node_id == placement.node_id:
+            self._counted.setdefault(placement.node_id, set()).add(task.id)
         return task, created
 
     def _place_new(self, new: NewTask) -> Placement | None:
@@ -233,19 +249,26 @@ class Placer:
         self._empty = True
         return Placement(epoch, node_id)
 
-    def slot_freed(self) -> None:
-        """A task finished somewhere: plan now only if the last round left tasks waiting for
-        room, or stopped reading the queue for want of room. A finish with nothing waiting
-        would cost a round of store reads that can place nothing; a task queued meanwhile
-        wakes the placer itself."""
-        self._freed += 1
+    def slot_freed(self, node_id: str, task_id: str) -> None:
+        """``task_id`` finished on ``node_id``: its slot comes off the loads if they count it
+        (module docstring). Plan now only if the last round left tasks waiting for room, or
+        stopped reading the queue for want of room. A finish with nothing waiting would cost
+        a round of store reads that can place nothing; a task queued meanwhile wakes the
+        placer itself."""
+        counted = self._counted.get(node_id)
+        if counted is not None and task_id in counted and node_id in self._loads:
+            counted.remove(task_id)
+            self._loads[node_id] -= 1
+        else:
+            self._freed += 1  # room the loads do not show: for the next round's first page
         if self._capacity_waits or self._unread:
             self._wake.set()
 
     async def run(self, epoch: int) -> None:
         """Place tasks under ``epoch`` until cancelled; raises ``FenceLost`` when deposed."""
         log.info("placing tasks for epoch %d", epoch)
-        self._idle, self._loads = set(), {}  # another primary may have placed meanwhile
+        self._idle, self._loads, self._counted = set(), {}, {}  # another primary may have
+        self._reads += 1  # placed meanwhile
         self._empty = False
         self._epoch = epoch
         try:
@@ -280,9 +303,9 @@ class Placer:
         freed, self._freed = self._freed, 0
         wakes = self._wakes
         limit = self._first_page(freed)
-        loads, page = await self._read(limit)
+        on_nodes, page = await self._read(limit)
         t_read = trio.current_time()
-        down = self.directory.down(set(loads))
+        down = self.directory.down(set(on_nodes))
         if down:
             back = await self.store.requeue_nodes_tasks(epoch, down)
             if back:
@@ -298,10 +321,12 @@ class Placer:
                 # place them in this round: read the queue (and the loads) again; they may
                 # be for the room of idle nodes
                 self._idle = set()
-                loads, page = await self._read(limit)
+                on_nodes, page = await self._read(limit)
             for node_id in down:
                 self.scheduler.node_down(node_id, now)
-        nodes = [replace(c, load=loads.get(c.node_id, 0)) for c in self.directory.candidates()]
+        nodes = [
+            replace(c, load=len(on_nodes.get(c.node_id, ()))) for c in self.directory.candidates()
+        ]
         assignments: list[Assign] = []
         waits: list[Wait] = []
         read = pages = 0
@@ -331,6 +356,8 @@ class Placer:
         # tasks were left unread (or skipped by a later page: they wait for full or idle nodes)
         self._unread = first_full
         self._loads = {n.node_id: n.load for n in nodes}
+        self._counted = {node_id: set(ids) for node_id, ids in on_nodes.items()}
+        self._reads += 1
         # Nodes with room that nothing queued could use: the next rounds leave their room
         # out of the first page and read no further for it, until a wake (a submit, a node's
         # change) or a poll says that may have changed. They are those with room when the
@@ -351,6 +378,9 @@ class Placer:
                 fence = await self.store.fence_epoch()
                 if fence != epoch:
                     raise FenceLost(fence)
+            for task in landed:
+                if task.node_id is not None:
+                    self._counted.setdefault(task.node_id, set()).add(task.id)
             self.tell(landed)
         # The whole queue was read and placed, and nothing was queued meanwhile: until a wake,
         # a submit here may be placed as it comes (create_task).
@@ -379,15 +409,15 @@ class Placer:
         ]
         return min(self.batch, self.scheduler.room(known) + freed + self.margin)
 
-    async def _read(self, limit: int) -> tuple[dict[str, int], list[QueuedRecord]]:
-        """The load per node and the first ``limit`` queued tasks, read at once (two
+    async def _read(self, limit: int) -> tuple[dict[str, list[str]], list[QueuedRecord]]:
+        """The tasks on each node and the first ``limit`` queued tasks, read at once (two
         connections): a round waits for one store round trip, not two."""
-        loads: dict[str, int] = {}
+        loads: dict[str, list[str]] = {}
         queued: list[QueuedRecord] = []
 
         async def read_loads() -> None:
             nonlocal loads
-            loads = await self.store.node_loads()
+            loads = await self.store.node_tasks()
 
         try:
             async with trio.open_nursery() as nursery:

@@ -163,7 +163,7 @@ class Supervisor:
         self.recent = RecentlyFinished()  # what ended here, for reads right after the event
         # The primary's placer, when it runs here: a slot is free (it places more if tasks
         # wait for room), and a task went back to the queue (it places it again).
-        self.on_finished: Callable[[], None] = _nothing
+        self.on_finished: Callable[[str, str], None] = _finished  # (node id, task id)
         self.on_queued: Callable[[], None] = _nothing
 
     @property
@@ -456,7 +456,7 @@ class Supervisor:
             if done is not None:
                 self.recent.add(done)
                 publish_completed(self._bus, done)
-                self.on_finished()
+                self.on_finished(self._node_id, done.id)
 
     async def _requeue(self, task: TaskRecord) -> None:
         with trio.CancelScope(shield=True), trio.fail_after(_FINAL_WRITE_TIMEOUT):
@@ -471,6 +471,10 @@ class Supervisor:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _finished(node_id: str, task_id: str) -> None:
     pass
 
 

@@ -67,7 +67,7 @@ async def test_assign_moves_a_batch_in_one_write_under_the_fence(store: Store) -
         (b.id, TaskStatus.ASSIGNED, "w2"),
     }
     assert await store.queued_tasks(10) == []
-    assert await store.node_loads() == {"w1": 1, "w2": 1}
+    assert await store.node_tasks() == {"w1": [a.id], "w2": [b.id]}
 
 
 async def test_assign_lands_nothing_once_the_fence_moved(store: Store) -> None:
@@ -136,7 +136,7 @@ async def test_requeue_of_a_failed_node_bumps_the_attempt_and_refuses_its_late_r
     # the cut-off worker finishes attempt 1: refused, so completion is recorded once
     late = await store.finish_task(run.id, 1, TaskStatus.SUCCEEDED, result="late")
     assert late is None
-    assert await store.node_loads() == {"w2": 1}
+    assert await store.node_tasks() == {"w2": [elsewhere.id]}
 
 
 async def test_requeue_lands_nothing_once_the_fence_moved(store: Store) -> None:

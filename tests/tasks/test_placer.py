@@ -117,7 +117,7 @@ async def test_the_next_round_reads_by_the_room_left_and_the_freed_slots(store: 
     placer, reads = await placer_for(store, Directory(node("w1", 10)), margin=4)
     await placer.round(EPOCH)
     assert await store.cancel_task(ids[0]) is not None  # a slot of w1 frees
-    placer.slot_freed()
+    placer.slot_freed("w1", ids[0])
     reads.limits.clear()
     await placer.round(EPOCH)
     assert reads.limits == [1 + 4]
@@ -157,7 +157,7 @@ async def test_pages_are_planned_with_the_loads_of_the_pages_before(store: Store
     assert reads.limits == [6 + 2, 2 + 2]
     got = await assigned(store, first + rest)
     assert set(got) == set(first + rest[:2])
-    assert await store.node_loads() == {"w1": 6}
+    assert {n: len(t) for n, t in (await store.node_tasks()).items()} == {"w1": 6}
 
 
 async def test_tasks_waiting_for_a_full_node_do_not_starve_another_nodes_agent(
@@ -197,8 +197,9 @@ async def test_room_no_queued_task_can_use_is_left_out_until_a_wake(store: Store
     placer, reads = await placer_for(store, directory, margin=2)
     await placer.round(EPOCH)
     assert reads.limits == [7 + 2, 5 + 2] and reads.open_to == [(["b"], ["w2"])]
-    assert await store.cancel_task((await assigned_ids(store))[0]) is not None
-    placer.slot_freed()
+    freed = (await assigned_ids(store))[0]
+    assert await store.cancel_task(freed) is not None
+    placer.slot_freed("w1", freed)
     reads.limits.clear()
     await placer.round(EPOCH)
     assert reads.limits == [1 + 2]
@@ -264,7 +265,7 @@ async def test_a_freed_slot_wakes_the_loop_while_the_queue_was_left_unread(store
                 await trio.sleep(0.01)
         assert reads.limits == [3] and placer.waiting == 0
         assert await store.cancel_task(ids[0]) is not None
-        placer.slot_freed()
+        placer.slot_freed("w1", ids[0])
         with trio.fail_after(5):
             while ids[3] not in await assigned(store, ids):
                 await trio.sleep(0.01)
@@ -425,4 +426,106 @@ async def test_placed_inserts_run_at_once_and_a_round_waits_for_them(store: Stor
         # have seen an empty node and placed the fourth too)
         placed = [t.id for t in done if t.status is TaskStatus.ASSIGNED]
         assert sorted(await assigned_ids(store)) == sorted(placed)
+        nursery.cancel_scope.cancel()
+
+
+async def finish(store: Store, task: TaskRecord) -> None:
+    """What the worker does with a task assigned to it: claim it, run it, record it."""
+    now = await store.get_task(task.id)
+    assert now is not None and now.node_id is not None
+    if now.status is TaskStatus.ASSIGNED:  # an earlier claim of its node may have taken it
+        claimed = await store.claim_assigned(now.node_id, ["a"], 10)
+        assert task.id in {t.id for t in claimed}
+    assert await store.finish_task(task.id, now.attempt, TaskStatus.SUCCEEDED, result="ok")
+
+
+async def test_a_completion_frees_its_slot_for_a_submit_placed_as_it_comes(store: Store) -> None:
+    """w1 has two slots, both taken by submits placed as they came. When one of them
+    finishes (its ``task_completed`` reaches the placer), the next submit is placed at once
+    on the slot it left, with no round; a second event for the same task, or one for a task
+    the loads do not count, frees nothing: the submit after that waits in the queue."""
+    placer, reads, _ = await idle_primary(store, node("w1", 2))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        first, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        second, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert {first.status, second.status} == {TaskStatus.ASSIGNED}
+        await finish(store, first)
+        placer.slot_freed("w1", first.id)
+        third, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert third.status is TaskStatus.ASSIGNED and third.node_id == "w1"
+        assert len(reads.limits) == 1  # the first round only
+        placer.slot_freed("w1", first.id)  # again: already taken off
+        placer.slot_freed("w1", "a-task-never-counted")
+        placer.slot_freed("w2", second.id)  # not where it runs
+        fourth, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert fourth.status is TaskStatus.QUEUED
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_completion_the_last_read_saw_frees_nothing(store: Store) -> None:
+    """A task that finished before a round read the loads is not in them: its event,
+    arriving after the read, must not free a slot a second time."""
+    placer, _, _ = await idle_primary(store, node("w1", 1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        first, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert first.status is TaskStatus.ASSIGNED
+        await finish(store, first)
+        queued, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert queued.status is TaskStatus.QUEUED  # w1 is full by the count
+        placer.wake()  # the round reads w1 empty, places `queued` there
+        with trio.fail_after(5):
+            while (await assigned(store, [queued.id])) != {queued.id: "w1"}:
+                await trio.sleep(0.005)
+        await until_it_places_submits(placer)
+        placer.slot_freed("w1", first.id)  # late: the read already had it finished
+        late, _ = await placer.create_task(NewTask(agent="a", prompt="p"))
+        assert late.status is TaskStatus.QUEUED  # w1 still runs `queued`
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_node_gets_more_than_its_capacity_whatever_the_events(store: Store) -> None:
+    """A seeded random run of submits, finishes, completion events (on time, late,
+    repeated, for the wrong node, lost) and wakes against two small nodes: after every step
+    the store holds no node with more tasks assigned or running than its capacity."""
+    import random
+
+    rng = random.Random(12)
+    capacity = {"w1": 2, "w2": 3}
+    placer, _, _ = await idle_primary(store, node("w1", 2), node("w2", 3))
+    unsent: list[tuple[str, str]] = []  # completions not yet told to the placer
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(placer.run, EPOCH)
+        await until_it_places_submits(placer)
+        for _ in range(150):
+            step = rng.random()
+            if step < 0.45:
+                await placer.create_task(NewTask(agent="a", prompt="p"))
+                if rng.random() < 0.5:
+                    placer.wake()
+            elif step < 0.75:
+                on = await store.node_tasks()
+                if on:
+                    node_id = rng.choice(sorted(on))
+                    task = await store.get_task(rng.choice(on[node_id]))
+                    assert task is not None
+                    await finish(store, task)
+                    unsent.append((node_id, task.id))
+            elif unsent:
+                node_id, task_id = unsent.pop(rng.randrange(len(unsent)))
+                kind = rng.random()
+                if kind < 0.7:
+                    placer.slot_freed(node_id, task_id)
+                elif kind < 0.8:
+                    placer.slot_freed(node_id, task_id)
+                    placer.slot_freed(node_id, task_id)
+                elif kind < 0.9:
+                    placer.slot_freed("w2" if node_id == "w1" else "w1", task_id)
+                # else: lost
+            await trio.sleep(rng.choice([0, 0, 0.002]))  # a round may run in between
+            loads = {n: len(t) for n, t in (await store.node_tasks()).items()}
+            assert all(loads[n] <= capacity[n] for n in loads), loads
         nursery.cancel_scope.cancel()

@@ -272,7 +272,7 @@ async def test_a_task_requeued_by_the_supervisor_wakes_the_placer(
 async def test_a_failed_read_of_the_placer_raises_the_stores_own_error(store: Store) -> None:
     """The placer reads the load and the queue at once; a failure of either is the store's
     error itself (what the lease's primary work and LocalPrimary handle), not a group."""
-    for method in ("node_loads", "queued_tasks"):
+    for method in ("node_tasks", "queued_tasks"):
         flaky = FlakyStore(store)
         flaky.failures[method] = 1
         _, placer = single_node(flaky, agents(), 1, poll=60, claim_poll=60)
