@@ -33,8 +33,8 @@ from brio.core.lease import RenewRequest, Role, VoteRequest
 from sim.config import Fault
 from sim.faults import Episode
 from sim.network import Impairment, Link
-from sim.node import STORE, SimNode
-from sim.wire import Request
+from sim.node import SimNode
+from sim.wire import STORE, Request
 
 if TYPE_CHECKING:
     from sim.world import World

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from heapq import heappop, heappush
+from itertools import count
 
 Action = Callable[[], None]
 Entry = tuple[float, int, str | None, Action]
@@ -19,20 +20,20 @@ class EventLoop:
         self.now = 0.0
         #: The entries, a heap; ``World`` pops it directly in its event loop (as ``pop`` does).
         self.heap: list[Entry] = []
-        self._seq = 0
+        #: The tie-breaker of each entry pushed (``next`` of it is cheaper than a counter
+        #: kept in an attribute).
+        self.seq = count(1)
 
     def at(self, time: float, action: Action, node: str | None = None) -> None:
         """Run ``action`` at true ``time`` (never in the past)."""
-        self._seq += 1
         now = self.now
-        heappush(self.heap, (now if now > time else time, self._seq, node, action))
+        heappush(self.heap, (now if now > time else time, next(self.seq), node, action))
 
     def after(self, delay: float, action: Action, node: str | None = None) -> None:
         """``at(now + delay)``, written out: it is called for every message."""
-        self._seq += 1
         now = self.now
         time = now + delay
-        heappush(self.heap, (now if now > time else time, self._seq, node, action))
+        heappush(self.heap, (now if now > time else time, next(self.seq), node, action))
 
     def pop(self, until: float) -> tuple[str | None, Action] | None:
         """The next event due at or before ``until``, with the clock moved to it."""

@@ -40,6 +40,7 @@ class _LinkState:
     delay: float = 0.0
     delay_min: float = 0.0
     delay_max: float = 0.0
+    impaired: bool = False  # any of the above: most messages take a link that is not
 
 
 #: Usual one-way latency range of a link, and the mean of the jitter on top of it.
@@ -70,6 +71,8 @@ class Network:
             return []
         link = self._links[key]
         rng = rng or self._rng
+        if not link.impaired:  # the draw below, without the impairments' tests
+            return [link.base + -log(1.0 - rng.random()) / _JITTER_RATE]
         if link.loss and rng.random() < link.loss:
             return []
         # rng.expovariate(1 / JITTER) written out, the same draw and arithmetic
@@ -131,3 +134,4 @@ class Network:
                     )
             link.loss = 1 - keep
             link.dup = 1 - single
+            link.impaired = bool(link.loss or link.dup or link.reorder or link.delay)

@@ -14,8 +14,10 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
+from heapq import heappush
 from typing import Protocol
 
+from brio.core.balancer import HashRing
 from brio.core.constants import WITNESS_ID
 from brio.core.lease import (
     UNKNOWN_VOTE,
@@ -40,9 +42,11 @@ from brio.core.membership import Membership, NodeFacts, StateChanged
 from brio.core.scheduler import SchedulerSettings
 from sim.clock import Clock
 from sim.config import SimConfig
-from sim.loop import EventLoop
+from sim.loop import Entry, EventLoop
 from sim.store import Answer
+from sim.trace import Text
 from sim.wire import (
+    STORE,
     Ack,
     FencedWrite,
     Heartbeat,
@@ -53,16 +57,23 @@ from sim.wire import (
     Submit,
     TaskQueued,
     TaskRun,
-    describe,
+    passing,
 )
 from sim.work import Work
 
-STORE = "store"
 #: A stopping node waits this long (local clock) for a newer term, then exits: the driver's
 #: ``TRANSFER_WAIT`` (brio.mesh.lease).
 TRANSFER_WAIT = 1.0
 #: Time between a primary deciding to write and the write leaving: a pause may fall in it.
 WRITE_PREP = (0.0001, 0.002)
+
+
+#: The answer to a notice (frozen and empty: one does for all).
+ACK = Ack()
+
+
+def _seen(change: StateChanged) -> str:
+    return f"sees {change.node_id} {change.old} -> {change.new} ({change.reason})"
 
 
 def address(node: str) -> str:
@@ -84,8 +95,9 @@ class Host(Protocol):
     loop: EventLoop
     config: SimConfig
     task_settings: SchedulerSettings
+    ring: HashRing  # the schedulers' consistent-hash ring, shared: it only caches points
 
-    def note(self, who: str, text: str) -> None: ...
+    def note(self, who: str, text: Text) -> None: ...
 
     def call(
         self,
@@ -192,7 +204,16 @@ class SimNode:
         """Call ``fire`` once this node's clock reads ``deadline``; replaces ``key``'s timer."""
         self._token = token = self._token + 1
         self.timers[key] = (deadline, token, fire)
-        self._loop.at(self.clock.true_at(deadline), partial(self._fire, key, token), self.name)
+        # EventLoop.at written out: this runs for most events.
+        loop = self._loop
+        due, now = self.clock.true_at(deadline), loop.now
+        entry: Entry = (
+            due if due > now else now,
+            next(loop.seq),
+            self.name,
+            partial(self._fire, key, token),
+        )
+        heappush(loop.heap, entry)
 
     def cancel_timer(self, key: str) -> None:
         self.timers.pop(key, None)
@@ -294,19 +315,21 @@ class SimNode:
         match request:
             case Heartbeat():
                 assert self.membership is not None
-                self._members(self.membership.heartbeat_received(request.facts, self.local()))
+                changes = self.membership.heartbeat_received(request.facts, self.local())
+                if changes:  # it never moves a state, so the members timer stays as it is
+                    self._members(changes)
                 return self._heartbeat_reply
             case TaskRun():
                 if self.work is not None:
                     self.work.poke()
-                return Ack()
+                return ACK
             case TaskQueued():
                 if self.work is not None:
                     self.work.wake()
-                return Ack()
+                return ACK
             case VoteRequest() | VoteReply() | RenewRequest() | RenewReply() | Release():
                 assert self.lease is not None
-                self.host.note(self.name, f"<- {sender} {describe(request)}")
+                self.host.note(self.name, partial(passing, "<-", sender, request))
                 actions = self.lease.receive(self.local(), sender, request)
                 return self._carry_out(actions, reply_to=sender)
             case _:
@@ -321,7 +344,7 @@ class SimNode:
     def _on_lease_reply(self, sender: str, reply: Reply) -> None:
         assert self.lease is not None
         assert isinstance(reply, VoteReply | RenewReply)
-        self.host.note(self.name, f"<- {sender} {describe(reply)}")
+        self.host.note(self.name, partial(passing, "<-", sender, reply))
         self._carry_out(self.lease.receive(self.local(), sender, reply), reply_to=None)
 
     def _carry_out(self, actions: list[Action], reply_to: str | None) -> Message | None:
@@ -402,15 +425,16 @@ class SimNode:
     def _answered(self, peer: str, started: float, reply: Reply) -> None:
         assert self.membership is not None and isinstance(reply, HeartbeatReply)
         now = self.local()
-        self._members(
-            self.membership.heartbeat_answered(
-                self._addresses[peer], now, now - started, reply.facts
-            )
-        )
+        address = self._addresses[peer]
+        changes = self.membership.heartbeat_answered(address, now, now - started, reply.facts)
+        if changes:  # no state moved: the members timer is due as it was
+            self._members(changes)
 
     def _missed(self, peer: str) -> None:
         assert self.membership is not None
-        self._members(self.membership.heartbeat_missed(self._addresses[peer], self.local()))
+        changes = self.membership.heartbeat_missed(self._addresses[peer], self.local())
+        if changes:
+            self._members(changes)
 
     def _members_tick(self) -> None:
         assert self.membership is not None
@@ -420,10 +444,7 @@ class SimNode:
         assert self.membership is not None
         for change in changes:
             if change.old is not None and change.new is not None:
-                self.host.note(
-                    self.name,
-                    f"sees {change.node_id} {change.old} -> {change.new} ({change.reason})",
-                )
+                self.host.note(self.name, partial(_seen, change))
         deadline = self.membership.next_deadline()
         current = self.timers.get("members")
         if deadline is not None and (current is None or deadline < current[0]):

@@ -6,8 +6,9 @@ already has its answer, or reads its clock past the call's deadline. A caller th
 hear of timeouts learns of them from a timer on its own clock, which also ends the call in
 order with its other events (a paused caller learns of both only when it wakes). One timer per
 node serves all its open calls (``CALLS_TIMER``), due at the earliest deadline of a call that
-was open when it was armed: an answered call only leaves the open set, so most calls, answered
-in time, cost no event of their own (a timer per call fired for nothing for each).
+was open when it was armed: an answered call only leaves the open set, so calls answered in
+time cost no event of their own (a timer per call fired for nothing for each), and one firing
+for an answered call covers the calls made since (it arms again for the first still open).
 
 A node's task statements reach the store over one connection, in order: a later statement
 never overtakes an earlier one (TCP), though either may be lost. The placer's argument for
@@ -23,15 +24,25 @@ from functools import partial
 from heapq import heappop, heappush
 from random import Random
 
+from brio.core.lease import RenewRequest, VoteRequest
 from sim.loop import EventLoop
 from sim.network import Network
-from sim.node import STORE, SimNode
-from sim.wire import LEASE_MESSAGES, TASK_STATEMENTS, TASK_TRAFFIC, Reply, Request, describe
+from sim.node import SimNode
+from sim.trace import Text
+from sim.wire import (
+    LEASE_MESSAGES,
+    STORE,
+    TASK_STATEMENTS,
+    TASK_TRAFFIC,
+    Reply,
+    Request,
+    passing,
+)
 
 #: Answers a request that reached ``dst`` from ``sender``: the reply, or None (no reply, or
 #: nobody there to answer).
 Serve = Callable[[str, str, Request], Reply | None]
-Note = Callable[[str, str], None]
+Note = Callable[[str, Text], None]
 
 #: The node timer that times out the node's calls (see the module doc).
 CALLS_TIMER = "calls"
@@ -53,10 +64,24 @@ class Call:
     on_timeout: Callable[[], None] | None
 
 
+#: The requests an aimed fault may strike (``Chaos.sending`` ignores every other kind).
+AIMED_AT: frozenset[type] = frozenset({RenewRequest, VoteRequest})
+
+
 class Calls:
     def __init__(
-        self, loop: EventLoop, network: Network, serve: Serve, note: Note, task_rng: Random
+        self,
+        loop: EventLoop,
+        network: Network,
+        serve: Serve,
+        note: Note,
+        task_rng: Random,
+        *,
+        sending: Callable[[SimNode, Request], None],
     ) -> None:
+        """``sending`` is told of each call of a kind in ``AIMED_AT`` as it leaves (the
+        chaos's aimed faults strike at the moment a round leaves)."""
+        self._sending = sending
         self._loop = loop
         self._network = network
         self._task_rng = task_rng
@@ -75,53 +100,56 @@ class Calls:
         on_reply: Callable[[Reply], None],
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
-        self._last_id += 1
-        call = Call(
-            self._last_id,
-            src,
-            src.incarnation,
-            dst,
-            request,
-            src.local() + timeout,
-            on_reply,
-            on_timeout,
-        )
-        src.open_calls.add(call.id)
         kind = type(request)
-        task = kind in TASK_TRAFFIC
-        copies = self._network.transit(src.name, dst, self._task_rng if task else None)
-        if not copies and kind in LEASE_MESSAGES:
-            self._note(src.name, f"-> {dst} {describe(request)}: lost")
-        to_store = dst == STORE
-        if copies and to_store and kind in TASK_STATEMENTS:
-            now = self._loop.now
-            arrival = max(now + copies[0], self._in_order.get(src.name, 0.0))
-            self._in_order[src.name] = arrival
-            copies = [arrival - now]
-        if copies:
-            arrive = partial(self._arrive, call)
-            target = None if to_store else dst
-            after = self._loop.after
-            for delay in copies:
-                after(delay, arrive, target)
+        if kind in AIMED_AT:
+            self._sending(src, request)
+        self._last_id = call_id = self._last_id + 1
+        deadline = src.local() + timeout
+        call = Call(call_id, src, src.incarnation, dst, request, deadline, on_reply, on_timeout)
+        src.open_calls.add(call_id)
+        rng = self._task_rng if kind in TASK_TRAFFIC else None
+        copies = self._network.transit(src.name, dst, rng)
+        loop = self._loop
+        now = loop.now
+        if not copies:
+            if kind in LEASE_MESSAGES:
+                self._note(src.name, partial(passing, "->", dst, request, ": lost"))
+        elif dst == STORE:
+            if kind in TASK_STATEMENTS:
+                arrival = max(now + copies[0], self._in_order.get(src.name, 0.0))
+                self._in_order[src.name] = arrival
+                copies = [arrival - now]
+            self._push(now, copies, partial(self._arrive, call), None)
+        else:
+            self._push(now, copies, partial(self._arrive, call), dst)
         if on_timeout is not None:
-            heappush(src.call_deadlines, (call.deadline, call.id, on_timeout))
-            self._arm(src)
+            heappush(src.call_deadlines, (deadline, call_id, on_timeout))
+            armed = src.timers.get(CALLS_TIMER)
+            if armed is None or deadline < armed[0]:
+                src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+
+    def _push(
+        self, now: float, delays: list[float], action: Callable[[], None], node: str | None
+    ) -> None:
+        """``EventLoop.after`` for each copy, written out (delays are never negative): it
+        runs for every message."""
+        heap, seq = self._loop.heap, self._loop.seq
+        for delay in delays:
+            heappush(heap, (now + delay, next(seq), node, action))
 
     def _arrive(self, call: Call) -> None:
         reply = self._serve(call.src.name, call.dst, call.request)
         if reply is None:
             return
         kind = type(reply)
-        rng = self._task_rng if kind in TASK_TRAFFIC else None
-        copies = self._network.transit(call.dst, call.src.name, rng)
-        if not copies:
-            if kind in LEASE_MESSAGES:
-                self._note(call.dst, f"-> {call.src.name} {describe(reply)}: lost")
-            return
-        answer = partial(self._answer, call, reply)
-        for delay in copies:
-            self._loop.after(delay, answer, call.src.name)
+        src = call.src.name
+        copies = self._network.transit(
+            call.dst, src, self._task_rng if kind in TASK_TRAFFIC else None
+        )
+        if copies:
+            self._push(self._loop.now, copies, partial(self._answer, call, reply), src)
+        elif kind in LEASE_MESSAGES:
+            self._note(call.dst, partial(passing, "->", src, reply, ": lost"))
 
     def _answer(self, call: Call, reply: Reply) -> None:
         src = call.src
@@ -131,21 +159,27 @@ class Calls:
             if call.on_timeout is None:  # else its timer ends the call, in order
                 src.open_calls.discard(call.id)
             if type(reply) in LEASE_MESSAGES:
-                self._note(src.name, f"<- {call.dst} {describe(reply)}: after the call's timeout")
+                after = ": after the call's timeout"
+                self._note(src.name, partial(passing, "<-", call.dst, reply, after))
             return
         src.open_calls.discard(call.id)  # its deadline stays queued, and is skipped
         call.on_reply(reply)
 
-    def _arm(self, src: SimNode) -> None:
-        """Have ``CALLS_TIMER`` due by the earliest queued deadline (the queue not empty)."""
-        deadline = src.call_deadlines[0][0]
-        armed = src.timers.get(CALLS_TIMER)
-        if armed is None or deadline < armed[0]:
-            src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+    def _rearm(self, src: SimNode) -> None:
+        """Have ``CALLS_TIMER`` due by the earliest deadline of an open call, if any (the
+        ended calls at the front of the queue are dropped)."""
+        deadlines, open_calls = src.call_deadlines, src.open_calls
+        while deadlines and deadlines[0][1] not in open_calls:
+            heappop(deadlines)
+        if deadlines:
+            deadline = deadlines[0][0]
+            armed = src.timers.get(CALLS_TIMER)
+            if armed is None or deadline < armed[0]:
+                src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
 
     def _expire(self, src: SimNode) -> None:
         """End every open call of ``src`` past its deadline, earliest first; then arm the
-        timer for the earliest still open, if any (the ended ones are dropped on the way)."""
+        timer for the earliest still open, if any."""
         deadlines, open_calls = src.call_deadlines, src.open_calls
         now, incarnation = src.local(), src.incarnation
         while deadlines and deadlines[0][0] <= now:
@@ -157,7 +191,4 @@ class Calls:
                     return  # crashed: its calls are gone
                 if src.paused:
                     break  # the rest when it wakes: the timer is held till then
-        while deadlines and deadlines[0][1] not in open_calls:
-            heappop(deadlines)
-        if deadlines:
-            self._arm(src)
+        self._rearm(src)

@@ -13,6 +13,9 @@ from brio.core.membership import NodeFacts
 from brio.core.scheduler import QueuedTask
 from sim.store import Answer
 
+#: The store's name as a call's destination (the witness voter lives there too).
+STORE = "store"
+
 
 @dataclass(frozen=True)
 class Heartbeat:
@@ -157,6 +160,11 @@ def describe(message: Request | Reply) -> str:
             return f"requeue under epoch {message.epoch} the tasks of {', '.join(message.nodes)}"
         case _:
             return type(message).__name__
+
+
+def passing(way: str, peer: str, message: Request | Reply, after: str = "") -> str:
+    """A trace line for a message: ``way`` is ``<-`` (from ``peer``) or ``->`` (to it)."""
+    return f"{way} {peer} {describe(message)}{after}"
 
 
 #: Lease traffic is traced message by message; heartbeats only by their effects. Tested by

@@ -23,6 +23,7 @@ store says run on it (``Supervisor._reconcile``), which this model does not repe
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -33,6 +34,7 @@ from brio.core.membership import PeerState
 from brio.core.scheduler import Candidate, QueuedTask, Scheduler
 from sim.config import PLACER_POLL, TASK_BATCH, TASK_RUN, WORKER_POLL
 from sim.wire import (
+    STORE,
     Ack,
     Assign,
     Claim,
@@ -64,13 +66,14 @@ class Work:
         self.node = node
         self.host = node.host
         self._rng = rng
-        self.scheduler = Scheduler(node.host.task_settings)
+        self.scheduler = Scheduler(node.host.task_settings, ring=node.host.ring)
         self.running: dict[tuple[str, int], None] = {}  # (task, attempt) being run here
         self.ready = False  # the start requeue is done: claims may begin
         self.claiming = False
         self.round: int | None = None  # the epoch of the placement round in flight
         self.again = False  # woken while a round was in flight: another follows
         self.started = node.local()
+        self._poll_at = self.started  # the next claim poll's time, timed or not (``_poll``)
         self._rids = 0
 
     def _rid(self) -> str:
@@ -83,8 +86,6 @@ class Work:
         on_reply: Callable[[TaskAnswer], None],
         on_timeout: Callable[[], None] | None,
     ) -> None:
-        from sim.node import STORE
-
         def answered(reply: Reply) -> None:
             assert isinstance(reply, TaskAnswer)
             on_reply(reply)
@@ -137,11 +138,25 @@ class Work:
         self.poke()
 
     def _poll(self) -> None:
-        # A poll whose claim would come back empty changes nothing: it is not sent (speed).
+        # A poll whose claim would come back empty changes nothing: it is not sent, and the
+        # polls after it are not timed either until the store assigns this node a task
+        # (``assigned``): only an assignment makes one find something (speed).
         node = self.node
-        node.set_timer("claim poll", node.local() + WORKER_POLL, self._poll)
+        self._poll_at = node.local() + WORKER_POLL
         if self.host.has_assigned(node):
+            node.set_timer("claim poll", self._poll_at, self._poll)
             self.poke()
+
+    def assigned(self) -> None:
+        """The store assigned this node a task: the polls go on, at the times they would
+        have come at had they been timed all along."""
+        node = self.node
+        if "claim poll" in node.timers:
+            return
+        at, now = self._poll_at, node.local()
+        if at < now:
+            at += math.ceil((now - at) / WORKER_POLL) * WORKER_POLL
+        node.set_timer("claim poll", at, self._poll)
 
     def poke(self) -> None:
         """Claim now if there is room (a notice, a poll, a slot freed)."""

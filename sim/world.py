@@ -10,11 +10,10 @@ schedule as it was.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from functools import partial
 from heapq import heappop
 
-from brio.core.balancer import STRATEGIES
+from brio.core.balancer import STRATEGIES, HashRing
 from brio.core.constants import WITNESS_ID
 from brio.core.lease import Release, RenewRequest, Role, VoteReply, VoteRequest
 from brio.core.membership import PeerState
@@ -27,12 +26,13 @@ from sim.faults import plan
 from sim.invariants import Checker, Holder
 from sim.loop import EventLoop
 from sim.network import Network
-from sim.node import STORE, SimNode, address
+from sim.node import SimNode, address
 from sim.rpc import Calls
 from sim.stats import Failovers, SeedResult, Transfers
 from sim.store import Answer, Store, TaskRow, Tasks
-from sim.trace import Trace
+from sim.trace import Text, Trace
 from sim.wire import (
+    STORE,
     Assign,
     Claim,
     FencedWrite,
@@ -50,8 +50,8 @@ from sim.wire import (
     is_task_statement,
 )
 
-#: The requests an aimed fault may strike (``Chaos.sending`` ignores every other kind).
-_AIMED_AT = frozenset({RenewRequest, VoteRequest})
+#: The store's answer that says only "done" (frozen: one does for all).
+_DONE = TaskAnswer(True)
 #: Clock offsets: nodes booted at different times, so their monotonic clocks read differently.
 OFFSETS = (0.0, 10_000.0)
 #: With the witness, a coordinator is cut off from the store about once every this many lease
@@ -102,16 +102,24 @@ class World:
         self._blind_at = 0
         self._primary_ok: float | None = None
         self._members_ok: float | None = None
-        self._calls = Calls(
-            self.loop, self.network, self._serve, self.note, self._stream("tasks/network")
-        )
         self._pauses = 0
         self.chaos = Chaos(self, self._stream("faults"))
+        self._calls = Calls(
+            self.loop,
+            self.network,
+            self._serve,
+            self.note,
+            self._stream("tasks/network"),
+            sending=self.chaos.sending,
+        )
+        #: The node's calls go straight to ``Calls.call`` (a layer fewer for every message).
+        self.call = self._calls.call
         # Tasks: the table, the scheduler's settings for this seed, and what was measured.
         self.tasks = Tasks(
             self.store.fence, assign_fence=config.assign_fence, attempt_check=config.attempt_check
         )
         self.task_settings = self._scheduler_settings(self._stream("tasks/settings"))
+        self.ring = HashRing()  # every node life's scheduler hashes the same points
         self._clients = self._stream("tasks/clients")
         # The config's derived figures, computed once (its properties compute them per read,
         # and submissions read them for every task).
@@ -194,9 +202,9 @@ class World:
                 continue
             action()
             events += 1
-            self.events = events
             if len(primaries) >= 2 or self._watching:
                 after_event()
+        self.events = events
 
     def _after_event(self) -> None:
         if len(self.primaries) >= 2:
@@ -445,7 +453,7 @@ class World:
                 pin = f", pinned to {row.target_node}" if row.target_node else ""
                 session = f", session {row.session_id}" if row.session_id else ""
                 self.note("store", f"{row.task_id} ({row.agent}{session}{pin}) queued by {sender}")
-                return TaskAnswer(True)
+                return _DONE
             case Snapshot():
                 queued = tuple(
                     QueuedTask(
@@ -487,6 +495,9 @@ class World:
                     loads = tasks.loads()
                     for node in sorted({r.node for r in landed if r.node is not None}):
                         checker.capacity(now, node, loads[node], self.config.task_capacity)
+                        work = self.nodes[node].work
+                        if work is not None:
+                            work.assigned()  # its claim polls find something again
                 return TaskAnswer(True, fence, tasks=tuple((r.task_id, r.attempt) for r in landed))
             case RequeueMine():
                 back = tasks.requeue_mine(now, sender)
@@ -494,7 +505,7 @@ class World:
                 if back:
                     shown = ", ".join(f"{r.task_id}#{r.attempt}" for r in back)
                     self.note("store", f"{sender} starts: its tasks back to the queue: {shown}")
-                return TaskAnswer(True)
+                return _DONE
             case Claim():
                 claimed = tasks.claim(sender, request.limit)
                 self.executions += len(claimed)
@@ -514,25 +525,9 @@ class World:
                 self._unfinished -= 1
                 self.note("store", f"result of {task_id}#{attempt} by {sender}: recorded")
                 checker.completed(done, tasks.results[task_id])
-                return TaskAnswer(True)
+                return _DONE
 
     # ---------------------------------------------------------------- calls
-
-    def call(
-        self,
-        src: SimNode,
-        dst: str,
-        request: Request,
-        *,
-        timeout: float,
-        on_reply: Callable[[Reply], None],
-        on_timeout: Callable[[], None] | None = None,
-    ) -> None:
-        if type(request) in _AIMED_AT:  # Chaos.sending looks at nothing else
-            self.chaos.sending(src, request)  # aimed faults strike at the moment a round leaves
-        self._calls.call(
-            src, dst, request, timeout=timeout, on_reply=on_reply, on_timeout=on_timeout
-        )
 
     def crash_now(self, node: SimNode, why: str) -> None:
         """``node`` dies right now (the chaos armed it; its episode's end restarts it)."""
@@ -626,7 +621,7 @@ class World:
 
     # ---------------------------------------------------------------- the node's host
 
-    def note(self, who: str, text: str) -> None:
+    def note(self, who: str, text: Text) -> None:
         self._trace.add(self.loop.now, who, text)
 
     def lease_changed(self, node: SimNode) -> None:

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Literal
 
 Strategy = Literal["round-robin", "least-connections", "weighted", "consistent-hash"]
@@ -115,16 +113,24 @@ class HashRing:
         self._owners = [n for _, n in points]
 
 
-def _ratio(c: Candidate) -> Fraction | float:
-    """load/capacity, exactly; a node without capacity sorts last."""
-    return Fraction(c.load, c.capacity) if c.capacity > 0 else math.inf
+def _fullness(c: Candidate) -> tuple[int, bool, int]:
+    """Orders as (load, load/capacity), exactly, with a node without capacity last among its
+    equals in load: at equal load, a lower ratio is a larger capacity (and at load 0 every
+    ratio is 0). Integers compare faster than the ``Fraction`` this stands for."""
+    no_room = c.capacity <= 0
+    return c.load, no_room, -c.capacity if c.load and not no_room else 0
 
 
 class Balancer:
     """Picks one node among candidates. State: the round-robin cursor, smooth-weighted counters."""
 
     def __init__(
-        self, strategy: Strategy, weights: Mapping[str, int], *, replicas: int = 64
+        self,
+        strategy: Strategy,
+        weights: Mapping[str, int],
+        *,
+        replicas: int = 64,
+        ring: HashRing | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
@@ -137,7 +143,8 @@ class Balancer:
         self._weights = dict(weights)
         self._cursor: str | None = None  # the node id chosen last by rotation
         self._current: dict[str, int] = {}  # smooth weighted round-robin counters
-        self._ring = HashRing(replicas)
+        # A ring holds nothing but caches of its points: one may be shared (``ring``).
+        self._ring = HashRing(replicas) if ring is None else ring
 
     def weight(self, node_id: str) -> int:
         return self._weights.get(node_id, 1)
@@ -158,8 +165,9 @@ class Balancer:
             raise ValueError("no eligible candidate: none given, or every one has weight 0")
         ids = sorted(pool)
         if self.strategy == "least-connections":
-            best = min((pool[n].load, _ratio(pool[n])) for n in ids)
-            ids = [n for n in ids if (pool[n].load, _ratio(pool[n])) == best]
+            fullness = {n: _fullness(pool[n]) for n in ids}
+            best = min(fullness.values())
+            ids = [n for n in ids if fullness[n] == best]
         elif self.strategy == "weighted":
             return self._smooth_weighted(ids)
         elif self.strategy == "consistent-hash" and key is not None:

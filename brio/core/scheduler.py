@@ -157,13 +157,15 @@ def _are(nodes: Sequence[Candidate], what: str) -> str:
 class Scheduler:
     """Places queued tasks on live nodes; see the module docstring for the rules."""
 
-    def __init__(self, settings: SchedulerSettings) -> None:
+    def __init__(self, settings: SchedulerSettings, *, ring: HashRing | None = None) -> None:
+        """``ring``: one to share with other schedulers (it holds only caches of the points
+        it hashed, which a new scheduler would hash again)."""
         self._settings = settings
         # One balancer per agent: with a single rotation, alternating 'a' and 'b' tasks over
         # two nodes would put every 'a' on one node and every 'b' on the other. Agents get a
         # balancer only once some live node runs them, so this stays as small as the fleet.
         self._balancers: dict[str, Balancer] = {}
-        self._ring = HashRing()
+        self._ring = HashRing() if ring is None else ring
         # Insertion order is placement order (a refresh re-inserts), and time never runs
         # backwards, so the expired entries are always at the front.
         self._sticky: dict[tuple[str, str], _Stuck] = {}
@@ -267,7 +269,7 @@ class Scheduler:
     def _balancer(self, agent: str) -> Balancer:
         balancer = self._balancers.get(agent)
         if balancer is None:
-            balancer = Balancer(self._settings.strategy, self._settings.weights)
+            balancer = Balancer(self._settings.strategy, self._settings.weights, ring=self._ring)
             self._balancers[agent] = balancer
         return balancer
 

@@ -1,19 +1,27 @@
 """The simulator's speed-ups compute what the code they replaced computed.
 
 Each hot spot written out for speed keeps a slower, obvious twin here: the jitter draw is
-``random.expovariate``'s, the membership table's index of failed rows gives the deadline a scan
-of every row gives, and the lazily formatted trace reads as the eagerly formatted one did.
+``random.expovariate``'s, a link without impairments draws what the impairments' tests draw at
+0, the membership table's index of failed rows gives the deadline a scan of every row gives, its
+rows rebuilt without ``dataclasses.replace`` are the rows replace builds, and the lazily
+formatted trace reads as the eagerly formatted one did.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import FrozenInstanceError, replace
+from functools import partial
 
-from brio.core.membership import DetectorSettings, Membership, NodeFacts, PeerState
+import pytest
+
+from brio.core.lease import RenewRequest
+from brio.core.membership import DetectorSettings, Membership, NodeFacts, Peer, PeerState, _with
 from sim.clock import Clock
 from sim.network import BASE_LATENCY, JITTER, Network
 from sim.trace import Trace
+from sim.wire import describe, passing
 
 
 def test_the_jitter_draw_is_expovariates() -> None:
@@ -108,3 +116,31 @@ def test_the_trace_reads_as_it_was_formatted() -> None:
     assert len(lines) == 200
     assert lines[0] == f"{100 * 0.001234567:11.6f}  c1     event 100"
     assert lines[-1] == f"{299 * 0.001234567:11.6f}  c2     event 299"
+    request = RenewRequest(term=3, leader="c1", round=7, voters_digest="d")
+    trace.add(1.5, "w1", partial(passing, "<-", "c1", request, ": lost"))
+    assert trace.lines()[-1] == f"{1.5:11.6f}  w1     <- c1 {describe(request)}: lost"
+
+
+def test_a_row_rebuilt_by_with_is_the_row_replace_builds() -> None:
+    row = Peer("a:1", "a", "worker", PeerState.HEALTHY, 1.0, 2.0, 0.1, 0, _facts("a"), True)
+    changes: list[dict[str, object]] = [
+        {"missed": 2},
+        {"missed": 3, "state": PeerState.FAILED, "state_since": 5.0},
+        {"role": "coordinator", "facts": _facts("b")},
+        {"node_id": "b", "last_seen": 7.0, "latency": None, "missed": 0, "static": False},
+    ]
+    for change in changes:
+        rebuilt = _with(row, **change)
+        assert rebuilt == replace(row, **change)  # type: ignore[arg-type]
+        assert type(rebuilt) is Peer and hash(rebuilt) == hash(replace(row, **change))  # type: ignore[arg-type]
+        with pytest.raises(FrozenInstanceError):
+            rebuilt.missed = 9  # type: ignore[misc]
+
+
+def test_a_link_without_impairments_skips_only_their_tests() -> None:
+    fast = Network(["a", "b"], random.Random("links"))
+    slow = Network(["a", "b"], random.Random("links"))
+    slow._links[("a", "b")].impaired = True  # every impairment at 0, tested one by one
+    draws, mirror = random.Random("draws"), random.Random("draws")
+    for _ in range(1000):
+        assert fast.transit("a", "b", draws) == slow.transit("a", "b", mirror)
