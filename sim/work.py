@@ -138,9 +138,9 @@ class Work:
         self.poke()
 
     def _poll(self) -> None:
-        # A poll whose claim would come back empty changes nothing: it is not sent, and the
-        # polls after it are not timed either until the store assigns this node a task
-        # (``assigned``): only an assignment makes one find something (speed).
+        # A poll that would claim nothing is not sent (``poke``), and the polls after it are
+        # not timed either until the store assigns this node a task (``assigned``): only an
+        # assignment makes one find something (speed).
         node = self.node
         self._poll_at = node.local() + WORKER_POLL
         if self.host.has_assigned(node):
@@ -159,11 +159,12 @@ class Work:
         node.set_timer("claim poll", at, self._poll)
 
     def poke(self) -> None:
-        """Claim now if there is room (a notice, a poll, a slot freed)."""
+        """Claim now if there is room (a notice, a poll, a slot freed). A claim that would
+        come back empty changes nothing: it is not sent (speed), as an empty poll is not."""
         if not self.ready or self.claiming:
             return
         free = self.host.config.task_capacity - len(self.running)
-        if free > 0:
+        if free > 0 and self.host.has_assigned(self.node):
             self.claiming = True
             self._claim(self._rid(), free)
 
