@@ -106,7 +106,7 @@ class Host(Protocol):
         request: Request,
         *,
         timeout: float,
-        on_reply: Callable[[Reply], None],
+        on_reply: Callable[[Reply], None] | None,
         on_timeout: Callable[[], None] | None = None,
     ) -> None: ...
 
@@ -140,6 +140,11 @@ class SimNode:
         self.host = host
         self._loop = host.loop
         self._detector = host.config.detector
+        # The config's derived figures, computed once (its properties compute them per read;
+        # write_interval builds the lease settings each time).
+        self._rpc_timeout = host.config.rpc_timeout
+        self._write_interval = host.config.write_interval
+        self._write_margin = host.config.write_margin
         self.name = name
         self.coordinator = coordinator
         self.clock = clock
@@ -362,7 +367,7 @@ class SimNode:
                         self.host.voted(self.name, message.term, to)
                 case Send(to=to, message=message):
                     on_reply = partial(self._on_lease_reply, to)
-                    timeout = self.host.config.rpc_timeout
+                    timeout = self._rpc_timeout
                     # The witness lives in the store: its requests take the store's path.
                     dst = STORE if to == WITNESS_ID else to
                     self.host.call(self, dst, message, timeout=timeout, on_reply=on_reply)
@@ -487,7 +492,7 @@ class SimNode:
             self,
             STORE,
             RaiseFence(epoch),
-            timeout=self.host.config.rpc_timeout,
+            timeout=self._rpc_timeout,
             on_reply=partial(self._raised, epoch),
             on_timeout=partial(self._raise_timed_out, epoch),
         )
@@ -516,11 +521,9 @@ class SimNode:
             return
         assert self.lease is not None
         now = self.local()
-        self.set_timer(
-            "write", now + self.host.config.write_interval, partial(self._write_tick, epoch)
-        )
+        self.set_timer("write", now + self._write_interval, partial(self._write_tick, epoch))
         until = self.lease.lease_until
-        if until is None or now >= until - self.host.config.write_margin:
+        if until is None or now >= until - self._write_margin:
             return  # past the primary nursery's deadline: no work until the lease is extended
         self._writes += 1
         seq = self._writes
@@ -540,7 +543,7 @@ class SimNode:
             self,
             STORE,
             FencedWrite(epoch, seq),
-            timeout=self.host.config.rpc_timeout,
+            timeout=self._rpc_timeout,
             on_reply=partial(self._written, epoch),
         )
 

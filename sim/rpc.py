@@ -60,7 +60,7 @@ class Call:
     dst: str
     request: Request
     deadline: float  # the caller's clock
-    on_reply: Callable[[Reply], None]
+    on_reply: Callable[[Reply], None] | None  # None: a notice, whose answer no one awaits
     on_timeout: Callable[[], None] | None
 
 
@@ -97,16 +97,19 @@ class Calls:
         request: Request,
         *,
         timeout: float,
-        on_reply: Callable[[Reply], None],
+        on_reply: Callable[[Reply], None] | None,
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
+        """``on_reply`` None: a notice; the callee answers it, but nothing waits for the
+        answer, so it is not carried back (nor is the call kept open)."""
         kind = type(request)
         if kind in AIMED_AT:
             self._sending(src, request)
         self._last_id = call_id = self._last_id + 1
         deadline = src.local() + timeout
         call = Call(call_id, src, src.incarnation, dst, request, deadline, on_reply, on_timeout)
-        src.open_calls.add(call_id)
+        if on_reply is not None:
+            src.open_calls.add(call_id)
         rng = self._task_rng if kind in TASK_TRAFFIC else None
         copies = self._network.transit(src.name, dst, rng)
         loop = self._loop
@@ -139,7 +142,7 @@ class Calls:
 
     def _arrive(self, call: Call) -> None:
         reply = self._serve(call.src.name, call.dst, call.request)
-        if reply is None:
+        if reply is None or call.on_reply is None:
             return
         kind = type(reply)
         src = call.src.name
@@ -163,6 +166,7 @@ class Calls:
                 self._note(src.name, partial(passing, "<-", call.dst, reply, after))
             return
         src.open_calls.discard(call.id)  # its deadline stays queued, and is skipped
+        assert call.on_reply is not None  # a notice's answer is not carried back
         call.on_reply(reply)
 
     def _rearm(self, src: SimNode) -> None:

@@ -126,6 +126,10 @@ class World:
         self._node_ids = config.node_ids
         self._fault_end = config.fault_end
         self._in_flight = config.in_flight
+        # A lease's length by its holder's clock, as it counts it (knobs builds SafetyKnobs).
+        self._lease_length = config.lease_duration
+        if config.knobs.drift_margin:
+            self._lease_length *= 1 - config.max_clock_drift
         self._answers: dict[str, TaskAnswer] = {}  # request id -> the store's answer
         self._pending: dict[str, str] = {}  # submissions on their way: task -> coordinator
         self._unfinished = 0  # rows in the store without a result
@@ -388,7 +392,11 @@ class World:
             return
         request = Submit(f"client/{task_id}", task_id, self._submitted, agent, session, pin)
         self._pending[task_id] = coordinator.name
-        self.loop.at(self.loop.now, partial(coordinator.submit, request), coordinator.name)
+        submit = partial(coordinator.submit, request)
+        if coordinator.paused:
+            coordinator.held.append(submit)  # as the event loop holds a paused node's events
+        else:
+            submit()  # now, not as an event of its own
 
     def task_acked(self, node: SimNode, task_id: str) -> None:
         self._acked.add(task_id)
@@ -640,10 +648,7 @@ class World:
         self.transfers.became_primary(self.loop.now)
 
     def extended(self, node: SimNode, epoch: int, until: float) -> None:
-        length = self.config.lease_duration
-        if self.config.knobs.drift_margin:
-            length *= 1 - self.config.max_clock_drift
-        self.failovers.renewed(node.name, epoch, until - length)
+        self.failovers.renewed(node.name, epoch, until - self._lease_length)
 
     def transfer_started(self, node: SimNode, epoch: int) -> None:
         """``node``, primary of ``epoch``, hands the lease over (a graceful stop)."""
