@@ -9,7 +9,6 @@ between nodes, never to the store, as the database is reached by another path.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass
 from math import log
 
@@ -33,6 +32,7 @@ class Impairment:
 @dataclass
 class _LinkState:
     base: float  # this link's usual one-way latency, seconds
+    cuts: int = 0  # the partitions cutting it now: cut while any does
     loss: float = 0.0
     dup: float = 0.0
     reorder: float = 0.0
@@ -58,7 +58,6 @@ class Network:
             for b in endpoints
             if a != b
         }
-        self._cuts: Counter[Link] = Counter()  # a link is cut while any partition cuts it
         self._impairments: list[Impairment] = []
 
     def transit(self, src: str, dst: str, rng: random.Random | None = None) -> list[float]:
@@ -66,10 +65,9 @@ class Network:
 
         ``rng``: the stream to draw from instead of the network's own (task traffic has its
         own, so that tasks leave the lease traffic's draws as they were)."""
-        key = (src, dst)
-        if self._cuts.get(key):  # not [key]: a missing key would go through __missing__
+        link = self._links[(src, dst)]
+        if link.cuts:
             return []
-        link = self._links[key]
         rng = rng or self._rng
         if not link.impaired:  # the draw below, without the impairments' tests
             return [link.base + -log(1.0 - rng.random()) / _JITTER_RATE]
@@ -89,13 +87,15 @@ class Network:
     # -- partitions -------------------------------------------------------------------------
 
     def cut(self, links: list[Link]) -> None:
-        self._cuts.update(links)
+        for link in links:
+            self._links[link].cuts += 1
 
     def mend(self, links: list[Link]) -> None:
-        self._cuts.subtract(links)
+        for link in links:
+            self._links[link].cuts -= 1
 
     def connected(self, src: str, dst: str) -> bool:
-        return not self._cuts[(src, dst)]
+        return not self._links[(src, dst)].cuts
 
     # -- impairments ------------------------------------------------------------------------
 
@@ -109,7 +109,8 @@ class Network:
 
     def heal(self) -> None:
         """Every fault over: no cuts, no impairments."""
-        self._cuts.clear()
+        for link in self._links.values():
+            link.cuts = 0
         self._impairments.clear()
         self._recompute()
 
