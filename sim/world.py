@@ -495,8 +495,8 @@ class World:
                         "store", f"{describe(request)} by {sender}: refused (fence at {fence})"
                     )
                     return TaskAnswer(False, fence)
-                shown = ", ".join(f"{r.task_id}->{r.node}" for r in landed) or "none"
-                self.note("store", f"{describe(request)} by {sender}: landed {shown}")
+                pairs = tuple((r.task_id, r.node) for r in landed)
+                self.note("store", partial(_landed, request, sender, pairs))
                 if landed:
                     checker.task_write(now, sender, "assignment", request.epoch, fence)
                     self.placement.extend(now - r.queued_at for r in landed)
@@ -564,14 +564,11 @@ class World:
         match request:
             case RaiseFence(epoch=epoch):
                 answer = self.store.raise_fence(now, sender, epoch)
-                what = f"raise to {epoch} by {sender}"
-            case FencedWrite(epoch=epoch, seq=seq):
+            case FencedWrite(epoch=epoch):
                 answer = self.store.write(now, sender, epoch)
-                what = f"write #{seq} by {sender} under epoch {epoch}"
             case _:
                 raise AssertionError(f"the store got {request!r}")
-        verdict = "accepted" if answer.ok else f"refused (fence at {answer.fence_epoch})"
-        self.note(STORE, f"{what}: {verdict}")
+        self.note(STORE, partial(_stored, request, sender, answer))
         for entry in self.store.log[logged:]:
             self.checker.store_accepted(entry)
         return answer
@@ -682,6 +679,20 @@ class World:
         self.note(node.name, f"wakes up, {len(held)} events held")
         for action in held:
             self.loop.at(self.loop.now, action, node.name)
+
+
+def _landed(request: Assign, sender: str, pairs: tuple[tuple[str, str | None], ...]) -> str:
+    shown = ", ".join(f"{task_id}->{node}" for task_id, node in pairs) or "none"
+    return f"{describe(request)} by {sender}: landed {shown}"
+
+
+def _stored(request: RaiseFence | FencedWrite, sender: str, answer: Answer) -> str:
+    if isinstance(request, RaiseFence):
+        what = f"raise to {request.epoch} by {sender}"
+    else:
+        what = f"write #{request.seq} by {sender} under epoch {request.epoch}"
+    verdict = "accepted" if answer.ok else f"refused (fence at {answer.fence_epoch})"
+    return f"{what}: {verdict}"
 
 
 def run_seed(config: SimConfig, seed: int, keep_trace: bool = False) -> SeedResult:
