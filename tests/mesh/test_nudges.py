@@ -10,6 +10,8 @@ meanwhile can be seen to wait and then go as one.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import trio
 
 from brio import aio
 from brio.mesh import methods, pb
+from brio.mesh.assembly import Mesh
 from brio.mesh.calls import NUDGE_IDS
 from brio.mesh.transport import Caller, Service, TransportStats
 from tests.mesh.channel import Identity, attach, serve_in_memory
@@ -45,6 +48,30 @@ class Worker:
         return Service({methods.CALL: self.call}, 1 << 20, TransportStats())
 
 
+@asynccontextmanager
+async def c1_calling(
+    tmp_path: Path, worker: Worker, *, knows_w1: bool = True
+) -> AsyncIterator[Mesh]:
+    """c1 with its ``PeerCalls`` running; w1 in its table (unless not ``knows_w1``), its
+    channel to ``worker`` in memory; ``learn_w1`` adds it later."""
+    async with (
+        aio.open_loop(),
+        built_mesh(tmp_path / "c1", "c1") as c1,
+        serve_in_memory([worker.service()], stats=TransportStats()) as w1,
+        trio.open_nursery() as nursery,
+    ):
+        attach(c1.calls.pool, W1, await w1.connect(Identity(("127.0.0.2", 41000))))
+        if knows_w1:
+            learn_w1(c1)
+        await nursery.start(c1.calls.run)
+        yield c1
+        nursery.cancel_scope.cancel()
+
+
+def learn_w1(c1: Mesh) -> None:
+    c1.membership.add(W1, trio.current_time(), node_id="w1", role="worker")
+
+
 async def settle(worker: Worker, calls: int) -> None:
     with trio.fail_after(5):
         while len(worker.calls) < calls:
@@ -56,16 +83,7 @@ async def test_nudges_sent_while_one_is_in_flight_go_as_one_call_after_it(
     tmp_path: Path,
 ) -> None:
     worker = Worker()
-    async with (
-        aio.open_loop(),
-        built_mesh(tmp_path / "c1", "c1") as c1,
-        serve_in_memory([worker.service()], stats=TransportStats()) as w1,
-        trio.open_nursery() as nursery,
-    ):
-        c1.membership.add(W1, trio.current_time(), node_id="w1", role="worker")
-        attach(c1.calls.pool, W1, await w1.connect(Identity(("127.0.0.2", 41000))))
-        await nursery.start(c1.calls.run)
-
+    async with c1_calling(tmp_path, worker) as c1:
         c1.calls.nudge("w1", "task.run", ["t1"])
         with trio.fail_after(5):
             await worker.arrived.wait()
@@ -83,20 +101,11 @@ async def test_nudges_sent_while_one_is_in_flight_go_as_one_call_after_it(
         c1.calls.nudge("w1", "task.run", ["t11"])
         await settle(worker, 4)
         assert worker.calls[3] == ("task.run", {"task_ids": ["t11"]})
-        nursery.cancel_scope.cancel()
 
 
 async def test_one_nudge_carries_a_bounded_number_of_ids(tmp_path: Path) -> None:
     worker = Worker()
-    async with (
-        aio.open_loop(),
-        built_mesh(tmp_path / "c1", "c1") as c1,
-        serve_in_memory([worker.service()], stats=TransportStats()) as w1,
-        trio.open_nursery() as nursery,
-    ):
-        c1.membership.add(W1, trio.current_time(), node_id="w1", role="worker")
-        attach(c1.calls.pool, W1, await w1.connect(Identity(("127.0.0.2", 41000))))
-        await nursery.start(c1.calls.run)
+    async with c1_calling(tmp_path, worker) as c1:
         c1.calls.nudge("w1", "task.run", ["first"])
         with trio.fail_after(5):
             await worker.arrived.wait()
@@ -106,7 +115,6 @@ async def test_one_nudge_carries_a_bounded_number_of_ids(tmp_path: Path) -> None
         await settle(worker, 2)
         ids = worker.calls[1][1]["task_ids"]
         assert ids == [f"t{n}" for n in range(NUDGE_IDS)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_nudge_to_an_unknown_node_is_logged_and_the_next_one_still_goes(
@@ -114,18 +122,10 @@ async def test_a_nudge_to_an_unknown_node_is_logged_and_the_next_one_still_goes(
 ) -> None:
     worker = Worker()
     worker.gate.set()
-    async with (
-        aio.open_loop(),
-        built_mesh(tmp_path / "c1", "c1") as c1,
-        serve_in_memory([worker.service()], stats=TransportStats()) as w1,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(c1.calls.run)
+    async with c1_calling(tmp_path, worker, knows_w1=False) as c1:
         c1.calls.nudge("w1", "task.run", ["lost"])  # w1 is not in the table yet
         await trio.sleep(0.05)
-        c1.membership.add(W1, trio.current_time(), node_id="w1", role="worker")
-        attach(c1.calls.pool, W1, await w1.connect(Identity(("127.0.0.2", 41000))))
+        learn_w1(c1)
         c1.calls.nudge("w1", "task.run", ["found"])
         await settle(worker, 1)
         assert worker.calls == [("task.run", {"task_ids": ["found"]})]
-        nursery.cancel_scope.cancel()
