@@ -55,16 +55,14 @@ and submits while it runs take the queue, so that no round's read of the loads m
 placement. A task the plan cannot place now, a fence that moved, or a node the
 last round did not see makes the insert a plain queued one and wakes a round, as any submit.
 
-The loads between rounds: a round reads the ids of the tasks on each node (assigned or
-running), and the placer keeps them with the count, adding every task it places after the
-read. The count is an upper bound of each node's load, since only the primary adds load; a
-completion (``slot_freed``, from the node's forwarded ``task_completed``, or this node's own
-supervisor) takes its task off, but only when the task is among the ids counted, once: a
-finish the read already saw, or a second event for it, changes nothing. So under a steady
-load, where every submit follows a completion (a closed loop), the submit finds the room
-that completion left and is placed as it comes, instead of finding every node full and
-waiting for a round. The read is one row per task that takes a slot: at most the cluster's
-slots.
+The loads between rounds (``brio.core.loads.Loads``): a round reads the ids of the tasks on
+each node (assigned or running: one row per busy slot, at most the cluster's slots), and
+the count it plans on stays an upper bound of the real loads until the next read: every
+placement adds one, and a completion (``slot_freed``: a node's forwarded ``task_completed``,
+or this node's own supervisor) takes one off only for a task the count holds, once. So under
+a steady load, where every submit follows a completion (a closed loop), the submit finds the
+room that completion left and is placed as it comes, instead of finding every node full and
+waiting for a round.
 
 No round is skipped on the estimate alone, even when it says every node is full: a cancel,
 a requeue, or a finish whose forwarded event was lost frees a slot with no notice at all, so
@@ -85,6 +83,7 @@ from typing import Protocol
 import trio
 
 from brio.config.model import BrioConfig
+from brio.core.loads import Loads
 from brio.core.scheduler import (
     Assign,
     Candidate,
@@ -175,9 +174,7 @@ class Placer:
         self._capacity_waits = 0  # of those waiting, the ones that wait only for room
         self._unread = False  # the last round stopped before the end of the queue
         # for the size of the next round's first page:
-        self._loads: dict[str, int] = {}  # per node, as the last round left them
-        self._counted: dict[str, set[str]] = {}  # per node, the ids of what those count
-        self._reads = 0  # the loads' generation: one more each time they are replaced
+        self._loads = Loads()  # per node, as the last round left them (brio.core.loads)
         self._freed = 0  # slot_freed calls since the last round's reads began
         self._idle: set[str] = set()  # nodes whose room no queued task could use
         self._wakes = 0  # wake calls, to tell whether one came during a round
@@ -206,7 +203,7 @@ class Placer:
         placement = self._place_new(new) if self.places_submits else None
         if placement is None:
             return await self.store.create_task(new)
-        reads = self._reads
+        generation = self._loads.generation
         self._in_flight += 1
         try:
             task, created = await self.store.create_task(new, placement)
@@ -216,8 +213,8 @@ class Placer:
                 self._settled.set()
         if created and task.status is not TaskStatus.ASSIGNED:
             self._empty = False  # the fence moved: it waits in the queue for a round
-        elif created and reads == self._reads and task.node_id == placement.node_id:
-            self._counted.setdefault(placement.node_id, set()).add(task.id)
+        elif created and task.node_id == placement.node_id:
+            self._loads.placed(placement.node_id, task.id, generation)
         return task, created
 
     def _place_new(self, new: NewTask) -> Placement | None:
@@ -245,7 +242,7 @@ class Placer:
         if not plan.assignments:
             return None
         node_id = plan.assignments[0].node_id
-        self._loads[node_id] += 1  # a task replayed by its key leaves this too high: safe
+        self._loads.reserve(node_id)  # a task replayed by its key leaves this too high: safe
         self._empty = True
         return Placement(epoch, node_id)
 
@@ -255,11 +252,7 @@ class Placer:
         stopped reading the queue for want of room. A finish with nothing waiting would cost
         a round of store reads that can place nothing; a task queued meanwhile wakes the
         placer itself."""
-        counted = self._counted.get(node_id)
-        if counted is not None and task_id in counted and node_id in self._loads:
-            counted.remove(task_id)
-            self._loads[node_id] -= 1
-        else:
+        if not self._loads.finished(node_id, task_id):
             self._freed += 1  # room the loads do not show: for the next round's first page
         if self._capacity_waits or self._unread:
             self._wake.set()
@@ -267,8 +260,8 @@ class Placer:
     async def run(self, epoch: int) -> None:
         """Place tasks under ``epoch`` until cancelled; raises ``FenceLost`` when deposed."""
         log.info("placing tasks for epoch %d", epoch)
-        self._idle, self._loads, self._counted = set(), {}, {}  # another primary may have
-        self._reads += 1  # placed meanwhile
+        self._idle = set()
+        self._loads.clear()  # another primary may have placed meanwhile
         self._empty = False
         self._epoch = epoch
         try:
@@ -355,9 +348,8 @@ class Placer:
         self._capacity_waits = sum(1 for wait in waits if wait.for_capacity)
         # tasks were left unread (or skipped by a later page: they wait for full or idle nodes)
         self._unread = first_full
-        self._loads = {n.node_id: n.load for n in nodes}
-        self._counted = {node_id: set(ids) for node_id, ids in on_nodes.items()}
-        self._reads += 1
+        self._loads.reset({n.node_id: n.load for n in nodes}, on_nodes)
+        generation = self._loads.generation
         # Nodes with room that nothing queued could use: the next rounds leave their room
         # out of the first page and read no further for it, until a wake (a submit, a node's
         # change) or a poll says that may have changed. They are those with room when the
@@ -380,7 +372,7 @@ class Placer:
                     raise FenceLost(fence)
             for task in landed:
                 if task.node_id is not None:
-                    self._counted.setdefault(task.node_id, set()).add(task.id)
+                    self._loads.placed(task.node_id, task.id, generation)
             self.tell(landed)
         # The whole queue was read and placed, and nothing was queued meanwhile: until a wake,
         # a submit here may be placed as it comes (create_task).
@@ -403,7 +395,7 @@ class Placer:
         left (a node it did not see counts as empty; one whose room no queued task could use
         then, not at all), ``freed`` slots, and the margin; never more than ``batch``."""
         known = [
-            replace(c, load=self._loads.get(c.node_id, 0))
+            replace(c, load=self._loads.get(c.node_id) or 0)
             for c in self.directory.candidates()
             if c.node_id not in self._idle
         ]
