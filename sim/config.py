@@ -120,9 +120,9 @@ class SimConfig:
 
     @property
     def event_budget(self) -> int:
-        """A normal seed takes about 25 events per node and simulated second (15,000 for the
-        default 5 nodes over 120 s with tasks, at the 3 s lease); the default budget is 40
-        times that."""
+        """A normal seed takes about 20 events per node and simulated second (about 12,300
+        for the default 5 nodes over 120 s with tasks, at the 3 s lease, as of 2026-12-04);
+        the default budget is about 50 times that."""
         if self.max_events is not None:
             return self.max_events
         return math.ceil(EVENTS_PER_NODE_SECOND * self.nodes * self.duration)
