@@ -50,9 +50,6 @@ class Loads:
         """The count for ``node_id``; None when it is unknown."""
         return self._count.get(node_id)
 
-    def counts(self) -> dict[str, int]:
-        return dict(self._count)
-
     def reserve(self, node_id: str) -> None:
         """One more on ``node_id``: a placement decided, its task not yet in the store."""
         self._count[node_id] += 1

@@ -136,9 +136,8 @@ class EventForwarder:
 
     def publish_remote(self, origin: str, events: list[dict[str, Any]]) -> int:
         for item in events:
-            if item["type"] == "task_completed":  # a slot is free on ``origin``: the placer
-                self.on_remote_finished(origin, str(item["task_id"]))  # may use it
-        for item in events:
+            if item["type"] == "task_completed":  # a slot is free on ``origin``
+                self.on_remote_finished(origin, str(item["task_id"]))
             self.bus.publish(
                 str(item["type"]),
                 str(item["task_id"]),

@@ -46,8 +46,8 @@ A task submitted on the primary while the queue is known to be empty is placed a
 (``create_task``): the last round read the whole queue and placed all of it, and nothing has
 woken the placer since, so a round now would read just this task. The scheduler plans it alone
 on the loads that round left (see *The loads between rounds*), and the store inserts it
-already assigned, in the same statement or
-transaction as the insert and conditional on the fence; then its node is told. That is three
+already assigned, in the same statement or transaction as the insert and conditional on the
+fence; then its node is told. That is three
 store round trips fewer between submit and start (the wake, the reads, the assignment) for the
 same decision. Such inserts run concurrently (so that SQLite's group commit still takes many
 in one fsync), but never beside a round: a round waits for those in flight before it reads,
@@ -404,12 +404,12 @@ class Placer:
     async def _read(self, limit: int) -> tuple[dict[str, list[str]], list[QueuedRecord]]:
         """The tasks on each node and the first ``limit`` queued tasks, read at once (two
         connections): a round waits for one store round trip, not two."""
-        loads: dict[str, list[str]] = {}
+        on_nodes: dict[str, list[str]] = {}
         queued: list[QueuedRecord] = []
 
         async def read_loads() -> None:
-            nonlocal loads
-            loads = await self.store.node_tasks()
+            nonlocal on_nodes
+            on_nodes = await self.store.node_tasks()
 
         try:
             async with trio.open_nursery() as nursery:
@@ -419,7 +419,7 @@ class Placer:
             # the store's own error (or the cancellation), as a read one after the other
             # would raise it: callers catch StoreError and FenceLost, not groups
             raise group.exceptions[0] from None
-        return loads, queued
+        return on_nodes, queued
 
     def tell(self, landed: Sequence[TaskRecord]) -> None:
         """Announce tasks placed (by a round, or by ``create_task``): their update, and one
