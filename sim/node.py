@@ -209,9 +209,14 @@ class SimNode:
         """Call ``fire`` once this node's clock reads ``deadline``; replaces ``key``'s timer."""
         self._token = token = self._token + 1
         self.timers[key] = (deadline, token, fire)
-        # EventLoop.at written out: this runs for most events.
-        loop = self._loop
-        due, now = self.clock.true_at(deadline), loop.now
+        # EventLoop.at and the usual case of Clock.true_at written out: this runs for most
+        # events.
+        loop, clock = self._loop, self.clock
+        offset, rate = clock.offset, clock.rate
+        due = (deadline - offset) / rate
+        if offset + rate * due < deadline:
+            due = clock.true_at(deadline)  # rounding landed a hair early
+        now = loop.now
         entry: Entry = (
             due if due > now else now,
             next(loop.seq),
@@ -320,7 +325,9 @@ class SimNode:
         match request:
             case Heartbeat():
                 assert self.membership is not None
-                changes = self.membership.heartbeat_received(request.facts, self.local())
+                clock = self.clock  # self.local() written out
+                now = clock.offset + clock.rate * self._loop.now
+                changes = self.membership.heartbeat_received(request.facts, now)
                 if changes:  # it never moves a state, so the members timer stays as it is
                     self._members(changes)
                 return self._heartbeat_reply
@@ -414,7 +421,8 @@ class SimNode:
     def _probe(self, peer: str) -> None:
         """One heartbeat, and the next one an interval after this one started."""
         detector = self._detector
-        started = self.local()
+        clock = self.clock
+        started = clock.offset + clock.rate * self._loop.now  # self.local() written out
         self.set_timer(
             self._probe_keys[peer], started + detector.heartbeat_interval, self._probers[peer]
         )
@@ -429,7 +437,8 @@ class SimNode:
 
     def _answered(self, peer: str, started: float, reply: Reply) -> None:
         assert self.membership is not None and isinstance(reply, HeartbeatReply)
-        now = self.local()
+        clock = self.clock
+        now = clock.offset + clock.rate * self._loop.now  # self.local() written out
         address = self._addresses[peer]
         changes = self.membership.heartbeat_answered(address, now, now - started, reply.facts)
         if changes:  # no state moved: the members timer is due as it was

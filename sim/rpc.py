@@ -19,13 +19,12 @@ lost for good); a duplicated copy is answered from the store's memory of the req
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from heapq import heappop, heappush
 from random import Random
 
 from brio.core.lease import RenewRequest, VoteRequest
-from sim.loop import EventLoop
+from sim.loop import Entry, EventLoop
 from sim.network import Network
 from sim.node import SimNode
 from sim.trace import Text
@@ -48,21 +47,20 @@ Note = Callable[[str, Text], None]
 CALLS_TIMER = "calls"
 
 
-@dataclass(slots=True)
-class Call:
-    """One call in flight; nothing changes it after construction. Not frozen: one is built
-    for every message, and a frozen init's per-field ``object.__setattr__`` was a visible share
-    of a seed's CPU."""
-
-    id: int
-    src: SimNode
-    incarnation: int  # the caller's, when it called: a restarted caller has no such call
-    dst: str
-    request: Request
-    deadline: float  # the caller's clock
-    on_reply: Callable[[Reply], None] | None  # None: a notice, whose answer no one awaits
-    on_timeout: Callable[[], None] | None
-
+#: One call in flight, nothing changes it: (caller, the caller's incarnation when it called (a
+#: restarted caller has no such call), call id, callee, request, deadline by the caller's
+#: clock, on_reply (None: a notice, whose answer no one awaits), on_timeout). A tuple: it is
+#: built for every message, and a dataclass's ``__init__`` cost a visible share of a seed.
+Call = tuple[
+    SimNode,
+    int,
+    int,
+    str,
+    Request,
+    float,
+    Callable[[Reply], None] | None,
+    Callable[[], None] | None,
+]
 
 #: The requests an aimed fault may strike (``Chaos.sending`` ignores every other kind).
 AIMED_AT: frozenset[type] = frozenset({RenewRequest, VoteRequest})
@@ -101,73 +99,90 @@ class Calls:
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
         """``on_reply`` None: a notice; the callee answers it, but nothing waits for the
-        answer, so it is not carried back (nor is the call kept open)."""
+        answer, so it is not carried back (nor is the call kept open).
+
+        A call in flight is a plain tuple (``Call``), not an object of its own: one is made
+        for every message, and a dataclass's ``__init__`` for each was a visible share of a
+        seed's CPU."""
         kind = type(request)
         if kind in AIMED_AT:
             self._sending(src, request)
         self._last_id = call_id = self._last_id + 1
-        deadline = src.local() + timeout
-        call = Call(call_id, src, src.incarnation, dst, request, deadline, on_reply, on_timeout)
+        loop = self._loop
+        now = loop.now
+        clock = src.clock
+        deadline = clock.offset + clock.rate * now + timeout  # src.local() written out
         if on_reply is not None:
             src.open_calls.add(call_id)
         rng = self._task_rng if kind in TASK_TRAFFIC else None
         copies = self._network.transit(src.name, dst, rng)
-        loop = self._loop
-        now = loop.now
         if not copies:
             if kind in LEASE_MESSAGES:
                 self._note(src.name, partial(passing, "->", dst, request, ": lost"))
-        elif dst == STORE:
-            if kind in TASK_STATEMENTS:
-                arrival = max(now + copies[0], self._in_order.get(src.name, 0.0))
-                self._in_order[src.name] = arrival
-                copies = [arrival - now]
-            self._push(now, copies, partial(self._arrive, call), None)
         else:
-            self._push(now, copies, partial(self._arrive, call), dst)
+            call: Call = (
+                src,
+                src.incarnation,
+                call_id,
+                dst,
+                request,
+                deadline,
+                on_reply,
+                on_timeout,
+            )
+            arrive = partial(self._arrive, call)
+            node: str | None = dst
+            if dst == STORE:
+                node = None
+                if kind in TASK_STATEMENTS:
+                    arrival = max(now + copies[0], self._in_order.get(src.name, 0.0))
+                    self._in_order[src.name] = arrival
+                    copies = [arrival - now]
+            # EventLoop.after for each copy, written out (delays are never negative): it
+            # runs for every message.
+            heap, seq = loop.heap, loop.seq
+            for delay in copies:
+                entry: Entry = (now + delay, next(seq), node, arrive)
+                heappush(heap, entry)
         if on_timeout is not None:
             heappush(src.call_deadlines, (deadline, call_id, on_timeout))
             armed = src.timers.get(CALLS_TIMER)
             if armed is None or deadline < armed[0]:
                 src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
 
-    def _push(
-        self, now: float, delays: list[float], action: Callable[[], None], node: str | None
-    ) -> None:
-        """``EventLoop.after`` for each copy, written out (delays are never negative): it
-        runs for every message."""
-        heap, seq = self._loop.heap, self._loop.seq
-        for delay in delays:
-            heappush(heap, (now + delay, next(seq), node, action))
-
     def _arrive(self, call: Call) -> None:
-        reply = self._serve(call.src.name, call.dst, call.request)
-        if reply is None or call.on_reply is None:
+        src, _, _, dst, request, _, on_reply, _ = call
+        reply = self._serve(src.name, dst, request)
+        if reply is None or on_reply is None:
             return
         kind = type(reply)
-        src = call.src.name
-        copies = self._network.transit(
-            call.dst, src, self._task_rng if kind in TASK_TRAFFIC else None
-        )
+        name = src.name
+        copies = self._network.transit(dst, name, self._task_rng if kind in TASK_TRAFFIC else None)
         if copies:
-            self._push(self._loop.now, copies, partial(self._answer, call, reply), src)
+            answer = partial(self._answer, call, reply)
+            loop = self._loop
+            heap, seq, now = loop.heap, loop.seq, loop.now
+            for delay in copies:
+                entry: Entry = (now + delay, next(seq), name, answer)
+                heappush(heap, entry)
         elif kind in LEASE_MESSAGES:
-            self._note(call.dst, partial(passing, "->", src, reply, ": lost"))
+            self._note(dst, partial(passing, "->", name, reply, ": lost"))
 
     def _answer(self, call: Call, reply: Reply) -> None:
-        src = call.src
-        if src.incarnation != call.incarnation or call.id not in src.open_calls:
+        src, incarnation, call_id, dst, _, deadline, on_reply, on_timeout = call
+        if src.incarnation != incarnation or call_id not in src.open_calls:
             return  # the caller restarted, or this call already ended
-        if src.local() > call.deadline:
-            if call.on_timeout is None:  # else its timer ends the call, in order
-                src.open_calls.discard(call.id)
+        clock = src.clock
+        if clock.offset + clock.rate * self._loop.now > deadline:  # src.local() written out
+            if on_timeout is None:  # else its timer ends the call, in order
+                src.open_calls.discard(call_id)
             if type(reply) in LEASE_MESSAGES:
                 after = ": after the call's timeout"
-                self._note(src.name, partial(passing, "<-", call.dst, reply, after))
+                self._note(src.name, partial(passing, "<-", dst, reply, after))
             return
-        src.open_calls.discard(call.id)  # its deadline stays queued, and is skipped
-        assert call.on_reply is not None  # a notice's answer is not carried back
-        call.on_reply(reply)
+        src.open_calls.discard(call_id)  # its deadline stays queued, and is skipped
+        assert on_reply is not None  # a notice's answer is not carried back
+        on_reply(reply)
 
     def _rearm(self, src: SimNode) -> None:
         """Have ``CALLS_TIMER`` due by the earliest deadline of an open call, if any (the

@@ -264,11 +264,12 @@ class Membership:
             latency = None
             old_state = None
 
+        settings = self._settings
         if math.isfinite(rtt):
-            sample = max(rtt, 0.0)
-            alpha = self._settings.latency_alpha
+            sample = rtt if rtt >= 0.0 else 0.0  # max(rtt, 0.0)
+            alpha = settings.latency_alpha
             latency = sample if latency is None else alpha * sample + (1 - alpha) * latency
-        slow = latency is not None and latency > self._settings.degraded_latency
+        slow = latency is not None and latency > settings.degraded_latency
         new_state = _after_answer(slow)
         state, since = row.state, row.state_since
         if old_state != new_state:
@@ -277,20 +278,20 @@ class Membership:
             state, since = new_state, now
             reason = self._answer_reason(old_state, row.missed, new_state, latency)
             changes.append(StateChanged(address, facts.node_id, old_state, new_state, reason))
-        self._put(
-            _with(
-                row,
-                node_id=facts.node_id,
-                role=facts.role,
-                state=state,
-                state_since=since,
-                last_seen=now,
-                latency=latency,
-                missed=0,
-                facts=facts,
-                static=static,
-            )
-        )
+        # _with(row, ...) written out, fields set one by one: this runs for every answer.
+        new = object.__new__(Peer)
+        fields = new.__dict__
+        fields.update(row.__dict__)
+        fields["node_id"] = facts.node_id
+        fields["role"] = facts.role
+        fields["state"] = state
+        fields["state_since"] = since
+        fields["last_seen"] = now
+        fields["latency"] = latency
+        fields["missed"] = 0
+        fields["facts"] = facts
+        fields["static"] = static
+        self._put(new)
         return changes
 
     def heartbeat_missed(self, address: str, now: float) -> list[StateChanged]:
@@ -412,23 +413,25 @@ class Membership:
     # -- internals ------------------------------------------------------------------------
 
     def _advance(self, now: float) -> float:
-        self._clock = max(self._clock, now)
+        if now > self._clock:  # noqa: PLR1730 (max(self._clock, now) without the call)
+            self._clock = now
         return self._clock
 
     def _sorted(self) -> list[Peer]:
         return sorted(self._rows.values(), key=lambda r: (r.node_id or r.address, r.address))
 
     def _put(self, row: Peer) -> None:
-        old = self._rows.get(row.address)
-        if old is not None and old.node_id is not None and old.node_id != row.node_id:
+        address, node_id, rows = row.address, row.node_id, self._rows
+        old = rows.get(address)
+        if old is not None and old.node_id is not None and old.node_id != node_id:
             del self._by_id[old.node_id]
-        self._rows[row.address] = row
-        if row.node_id is not None:
-            self._by_id[row.node_id] = row.address
+        rows[address] = row
+        if node_id is not None:
+            self._by_id[node_id] = address
         if row.state == FAILED:
-            self._failed[row.address] = row.state_since
-        else:
-            self._failed.pop(row.address, None)
+            self._failed[address] = row.state_since
+        elif self._failed:  # usually empty: no lookup then
+            self._failed.pop(address, None)
 
     def _forget(self, row: Peer, reason: str) -> StateChanged:
         del self._rows[row.address]
