@@ -58,7 +58,39 @@ async def open_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
     """Run an asyncio loop inside trio for the body; asyncio objects must be created inside it."""
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_loop_exception)
+        _run_ready_callbacks_together(loop)
         yield loop
+
+
+#: The most asyncio callbacks one trio scheduling round runs (asyncio runs every ready one).
+CALLBACKS_PER_ROUND = 64
+
+
+def _run_ready_callbacks_together(loop: Any) -> None:
+    """Make the loop run the asyncio callbacks that are ready together, then yield to trio
+    once, as asyncio's own loop does, instead of yielding after each one.
+
+    trio-asyncio 0.16's ``_main_loop_one`` takes one callback from its queue with a trio
+    ``receive()``, a checkpoint: every asyncio callback (a task step, a socket read, a future
+    done) cost a whole trio scheduling round, an epoll poll among it, and a PostgreSQL
+    operation has several. This replaces the step on the loop object (the pinned version's
+    ``_main_loop`` looks it up on each turn) with one that runs the callbacks queued when it
+    starts through the library's own ``no_wait`` path, which takes a ready one without
+    waiting, and waits as before when none is ready.
+    """
+    step = loop._main_loop_one  # trio-asyncio's own step: bound before it is replaced
+    queue = loop._q_recv
+
+    async def run_ready(no_wait: bool = False) -> None:
+        ready = queue.statistics().current_buffer_used
+        if no_wait or ready == 0:
+            await step(no_wait)
+            return
+        for _ in range(min(ready, CALLBACKS_PER_ROUND)):
+            await step(True)
+        await trio.lowlevel.checkpoint()
+
+    loop._main_loop_one = run_ready
 
 
 def loop_is_open() -> bool:

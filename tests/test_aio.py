@@ -193,3 +193,86 @@ async def test_run_trio_needs_a_running_loop() -> None:
     with pytest.raises(RuntimeError):
         coro.send(None)  # no asyncio loop is running here
     coro.close()
+
+
+class _Rounds:
+    """Counts trio scheduling rounds: a task that checkpoints in a loop runs once per round."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self.count += 1
+            await trio.lowlevel.checkpoint()
+
+
+async def _asyncio_callbacks(n: int, rounds: _Rounds) -> tuple[list[int], list[int]]:
+    """Queue ``n`` asyncio callbacks at once; the order they ran in and the round each saw."""
+    ran: list[int] = []
+    seen_at: list[int] = []
+    done = trio.Event()
+
+    async def queue_them() -> None:
+        loop = asyncio.get_running_loop()
+
+        def callback(i: int) -> None:
+            ran.append(i)
+            seen_at.append(rounds.count)
+            if len(ran) == n:
+                done.set()
+
+        for i in range(n):
+            loop.call_soon(callback, i)
+
+    await aio.call(queue_them)
+    await done.wait()
+    return ran, seen_at
+
+
+async def test_ready_asyncio_callbacks_run_in_one_trio_round(aio_loop: None) -> None:
+    # trio-asyncio alone yields to trio after every callback: 40 callbacks, 40 rounds.
+    rounds = _Rounds()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rounds.run)
+        ran, seen_at = await _asyncio_callbacks(40, rounds)
+        nursery.cancel_scope.cancel()
+    assert ran == list(range(40))
+    assert max(seen_at) - min(seen_at) <= 1
+
+
+async def test_a_long_queue_of_callbacks_still_lets_trio_run(aio_loop: None) -> None:
+    n = 4 * aio.CALLBACKS_PER_ROUND
+    rounds = _Rounds()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rounds.run)
+        ran, seen_at = await _asyncio_callbacks(n, rounds)
+        nursery.cancel_scope.cancel()
+    assert ran == list(range(n))
+    # trio shuffles the order of a round's tasks, so two rounds' batches of callbacks may
+    # fall between two turns of the counting task; never more
+    assert max(seen_at.count(r) for r in set(seen_at)) <= 2 * aio.CALLBACKS_PER_ROUND
+    assert max(seen_at) - min(seen_at) >= 2
+
+
+async def test_timers_fire_while_callbacks_keep_coming(aio_loop: None) -> None:
+    # A callback that requeues itself keeps the queue busy; a due timer must still run.
+    fired = trio.Event()
+
+    async def busy_then_timer() -> None:
+        loop = asyncio.get_running_loop()
+        spins = 0
+
+        def spin() -> None:
+            nonlocal spins
+            spins += 1
+            if not fired.is_set() and spins < 100_000:
+                loop.call_soon(spin)
+
+        loop.call_soon(spin)
+        loop.call_later(0.01, fired.set)
+
+    await aio.call(busy_then_timer)
+    with trio.fail_after(5):
+        await fired.wait()
