@@ -59,13 +59,18 @@ class Network:
             if a != b
         }
         self._impairments: list[Impairment] = []
+        #: The same links by source, then destination: ``transit`` runs for every message,
+        #: and two lookups by string cost less than building and hashing a tuple key.
+        self._from: dict[str, dict[str, _LinkState]] = {a: {} for a in endpoints}
+        for (a, b), link in self._links.items():
+            self._from[a][b] = link
 
     def transit(self, src: str, dst: str, rng: random.Random | None = None) -> list[float]:
         """The delay of each copy of one message from ``src`` to ``dst`` that arrives.
 
         ``rng``: the stream to draw from instead of the network's own (task traffic has its
         own, so that tasks leave the lease traffic's draws as they were)."""
-        link = self._links[(src, dst)]
+        link = self._from[src][dst]
         if link.cuts:
             return []
         rng = rng or self._rng

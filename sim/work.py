@@ -30,7 +30,7 @@ from functools import partial
 from random import Random
 from typing import TYPE_CHECKING
 
-from brio.core.membership import PeerState
+from brio.core.membership import NodeFacts, PeerState
 from brio.core.scheduler import Candidate, QueuedTask, Scheduler
 from sim.config import PLACER_POLL, TASK_BATCH, TASK_RUN, WORKER_POLL
 from sim.wire import (
@@ -74,6 +74,8 @@ class Work:
         self.started = node.local()
         self._poll_at = self.started  # the next claim poll's time, timed or not (``_poll``)
         self._rids = 0
+        #: (node, load, role, healthy) -> (the facts it was built from, the candidate).
+        self._seen: dict[tuple[str, int, str, bool], tuple[NodeFacts, Candidate]] = {}
 
     def _rid(self) -> str:
         self._rids += 1
@@ -298,31 +300,38 @@ class Work:
         node = self.node
         assert node.membership is not None
         facts = node.facts
-        nodes = [
-            Candidate(
-                node_id=node.name,
-                agents=frozenset(facts.agents),
-                capacity=facts.max_agents,
-                load=loads.get(node.name, 0),
-                role=facts.role,
-            )
-        ]
+        nodes = [self._candidate(node.name, facts, loads.get(node.name, 0), facts.role, True)]
         for peer in node.membership.peers():
             seen = peer.facts
             if peer.node_id is None or seen is None or peer.node_id == node.name:
                 continue
-            nodes.append(
-                Candidate(
-                    node_id=peer.node_id,
-                    agents=frozenset(seen.agents),
-                    capacity=seen.max_agents,
-                    load=loads.get(peer.node_id, 0),
-                    role=peer.role or seen.role,
-                    healthy=peer.state in LIVE,
-                    draining=seen.draining,
-                )
-            )
+            load = loads.get(peer.node_id, 0)
+            role = peer.role or seen.role
+            nodes.append(self._candidate(peer.node_id, seen, load, role, peer.state in LIVE))
         return nodes
+
+    def _candidate(
+        self, node_id: str, facts: NodeFacts, load: int, role: str, healthy: bool
+    ) -> Candidate:
+        """The candidate for these values, the one built before when it had them all (a
+        frozen value: sharing it is safe). A node's facts never change in the simulator and
+        its load and health seldom do, so a round mostly finds every candidate here: building
+        them anew each round was a visible share of the placement rounds."""
+        key = (node_id, load, role, healthy)
+        kept = self._seen.get(key)
+        if kept is not None and kept[0] is facts:
+            return kept[1]
+        candidate = Candidate(
+            node_id=node_id,
+            agents=frozenset(facts.agents),
+            capacity=facts.max_agents,
+            load=load,
+            role=role,
+            healthy=healthy,
+            draining=facts.draining,
+        )
+        self._seen[key] = (facts, candidate)
+        return candidate
 
     def _plan(self, epoch: int, loads: dict[str, int], queued: Sequence[QueuedTask]) -> None:
         node = self.node

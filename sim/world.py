@@ -33,7 +33,9 @@ from sim.stats import Failovers, SeedResult, Transfers
 from sim.store import Answer, Store, TaskRow, Tasks
 from sim.trace import Text, Trace
 from sim.wire import (
+    LEASE_MESSAGES,
     STORE,
+    TASK_STATEMENTS,
     Assign,
     Claim,
     FencedWrite,
@@ -47,10 +49,10 @@ from sim.wire import (
     Submit,
     TaskAnswer,
     describe,
-    is_lease,
-    is_task_statement,
 )
 
+#: The lease's requests that the store's witness answers.
+WITNESS_REQUESTS: frozenset[type] = frozenset({VoteRequest, RenewRequest, Release})
 #: The store's answer that says only "done" (frozen: one does for all).
 _DONE = TaskAnswer(True)
 #: Clock offsets: nodes booted at different times, so their monotonic clocks read differently.
@@ -132,6 +134,7 @@ class World:
         if config.knobs.drift_margin:
             self._lease_length *= 1 - config.max_clock_drift
         self._answers: dict[str, TaskAnswer] = {}  # request id -> the store's answer
+        self._queued_as: dict[str, QueuedTask] = {}  # task -> what reads said of it last
         self._pending: dict[str, str] = {}  # submissions on their way: task -> coordinator
         self._unfinished = 0  # rows in the store without a result
         self._acked: set[str] = set()
@@ -474,17 +477,7 @@ class World:
                 self.note("store", f"{row.task_id} ({row.agent}{session}{pin}) queued by {sender}")
                 return _DONE
             case Snapshot():
-                queued = tuple(
-                    QueuedTask(
-                        r.task_id,
-                        r.agent,
-                        r.attempt,
-                        seq=r.seq,
-                        session_id=r.session_id,
-                        target_node=r.target_node,
-                    )
-                    for r in tasks.queued(request.limit)
-                )
+                queued = tuple(self._queued_task(r) for r in tasks.queued(request.limit))
                 return TaskAnswer(True, fence, loads=tuple(tasks.loads().items()), queued=queued)
             case Requeue():
                 back = tasks.requeue_nodes(now, request.epoch, request.nodes)
@@ -546,6 +539,23 @@ class World:
                 checker.completed(done, tasks.results[task_id])
                 return _DONE
 
+    def _queued_task(self, row: TaskRow) -> QueuedTask:
+        """What a read says of a queued row: the one said last time unless its attempt
+        moved (the only field of it that changes). A queued task is read by every round
+        until placed, and building the frozen value each time was a visible share of them."""
+        said = self._queued_as.get(row.task_id)
+        if said is None or said.attempt != row.attempt:
+            said = QueuedTask(
+                row.task_id,
+                row.agent,
+                row.attempt,
+                seq=row.seq,
+                session_id=row.session_id,
+                target_node=row.target_node,
+            )
+            self._queued_as[row.task_id] = said
+        return said
+
     # ---------------------------------------------------------------- calls
 
     def crash_now(self, node: SimNode, why: str) -> None:
@@ -556,18 +566,22 @@ class World:
         self.note(node.name, why)
 
     def _serve(self, sender: str, dst: str, request: Request) -> Reply | None:
-        if dst == STORE:
-            if is_task_statement(request):
-                return self._task_statement(sender, request)
-            if isinstance(request, VoteRequest | RenewRequest | Release):
-                return self._witness_answer(sender, request)
-            return self._store(sender, request)
-        node = self.nodes[dst]
-        if not node.up:
-            if is_lease(request):
+        # The nodes first, the kinds tested by a set lookup: this runs for every request.
+        node = self.nodes.get(dst)
+        if node is not None:
+            if node.up:
+                return node.handle(sender, request)
+            if type(request) in LEASE_MESSAGES:
                 self.note(dst, f"<- {sender} {describe(request)}: down")
             return None
-        return node.handle(sender, request)
+        assert dst == STORE
+        kind = type(request)
+        if kind in TASK_STATEMENTS:
+            return self._task_statement(sender, request)
+        if kind in WITNESS_REQUESTS:
+            assert isinstance(request, VoteRequest | RenewRequest | Release)
+            return self._witness_answer(sender, request)
+        return self._store(sender, request)
 
     def _store(self, sender: str, request: Request) -> Answer:
         now = self.loop.now
