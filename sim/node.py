@@ -110,6 +110,17 @@ class Host(Protocol):
         on_timeout: Callable[[], None] | None = None,
     ) -> None: ...
 
+    def probe(
+        self,
+        src: SimNode,
+        dst: str,
+        request: Heartbeat,
+        *,
+        timeout: float,
+        on_reply: Callable[[Reply], None],
+        on_timeout: Callable[[], None],
+    ) -> None: ...
+
     def lease_changed(self, node: SimNode) -> None: ...
 
     def voted(self, voter: str, term: int, candidate: str) -> None: ...
@@ -324,13 +335,7 @@ class SimNode:
         """Answer one call; the world delivers the reply back on the same call."""
         match request:
             case Heartbeat():
-                assert self.membership is not None
-                clock = self.clock  # self.local() written out
-                now = clock.offset + clock.rate * self._loop.now
-                changes = self.membership.heartbeat_received(request.facts, now)
-                if changes:  # it never moves a state, so the members timer stays as it is
-                    self._members(changes)
-                return self._heartbeat_reply
+                return self.heartbeat(request)
             case TaskRun():
                 if self.work is not None:
                     self.work.poke()
@@ -346,6 +351,16 @@ class SimNode:
                 return self._carry_out(actions, reply_to=sender)
             case _:
                 raise AssertionError(f"store requests go to the store: {request!r}")
+
+    def heartbeat(self, request: Heartbeat) -> HeartbeatReply:
+        """Answer another node's heartbeat (the calls layer asks it straight: ``probe``)."""
+        assert self.membership is not None
+        clock = self.clock  # self.local() written out
+        now = clock.offset + clock.rate * self._loop.now
+        changes = self.membership.heartbeat_received(request.facts, now)
+        if changes:  # it never moves a state, so the members timer stays as it is
+            self._members(changes)
+        return self._heartbeat_reply
 
     # ---------------------------------------------------------------- the lease
 
@@ -426,7 +441,7 @@ class SimNode:
         self.set_timer(
             self._probe_keys[peer], started + detector.heartbeat_interval, self._probers[peer]
         )
-        self.host.call(
+        self.host.probe(
             self,
             peer,
             self._heartbeat,

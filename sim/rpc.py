@@ -33,6 +33,7 @@ from sim.wire import (
     STORE,
     TASK_STATEMENTS,
     TASK_TRAFFIC,
+    Heartbeat,
     Reply,
     Request,
     passing,
@@ -42,6 +43,8 @@ from sim.wire import (
 #: nobody there to answer).
 Serve = Callable[[str, str, Request], Reply | None]
 Note = Callable[[str, Text], None]
+#: ``Serve`` for a heartbeat to ``dst`` (the sender is not needed to answer one).
+ServeHeartbeat = Callable[[str, Heartbeat], Reply | None]
 
 #: The node timer that times out the node's calls (see the module doc).
 CALLS_TIMER = "calls"
@@ -76,10 +79,13 @@ class Calls:
         task_rng: Random,
         *,
         sending: Callable[[SimNode, Request], None],
+        serve_heartbeat: ServeHeartbeat,
     ) -> None:
         """``sending`` is told of each call of a kind in ``AIMED_AT`` as it leaves (the
-        chaos's aimed faults strike at the moment a round leaves)."""
+        chaos's aimed faults strike at the moment a round leaves); ``serve_heartbeat``
+        answers a heartbeat as ``serve`` would (``probe``)."""
         self._sending = sending
+        self._serve_heartbeat = serve_heartbeat
         self._loop = loop
         self._network = network
         self._task_rng = task_rng
@@ -150,6 +156,65 @@ class Calls:
             if armed is None or deadline < armed[0]:
                 src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
 
+    def probe(
+        self,
+        src: SimNode,
+        dst: str,
+        request: Heartbeat,
+        *,
+        timeout: float,
+        on_reply: Callable[[Reply], None],
+        on_timeout: Callable[[], None],
+    ) -> None:
+        """``call`` for a heartbeat, whose kind is known: no test of the kinds that aim,
+        draw from the task stream, trace their loss or go to the store, and the callee's
+        answer asked of ``serve_heartbeat`` straight. Heartbeats are most of the messages;
+        what happens to them is what ``call`` would do, draw for draw."""
+        self._last_id = call_id = self._last_id + 1
+        loop = self._loop
+        now = loop.now
+        clock = src.clock
+        deadline = clock.offset + clock.rate * now + timeout  # src.local() written out
+        src.open_calls.add(call_id)
+        copies = self._network.transit(src.name, dst)
+        if copies:
+            call: Call = (
+                src,
+                src.incarnation,
+                call_id,
+                dst,
+                request,
+                deadline,
+                on_reply,
+                on_timeout,
+            )
+            arrive = partial(self._probed, call)
+            heap, seq = loop.heap, loop.seq
+            for delay in copies:
+                entry: Entry = (now + delay, next(seq), dst, arrive)
+                heappush(heap, entry)
+        heappush(src.call_deadlines, (deadline, call_id, on_timeout))
+        armed = src.timers.get(CALLS_TIMER)
+        if armed is None or deadline < armed[0]:
+            src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+
+    def _probed(self, call: Call) -> None:
+        """``_arrive`` for a heartbeat (``probe``)."""
+        src, _, _, dst, request, _, _, _ = call
+        assert isinstance(request, Heartbeat)
+        reply = self._serve_heartbeat(dst, request)
+        if reply is None:
+            return
+        name = src.name
+        copies = self._network.transit(dst, name)
+        if copies:
+            answer = partial(self._answer, call, reply)
+            loop = self._loop
+            heap, seq, now = loop.heap, loop.seq, loop.now
+            for delay in copies:
+                entry: Entry = (now + delay, next(seq), name, answer)
+                heappush(heap, entry)
+
     def _arrive(self, call: Call) -> None:
         src, _, _, dst, request, _, on_reply, _ = call
         reply = self._serve(src.name, dst, request)
@@ -200,7 +265,8 @@ class Calls:
         """End every open call of ``src`` past its deadline, earliest first; then arm the
         timer for the earliest still open, if any."""
         deadlines, open_calls = src.call_deadlines, src.open_calls
-        now, incarnation = src.local(), src.incarnation
+        clock, incarnation = src.clock, src.incarnation
+        now = clock.offset + clock.rate * self._loop.now  # src.local() written out
         while deadlines and deadlines[0][0] <= now:
             _, call_id, on_timeout = heappop(deadlines)
             if call_id in open_calls:

@@ -40,6 +40,7 @@ from sim.wire import (
     Claim,
     FencedWrite,
     Finish,
+    Heartbeat,
     RaiseFence,
     Reply,
     Request,
@@ -114,9 +115,11 @@ class World:
             self.note,
             self._stream("tasks/network"),
             sending=self.chaos.sending,
+            serve_heartbeat=self._serve_heartbeat,
         )
         #: The node's calls go straight to ``Calls.call`` (a layer fewer for every message).
         self.call = self._calls.call
+        self.probe = self._calls.probe
         # Tasks: the table, the scheduler's settings for this seed, and what was measured.
         self.tasks = Tasks(
             self.store.fence, assign_fence=config.assign_fence, attempt_check=config.attempt_check
@@ -582,6 +585,11 @@ class World:
             assert isinstance(request, VoteRequest | RenewRequest | Release)
             return self._witness_answer(sender, request)
         return self._store(sender, request)
+
+    def _serve_heartbeat(self, dst: str, request: Heartbeat) -> Reply | None:
+        """``_serve`` for a heartbeat, which only ever goes to a node."""
+        node = self.nodes[dst]
+        return node.heartbeat(request) if node.up else None
 
     def _store(self, sender: str, request: Request) -> Answer:
         now = self.loop.now
