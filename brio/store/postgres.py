@@ -16,6 +16,11 @@ take it with ``SELECT ... FOR UPDATE`` first, so they run one after the other, a
 timestamps are ``clock_timestamp()`` read after the lock (``now()`` is when the transaction
 began, which may be before it waited), so that they order as the writes did.
 
+``create_task`` and ``finish_task``, the two writes of every task, go through a
+``Coalescer`` (brio.store.coalesce): calls that arrive while a batch is under way go together
+as the next batch, one crossing for all of them, each still its own statement on its own
+pooled connection.
+
 Placement's own writes (``assign_tasks``, ``claim_assigned``) promise nobody anything, so they
 go through a second, small pool whose sessions run with ``synchronous_commit = off``: their
 commits do not wait for the WAL flush. As with SQLite's NORMAL commits, a database crash may
@@ -28,11 +33,13 @@ both pools.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
+import outcome
 import trio
 
 from brio import aio
@@ -73,6 +80,7 @@ from brio.store.base import (
     TaskPage,
     TaskRecord,
 )
+from brio.store.coalesce import Coalescer
 from brio.store.sql import POSTGRES_SQL as SQL
 from brio.store.witness import WitnessAnswer
 
@@ -189,6 +197,16 @@ async def _migrate(conn: Connection) -> None:
         await conn.execute(record.text, *args)
 
 
+def _outcome(answer: Any) -> outcome.Outcome[Any]:
+    if isinstance(answer, _DB_ERRORS):
+        failed = StoreError(f"postgresql: {answer}")
+        failed.__cause__ = answer
+        return outcome.Error(failed)
+    if isinstance(answer, BaseException):
+        return outcome.Error(answer)
+    return outcome.Value(answer)
+
+
 class PostgresStore:
     """A ``Store`` on a PostgreSQL database, shared by every node of the mesh."""
 
@@ -197,6 +215,9 @@ class PostgresStore:
     def __init__(self, pool: Any, placement_pool: Any | None = None) -> None:
         self._pool = pool
         self._placement_pool = pool if placement_pool is None else placement_pool
+        self._coalesced: Coalescer[Callable[[Connection], Awaitable[Any]], Any] = Coalescer(
+            self._run_together, what="statements"
+        )
 
     @classmethod
     async def open(
@@ -236,6 +257,22 @@ class PostgresStore:
                 return await fn(conn)
 
         return await self._call(read)
+
+    async def _run_together(
+        self, fns: Sequence[Callable[[Connection], Awaitable[Any]]]
+    ) -> list[outcome.Outcome[Any]]:
+        """Each of ``fns`` as ``_read`` runs it, all in one crossing, side by side on pooled
+        connections (brio.store.coalesce says when)."""
+
+        async def one(fn: Callable[[Connection], Awaitable[Any]]) -> Any:
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(*(one(fn) for fn in fns), return_exceptions=True)
+
+        answers = await self._call(together)
+        return [_outcome(answer) for answer in answers]
 
     async def _placement_write(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """``fn``, one statement, on the placement pool: committed without waiting for the WAL
@@ -295,7 +332,8 @@ class PostgresStore:
                 return _ROWS.task(row), True
             return _ROWS.task(await conn.fetchrow(key_sql, *key_args)), False
 
-        return await self._read(create)
+        result: tuple[TaskRecord, bool] = await self._coalesced(create)
+        return result
 
     async def create_tasks(self, batch: Sequence[NewTask]) -> list[Created]:
         plan = TaskBatch.of(batch)
@@ -384,7 +422,7 @@ class PostgresStore:
             sql, args = SQL.finish_task[status].bind(
                 id=task_id, attempt=attempt, result=result, error=error
             )
-        return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
+        return _opt_task(await self._coalesced(lambda conn: conn.fetchrow(sql, *args)))
 
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
         sql, args = SQL.cancel_task.bind(id=task_id)
