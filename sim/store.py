@@ -86,9 +86,16 @@ class Completion:
     current: int  # the task's attempt in the store when it landed
 
 
+#: The statuses as module constants: an enum member read through its class
+#: (``TaskStatus.QUEUED``) costs ten times a global's read, and the statements read them for
+#: every row they touch.
+QUEUED, ASSIGNED, RUNNING = TaskStatus.QUEUED, TaskStatus.ASSIGNED, TaskStatus.RUNNING
+SUCCEEDED = TaskStatus.SUCCEEDED
 #: The statuses that count as a node's load and that a requeue takes back (the SQL's
 #: ``predecessors(QUEUED)``).
-_HELD = predecessors(TaskStatus.QUEUED) - {TaskStatus.QUEUED}
+_HELD = predecessors(QUEUED) - {QUEUED}
+#: The statuses a result may land on (computed once: ``predecessors`` builds its set anew).
+_FINISHABLE = predecessors(SUCCEEDED)
 
 
 class Tasks:
@@ -114,18 +121,18 @@ class Tasks:
         self._assigned: dict[str, int] = {}  # node -> how many of them are assigned
 
     def _move(self, row: TaskRow, status: TaskStatus, node: str | None) -> None:
-        if row.status is TaskStatus.QUEUED:
+        if row.status is QUEUED:
             del self._queued[row.task_id]
         elif row.status in _HELD and row.node is not None:
             del self._held[row.node][row.task_id]
-            if row.status is TaskStatus.ASSIGNED:
+            if row.status is ASSIGNED:
                 self._assigned[row.node] -= 1
         row.status, row.node = status, node
-        if status is TaskStatus.QUEUED:
+        if status is QUEUED:
             self._queued[row.task_id] = row
         elif status in _HELD and node is not None:
             self._held.setdefault(node, {})[row.task_id] = row
-            if status is TaskStatus.ASSIGNED:
+            if status is ASSIGNED:
                 self._assigned[node] = self._assigned.get(node, 0) + 1
 
     def submit(self, now: float, row: TaskRow) -> None:
@@ -152,8 +159,8 @@ class Tasks:
         landed = []
         for task_id, attempt, node in batch:
             row = self.rows.get(task_id)
-            if row is not None and row.attempt == attempt and row.status is TaskStatus.QUEUED:
-                self._move(row, TaskStatus.ASSIGNED, node)
+            if row is not None and row.attempt == attempt and row.status is QUEUED:
+                self._move(row, ASSIGNED, node)
                 landed.append(row)
         return landed
 
@@ -171,7 +178,7 @@ class Tasks:
             key=lambda r: r.seq,
         )
         for row in back:
-            self._move(row, TaskStatus.QUEUED, None)
+            self._move(row, QUEUED, None)
             row.queued_at = now
             row.attempt += 1
         return back
@@ -179,19 +186,19 @@ class Tasks:
     def claim(self, node: str, limit: int) -> list[TaskRow]:
         if not self.has_assigned(node):
             return []
-        mine = [r for r in self._held[node].values() if r.status is TaskStatus.ASSIGNED]
+        mine = [r for r in self._held[node].values() if r.status is ASSIGNED]
         claimed = sorted(mine, key=lambda r: r.seq)[:limit]
         for row in claimed:
-            self._move(row, TaskStatus.RUNNING, node)
+            self._move(row, RUNNING, node)
         return claimed
 
     def finish(self, now: float, node: str, task_id: str, attempt: int) -> Completion | None:
         row = self.rows.get(task_id)
-        if row is None or row.status not in predecessors(TaskStatus.SUCCEEDED):
+        if row is None or row.status not in _FINISHABLE:
             return None
         if self._attempt_check and row.attempt != attempt:
             return None
-        self._move(row, TaskStatus.SUCCEEDED, row.node)
+        self._move(row, SUCCEEDED, row.node)
         row.result = (node, attempt)
         done = Completion(now, task_id, node, attempt, row.attempt)
         self.completions.append(done)
