@@ -212,6 +212,7 @@ class SimNode:
         self._probe_keys = {p: f"probe {p}" for p in peers}
         self._probers = {p: partial(self._probe, p) for p in peers}
         self._missers = {p: partial(self._missed, p) for p in peers}
+        self._fire_bound = self._fire  # bound once: set_timer runs for most events
 
     # ---------------------------------------------------------------- time and timers
 
@@ -235,7 +236,7 @@ class SimNode:
             due if due > now else now,
             next(loop.seq),
             self.name,
-            partial(self._fire, key, token),
+            partial(self._fire_bound, key, token),
         )
         heappush(loop.heap, entry)
 

@@ -77,6 +77,7 @@ class World:
         self.failovers = Failovers()
         self.transfers = Transfers()
         self._trace = Trace(keep_trace)
+        self._append_line = self._trace.append
         self._keep_trace = keep_trace
         self.network = Network([*config.node_ids, STORE], self._stream("network"))
         clocks = self._stream("clocks")
@@ -663,7 +664,7 @@ class World:
     # ---------------------------------------------------------------- the node's host
 
     def note(self, who: str, text: Text) -> None:
-        self._trace.add(self.loop.now, who, text)
+        self._append_line((self.loop.now, who, text))  # Trace.add written out
 
     def lease_changed(self, node: SimNode) -> None:
         if node.lease is not None and node.lease.role is PRIMARY:

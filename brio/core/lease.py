@@ -856,7 +856,8 @@ class Lease:
 
     def _advance(self, now: float) -> float:
         # Time never runs backwards inside the core.
-        self._now = max(self._now, now)
+        if now > self._now:  # noqa: PLR1730 (max(self._now, now) without the call)
+            self._now = now
         return self._now
 
     def _timeout(self) -> float:
