@@ -383,20 +383,25 @@ class SimNode:
         assert self.lease is not None
         reply: Message | None = None
         for action in actions:
-            match action:
-                case Persist():
-                    self.persisted = Persisted(action.term, action.voted_for)
-                    self.host.note(self.name, f"persist term {action.term} vote {action.voted_for}")
-                case Send(to=to, message=VoteReply() | RenewReply() as message) if to == reply_to:
+            if isinstance(action, Send):
+                # Most actions: taken first, without the match below (its class patterns
+                # cost several times an isinstance for each Send).
+                to, message = action.to, action.message
+                if to == reply_to and isinstance(message, VoteReply | RenewReply):
                     reply = message
                     if isinstance(message, VoteReply) and message.granted and not message.pre_vote:
                         self.host.voted(self.name, message.term, to)
-                case Send(to=to, message=message):
+                else:
                     on_reply = partial(self._on_lease_reply, to)
                     timeout = self._rpc_timeout
                     # The witness lives in the store: its requests take the store's path.
                     dst = STORE if to == WITNESS_ID else to
                     self.host.call(self, dst, message, timeout=timeout, on_reply=on_reply)
+                continue
+            match action:
+                case Persist():
+                    self.persisted = Persisted(action.term, action.voted_for)
+                    self.host.note(self.name, f"persist term {action.term} vote {action.voted_for}")
                 case BecamePrimary():
                     self.host.note(
                         self.name,
