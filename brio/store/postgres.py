@@ -18,8 +18,8 @@ began, which may be before it waited), so that they order as the writes did.
 
 ``create_task`` and ``finish_task``, the two writes of every task, go through a
 ``Coalescer`` (brio.store.coalesce): calls that arrive while a batch is under way go together
-as the next batch, one crossing for all of them, each still its own statement on its own
-pooled connection.
+as the next batch, one crossing and one statement (``insert_submits``, ``finish_tasks``) for
+all of them; if that statement fails, each runs alone, so that each caller gets its own answer.
 
 Placement's own writes (``assign_tasks``, ``claim_assigned``) promise nobody anything, so they
 go through a second, small pool whose sessions run with ``synchronous_commit = off``: their
@@ -33,9 +33,9 @@ both pools.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -85,6 +85,8 @@ from brio.store.sql import POSTGRES_SQL as SQL
 from brio.store.witness import WitnessAnswer
 
 T = TypeVar("T")
+Op = TypeVar("Op")
+R = TypeVar("R")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type hints
 
 # What asyncpg raises when the server or the network fails (and for a malformed URL).
@@ -197,14 +199,129 @@ async def _migrate(conn: Connection) -> None:
         await conn.execute(record.text, *args)
 
 
-def _outcome(answer: Any) -> outcome.Outcome[Any]:
-    if isinstance(answer, _DB_ERRORS):
-        failed = StoreError(f"postgresql: {answer}")
-        failed.__cause__ = answer
+async def _captured(answer: Awaitable[T]) -> outcome.Outcome[T]:
+    """``answer``'s value, or its error as ``PostgresStore._call`` would raise it."""
+    try:
+        return outcome.Value(await answer)
+    except _DB_ERRORS as exc:
+        failed = StoreError(f"postgresql: {exc}")
+        failed.__cause__ = exc
         return outcome.Error(failed)
-    if isinstance(answer, BaseException):
-        return outcome.Error(answer)
-    return outcome.Value(answer)
+    except Exception as exc:
+        return outcome.Error(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    new: NewTask
+    placement: Placement | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    task_id: str
+    attempt: int
+    status: TaskStatus
+    result: JSON | None
+    error: str | None
+
+
+async def _submit_one(conn: Connection, submit: _Submit) -> tuple[TaskRecord, bool]:
+    new, placement = submit.new, submit.placement
+    insert_sql, insert_args = SQL.insert_task.bind(
+        id=new_id(),
+        agent=new.agent,
+        prompt=new.prompt,
+        input=task_input(new.input),
+        session_id=new.session_id,
+        key=new.idempotency_key,
+        priority=new.priority,
+        target_node=new.node_id,
+        epoch=placement.epoch if placement else None,
+        node_id=placement.node_id if placement else None,
+    )
+    # One statement, committed on its own. A used key makes the INSERT do nothing (ON CONFLICT
+    # waits for a writer of that key still in its transaction), before the session's foreign
+    # key is checked: the key answers first, as on SQLite.
+    try:
+        row = await conn.fetchrow(insert_sql, *insert_args)
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound(f"session {new.session_id!r} does not exist") from None
+    if row is not None:
+        return _ROWS.task(row), True
+    key_sql, key_args = SQL.task_by_key.bind(key=new.idempotency_key)
+    return _ROWS.task(await conn.fetchrow(key_sql, *key_args)), False
+
+
+async def _submit_together(
+    conn: Connection, batch: Sequence[_Submit]
+) -> list[tuple[TaskRecord, bool]]:
+    """``batch`` in one INSERT per fence epoch among its placements (one, in practice); the
+    tasks whose keys were in use, read back. Raises if any row fails (a session that does not
+    exist): the caller then runs each alone, to give each its own answer."""
+    assert SQL.insert_submits is not None
+    ids = [new_id() for _ in batch]
+    groups: dict[int | None, list[int]] = {}
+    for i, submit in enumerate(batch):
+        groups.setdefault(submit.placement.epoch if submit.placement else None, []).append(i)
+    answers: dict[str, tuple[TaskRecord, bool]] = {}
+    for epoch, members in groups.items():
+        news = [batch[i].new for i in members]
+        sql, args = SQL.insert_submits.bind(
+            epoch=epoch,
+            ids=[ids[i] for i in members],
+            agents=[n.agent for n in news],
+            prompts=[n.prompt for n in news],
+            inputs=[json.dumps(task_input(n.input)) for n in news],
+            session_ids=[n.session_id for n in news],
+            keys=[n.idempotency_key for n in news],
+            priorities=[n.priority for n in news],
+            target_nodes=[n.node_id for n in news],
+            node_ids=[p.node_id if (p := batch[i].placement) else None for i in members],
+        )
+        for row in await conn.fetch(sql, *args):
+            task = _ROWS.task(row)
+            answers[task.id] = (task, True)
+    lost = [batch[i].new.idempotency_key for i, task_id in enumerate(ids) if task_id not in answers]
+    existing: dict[str | None, TaskRecord] = {}
+    if lost:
+        sql, args = SQL.tasks_by_keys.bind(keys=lost)
+        existing = {row["idempotency_key"]: _ROWS.task(row) for row in await conn.fetch(sql, *args)}
+    results: list[tuple[TaskRecord, bool]] = []
+    for i, task_id in enumerate(ids):
+        key = batch[i].new.idempotency_key
+        if task_id in answers:
+            results.append(answers[task_id])
+        elif key in existing:
+            results.append((existing[key], False))
+        else:  # no row and no task of its key: cannot happen; each alone will say
+            raise StoreError(f"a coalesced insert of key {key!r} left no task")
+    return results
+
+
+async def _finish_one(conn: Connection, finish: _Finish) -> TaskRecord | None:
+    sql, args = SQL.finish_task[finish.status].bind(
+        id=finish.task_id, attempt=finish.attempt, result=finish.result, error=finish.error
+    )
+    return _opt_task(await conn.fetchrow(sql, *args))
+
+
+async def _finish_together(conn: Connection, batch: Sequence[_Finish]) -> list[TaskRecord | None]:
+    """``batch`` in one UPDATE per terminal state among it. A task answers once: a second
+    finish of the same attempt in the batch gets no row, as it would after the first."""
+    rows: dict[tuple[str, int], TaskRecord] = {}
+    for status in dict.fromkeys(f.status for f in batch):
+        group = [f for f in batch if f.status is status]
+        sql, args = SQL.finish_tasks[status].bind(
+            ids=[f.task_id for f in group],
+            attempts=[f.attempt for f in group],
+            results=[None if f.result is None else json.dumps(f.result) for f in group],
+            errors=[f.error for f in group],
+        )
+        for row in await conn.fetch(sql, *args):
+            task = _ROWS.task(row)
+            rows[(task.id, task.attempt)] = task
+    return [rows.pop((f.task_id, f.attempt), None) for f in batch]
 
 
 class PostgresStore:
@@ -215,8 +332,12 @@ class PostgresStore:
     def __init__(self, pool: Any, placement_pool: Any | None = None) -> None:
         self._pool = pool
         self._placement_pool = pool if placement_pool is None else placement_pool
-        self._coalesced: Coalescer[Callable[[Connection], Awaitable[Any]], Any] = Coalescer(
-            self._run_together, what="statements"
+        self.batches_split = 0  # coalesced batches that failed together and went one by one
+        self._submits: Coalescer[_Submit, tuple[TaskRecord, bool]] = Coalescer(
+            self._submit_batch, what="submits"
+        )
+        self._finishes: Coalescer[_Finish, TaskRecord | None] = Coalescer(
+            self._finish_batch, what="finishes"
         )
 
     @classmethod
@@ -258,22 +379,6 @@ class PostgresStore:
 
         return await self._call(read)
 
-    async def _run_together(
-        self, fns: Sequence[Callable[[Connection], Awaitable[Any]]]
-    ) -> list[outcome.Outcome[Any]]:
-        """Each of ``fns`` as ``_read`` runs it, all in one crossing, side by side on pooled
-        connections (brio.store.coalesce says when)."""
-
-        async def one(fn: Callable[[Connection], Awaitable[Any]]) -> Any:
-            async with self._pool.acquire() as conn:
-                return await fn(conn)
-
-        async def together() -> list[Any]:
-            return await asyncio.gather(*(one(fn) for fn in fns), return_exceptions=True)
-
-        answers = await self._call(together)
-        return [_outcome(answer) for answer in answers]
-
     async def _placement_write(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """``fn``, one statement, on the placement pool: committed without waiting for the WAL
         flush (the module's docstring says why that is safe)."""
@@ -306,34 +411,39 @@ class PostgresStore:
     async def create_task(
         self, new: NewTask, placement: Placement | None = None
     ) -> tuple[TaskRecord, bool]:
-        key_sql, key_args = SQL.task_by_key.bind(key=new.idempotency_key)
-        insert_sql, insert_args = SQL.insert_task.bind(
-            id=new_id(),
-            agent=new.agent,
-            prompt=new.prompt,
-            input=task_input(new.input),
-            session_id=new.session_id,
-            key=new.idempotency_key,
-            priority=new.priority,
-            target_node=new.node_id,
-            epoch=placement.epoch if placement else None,
-            node_id=placement.node_id if placement else None,
-        )
+        return await self._submits(_Submit(new, placement))
 
-        # One statement, committed on its own. A used key makes the INSERT do nothing (ON
-        # CONFLICT waits for a writer of that key still in its transaction), before the
-        # session's foreign key is checked: the key answers first, as on SQLite.
-        async def create(conn: Connection) -> tuple[TaskRecord, bool]:
-            try:
-                row = await conn.fetchrow(insert_sql, *insert_args)
-            except asyncpg.ForeignKeyViolationError:
-                raise NotFound(f"session {new.session_id!r} does not exist") from None
-            if row is not None:
-                return _ROWS.task(row), True
-            return _ROWS.task(await conn.fetchrow(key_sql, *key_args)), False
+    async def _submit_batch(
+        self, batch: Sequence[_Submit]
+    ) -> list[outcome.Outcome[tuple[TaskRecord, bool]]]:
+        return await self._together(batch, _submit_together, _submit_one)
 
-        result: tuple[TaskRecord, bool] = await self._coalesced(create)
-        return result
+    async def _finish_batch(
+        self, batch: Sequence[_Finish]
+    ) -> list[outcome.Outcome[TaskRecord | None]]:
+        return await self._together(batch, _finish_together, _finish_one)
+
+    async def _together(
+        self,
+        batch: Sequence[Op],
+        together: Callable[[Connection, Sequence[Op]], Awaitable[list[R]]],
+        alone: Callable[[Connection, Op], Awaitable[R]],
+    ) -> list[outcome.Outcome[R]]:
+        """A coalesced batch (brio.store.coalesce) on one pooled connection, in one crossing:
+        ``together`` for all of it, one statement each committed on its own; if that fails
+        (one bad row fails its statement), ``alone`` for each, so that each caller gets its
+        own answer. A batch of one goes alone."""
+
+        async def run() -> list[outcome.Outcome[R]]:
+            async with self._pool.acquire() as conn:
+                if len(batch) > 1:
+                    try:
+                        return [outcome.Value(answer) for answer in await together(conn, batch)]
+                    except (*_DB_ERRORS, StoreError):
+                        self.batches_split += 1
+                return [await _captured(alone(conn, op)) for op in batch]
+
+        return await self._call(run)
 
     async def create_tasks(self, batch: Sequence[NewTask]) -> list[Created]:
         plan = TaskBatch.of(batch)
@@ -408,7 +518,8 @@ class PostgresStore:
     ) -> TaskRecord | None:
         check_terminal(status)
         check_messages(messages or [])
-        # one statement either way (the history with it), committed on its own
+        # one statement either way (the history with it), committed on its own; without
+        # history, coalesced with the other finishes under way
         if messages:
             sql, args = SQL.finish_with_messages[status].bind(
                 id=task_id,
@@ -418,11 +529,8 @@ class PostgresStore:
                 roles=[role for role, _ in messages],
                 contents=[content for _, content in messages],
             )
-        else:
-            sql, args = SQL.finish_task[status].bind(
-                id=task_id, attempt=attempt, result=result, error=error
-            )
-        return _opt_task(await self._coalesced(lambda conn: conn.fetchrow(sql, *args)))
+            return _opt_task(await self._read(lambda conn: conn.fetchrow(sql, *args)))
+        return await self._finishes(_Finish(task_id, attempt, status, result, error))
 
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
         sql, args = SQL.cancel_task.bind(id=task_id)

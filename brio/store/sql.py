@@ -281,11 +281,48 @@ _INSERT_TASKS: dict[schema.Dialect, str] = {
 }
 
 
+# PostgreSQL only: the single submits a node coalesced (brio.store.coalesce), in one INSERT.
+# As create_task's, but a row per task: each queued, or assigned to its :node_ids entry when
+# that is not NULL and the fence still holds :epoch (a batch has one epoch). Rows go in by key
+# (NULLs last), then in the batch's order: two batches inserting the same keys take them in one
+# order, so neither holds a key the other waits for. A key in use (before, or earlier in the
+# batch) gives no row: the caller reads that task.
+_INSERT_SUBMITS = f"""
+    WITH f AS (SELECT epoch FROM fence WHERE id = 1 AND epoch = :epoch FOR SHARE)
+    {_TASK_INSERT_COLUMNS}
+    SELECT t.id, t.agent, t.prompt, CAST(t.input AS jsonb), t.session_id, t.key, t.priority,
+           CASE WHEN f.epoch IS NULL OR t.node_id IS NULL THEN 'queued' ELSE 'assigned' END,
+           t.target_node, CASE WHEN f.epoch IS NULL THEN NULL ELSE t.node_id END, 1, :now, :now
+    FROM unnest(CAST(:ids AS text[]), CAST(:agents AS text[]), CAST(:prompts AS text[]),
+                CAST(:inputs AS text[]), CAST(:session_ids AS text[]), CAST(:keys AS text[]),
+                CAST(:priorities AS int[]), CAST(:target_nodes AS text[]),
+                CAST(:node_ids AS text[]))
+         WITH ORDINALITY AS t (id, agent, prompt, input, session_id, key, priority,
+                               target_node, node_id, n)
+    LEFT JOIN f ON true
+    ORDER BY t.key NULLS LAST, t.n
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"""
+
+
 def _finish(status: TaskStatus) -> str:
     return (
         f"UPDATE tasks SET status = '{status.value}', result = :result, error = :error,"
         " finished_at = :now, updated_at = :now WHERE id = :id AND attempt = :attempt"
         f" AND status IN {sql_in(predecessors(status))} RETURNING {TASK_COLUMNS}"
+    )
+
+
+# PostgreSQL only: the finishes a node coalesced into one state, in one UPDATE; each row as
+# _finish's (result as JSON text, NULL for none). A task's row answers only if its attempt and
+# state allowed the move.
+def _finish_many(status: TaskStatus) -> str:
+    return (
+        f"UPDATE tasks SET status = '{status.value}', result = CAST(u_result AS jsonb),"
+        " error = u_error, finished_at = :now, updated_at = :now"
+        " FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]),"
+        " CAST(:results AS text[]), CAST(:errors AS text[])) AS u (u_id, u_attempt, u_result,"
+        " u_error) WHERE tasks.id = u_id AND tasks.attempt = u_attempt"
+        f" AND tasks.status IN {sql_in(predecessors(status))} RETURNING {TASK_COLUMNS}"
     )
 
 
@@ -358,6 +395,13 @@ class Statements:
         # One statement per terminal state, since each may be entered from different states.
         terminal = [status for status in TaskStatus if status.terminal]
         self.finish_task = {status: q(_finish(status)) for status in terminal}
+        # PostgreSQL only: coalesced submits and finishes (brio.store.postgres)
+        self.insert_submits = q(_INSERT_SUBMITS) if d.name == "postgresql" else None
+        self.finish_tasks = (
+            {status: q(_finish_many(status)) for status in terminal}
+            if d.name == "postgresql"
+            else {}
+        )
         # PostgreSQL only: the finish and the history it appends, in one statement (no
         # transaction round trips). SQLite runs them one by one in its one transaction.
         self.finish_with_messages = (
