@@ -13,6 +13,7 @@ import gc
 import random
 from functools import partial
 from heapq import heappop
+from typing import cast
 
 from brio.core.balancer import STRATEGIES, HashRing
 from brio.core.constants import WITNESS_ID
@@ -55,6 +56,8 @@ from sim.wire import (
 #: ``Role.PRIMARY`` read once: an enum member read through its class costs ten times a
 #: global's read, and every lease event asks whether the node is primary.
 PRIMARY = Role.PRIMARY
+#: A task statement: the requests in ``TASK_STATEMENTS``.
+Statement = Submit | Snapshot | Requeue | Assign | RequeueMine | Claim | Finish
 #: The lease's requests that the store's witness answers.
 WITNESS_REQUESTS: frozenset[type] = frozenset({VoteRequest, RenewRequest, Release})
 #: The store's answer that says only "done" (frozen: one does for all).
@@ -134,6 +137,11 @@ class World:
         # The config's derived figures, computed once (its properties compute them per read,
         # and submissions read them for every task).
         self._node_ids = config.node_ids
+        #: The nodes that run each agent, in node order (their facts never change).
+        self._runs = {
+            agent: [n for n in self._node_ids if agent in self.nodes[n].facts.agents]
+            for agent in ("code", "echo")
+        }
         self._fault_end = config.fault_end
         self._in_flight = config.in_flight
         # A lease's length by its holder's clock, as it counts it (knobs builds SafetyKnobs).
@@ -401,7 +409,7 @@ class World:
         self._next_submission()
         agent = "code" if rng.random() < 0.3 else "echo"
         session = f"s{rng.randrange(6)}" if rng.random() < 0.5 else None
-        runs = [n for n in self._node_ids if agent in self.nodes[n].facts.agents]
+        runs = self._runs[agent]
         pin = rng.choice(runs) if rng.random() < 0.1 else None
         coordinator = self.nodes[rng.choice(self._node_ids[: config.coordinators])]
         if self._unfinished + len(self._pending) >= self._in_flight:
@@ -448,21 +456,14 @@ class World:
         for task_id in [t for t, c in self._pending.items() if c == node.name]:
             del self._pending[task_id]
 
-    def _task_statement(self, sender: str, request: Request) -> TaskAnswer:
-        assert isinstance(
-            request, Submit | Snapshot | Requeue | Assign | RequeueMine | Claim | Finish
-        )
+    def _task_statement(self, sender: str, request: Statement) -> TaskAnswer:
         answer = self._answers.get(request.rid)
         if answer is None:
             answer = self._execute(sender, request)
             self._answers[request.rid] = answer
         return answer
 
-    def _execute(
-        self,
-        sender: str,
-        request: Submit | Snapshot | Requeue | Assign | RequeueMine | Claim | Finish,
-    ) -> TaskAnswer:
+    def _execute(self, sender: str, request: Statement) -> TaskAnswer:
         now, tasks, checker = self.loop.now, self.tasks, self.checker
         fence = self.store.fence.epoch
         match request:
@@ -584,7 +585,9 @@ class World:
         assert dst == STORE
         kind = type(request)
         if kind in TASK_STATEMENTS:
-            return self._task_statement(sender, request)
+            # Its kind was just looked up: a cast, not an isinstance against the seven kinds
+            # (whose union was built anew for each statement).
+            return self._task_statement(sender, cast(Statement, request))
         if kind in WITNESS_REQUESTS:
             assert isinstance(request, VoteRequest | RenewRequest | Release)
             return self._witness_answer(sender, request)
