@@ -74,6 +74,7 @@ class Work:
         self.started = node.local()
         self._poll_at = self.started  # the next claim poll's time, timed or not (``_poll``)
         self._rids = 0
+        self._timeout = node.host.config.rpc_timeout  # a property computed per read
         #: (node, load, role, healthy) -> (the facts it was built from, the candidate).
         self._seen: dict[tuple[str, int, str, bool], tuple[NodeFacts, Candidate]] = {}
 
@@ -95,7 +96,7 @@ class Work:
             self.node,
             STORE,
             request,
-            timeout=self.host.config.rpc_timeout,
+            timeout=self._timeout,
             on_reply=answered,
             on_timeout=on_timeout,
         )
