@@ -276,3 +276,22 @@ async def test_timers_fire_while_callbacks_keep_coming(aio_loop: None) -> None:
     await aio.call(busy_then_timer)
     with trio.fail_after(5):
         await fired.wait()
+
+
+async def test_cancelled_timers_do_not_pile_up_in_the_loop(aio_loop: None) -> None:
+    # trio-asyncio keeps a cancelled timer until it falls due; set-and-cancel per operation
+    # (asyncpg's idle timer, a call's deadline) would keep one object per operation alive.
+    fired: list[int] = []
+
+    async def churn() -> int:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, fired.append, 1)  # a live timer among them must still fire
+        for _ in range(20 * aio.PRUNE_TIMERS_AT):
+            loop.call_later(300, fired.append, 0).cancel()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.1)
+        return len(loop._timers)  # type: ignore[attr-defined]
+
+    left = await aio.call(churn)
+    assert left <= 2 * aio.PRUNE_TIMERS_AT
+    assert fired == [1]

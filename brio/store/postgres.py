@@ -168,6 +168,9 @@ async def _create_pool(
         init=_init_connection,
         connection_class=_Connection,
         server_settings=server_settings,
+        # No idle timer: asyncpg would cancel and set one (300 s) at every release, one
+        # object per statement kept in the loop's heap until it fell due.
+        max_inactive_connection_lifetime=0,
     )
 
 

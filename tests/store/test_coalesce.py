@@ -9,6 +9,7 @@ import outcome
 import pytest
 import trio
 import trio.testing
+import trio_asyncio
 
 from brio.core.tasks import TaskStatus
 from brio.store import NewTask, NotFound, open_store
@@ -323,5 +324,21 @@ async def test_coalesced_postgres_finishes_each_land_once(
         assert again is not None and again.status is TaskStatus.RUNNING
         assert batches < len(answers)
         assert store.batches_split == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_statements_leave_no_timers_behind(
+    postgres_url: str, aio_loop: None
+) -> None:
+    # asyncpg's idle timer (cancelled and set again at every release) is off: a busy store
+    # must not fill the loop's timer heap with one object per statement.
+    store = await open_store(postgres_url)
+    try:
+        for i in range(1500):
+            await store.get_task(f"t{i}")
+        loop = trio_asyncio.current_loop.get()
+        assert len(loop._timers) < 100
     finally:
         await store.close()
