@@ -102,8 +102,8 @@ class SimConfig:
     faults: tuple[Fault, ...] = DEFAULT_FAULTS
     #: Production's defaults ([mesh.lease] in brio.config.model; test_production_timings.py checks
     #: that they agree), so that the default shape runs the timings that ship.
-    lease_duration: float = 3.0
-    election_timeout: tuple[float, float] = (0.15, 0.45)
+    lease_duration: float = 1.2
+    election_timeout: tuple[float, float] = (0.1, 0.3)
     max_clock_drift: float = 0.05
     unsafe: frozenset[Unsafe] = field(default_factory=frozenset)
     #: Events one seed may take before it is stopped as a livelock (``event-budget``);
@@ -120,9 +120,9 @@ class SimConfig:
 
     @property
     def event_budget(self) -> int:
-        """A normal seed takes about 20 events per node and simulated second (about 12,300
-        for the default 5 nodes over 120 s with tasks, at the 3 s lease, as of 2026-12-04);
-        the default budget is about 50 times that."""
+        """A normal seed takes about 26 events per node and simulated second (about 15,800
+        for seed 0 of the default 5 nodes over 120 s with tasks, at the 1.2 s lease, as of
+        2026-12-04; 12,300 at the 3 s one); the default budget is about 38 times that."""
         if self.max_events is not None:
             return self.max_events
         return math.ceil(EVENTS_PER_NODE_SECOND * self.nodes * self.duration)

@@ -227,13 +227,15 @@ MAX_TERM_JUMP = 100_000
 class LeaseConfig(Section):
     """The coordinator lease (``brio.core.lease``): who may vote, and its timing."""
 
-    # 3 s and [0.15, 0.45]: kill -9 to a new primary in about 2.8 s (2.2-3.5 s), and a primary
-    # rides out a 1.85 s stall of its event loop (1-1.5 s seen on a saturated 2-core machine,
-    # where 2 s leases flapped); docs/lease.md, Failover time, derives and measures both.
-    lease_duration: Seconds = 3.0
+    # 1.2 s and [0.1, 0.3]: kill -9 to a new primary that placed a task in about 1.25 s
+    # (0.9-1.5 s plus a few round trips), and a primary rides out a 0.74 s stall of its event
+    # loop (at most 0.26 s seen in 10 minutes of a saturated 2-core machine; 1-1.5 s before the
+    # asyncio callbacks ran together and cancelled timers were dropped); docs/lease.md,
+    # Failover time, derives and measures both.
+    lease_duration: Seconds = 1.2
     # A follower waits a random pick from [min, max] seconds after the primary's lease would
     # have run out before it asks for votes; the spread keeps two candidates from tying.
-    election_timeout: tuple[float, float] = (0.15, 0.45)
+    election_timeout: tuple[float, float] = (0.1, 0.3)
     # How much faster one node's clock may run than another's (0.05: 5 %); the primary
     # shortens its own lease by this fraction.
     max_clock_drift: float = Field(default=0.05, ge=0, lt=0.5)

@@ -47,7 +47,7 @@ class TimerLoopSpins(Exception):
 
 
 NODES = ("c1", "c2", "c3")
-CONFIG = LeaseConfig()  # the defaults: a 3 s lease, election timeout [0.15, 0.45] s
+CONFIG = LeaseConfig()  # the defaults: a 1.2 s lease, election timeout [0.1, 0.3] s
 DELAY = 0.002  # one way, per message
 #: A fresh cluster elects within: the restart wait (no vote for one lease after start), the
 #: longest election timeout, and a renewal interval for the rounds in between (pre-vote,
@@ -338,15 +338,15 @@ async def test_the_timer_loop_sleeps_until_the_next_deadline(
         assert 0 < ticks <= 60 / CONFIG.election_timeout[0] + 5
 
 
-#: Later than one renewal interval (D/3 = 1 s), earlier than the end of the lease the round
-#: would grant less the primary's margin (0.95 D - D/3 - 0.15 s = 1.7 s after the next round).
-LATE = 1.4
+#: Later than one renewal interval (D/3), earlier than the end of the lease the round would
+#: grant less the primary's margin (0.95 D - D/3 - 0.05 D = 0.57 D after the next round).
+LATE = 0.45 * CONFIG.lease_duration
 
 
 async def test_renewal_answers_later_than_a_renewal_interval_keep_the_lease(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """Every voter's answer to a renewal comes back 1.4 s late (a stalled loop): the call
+    """Every voter's answer to a renewal comes back 0.45 D late (a stalled loop): the call
     waits until the round's lease would end, so the primary keeps its lease and its work,
     with at most three renewals in flight per peer."""
     async with cluster(tmp_path) as net:
@@ -405,7 +405,7 @@ async def test_late_witness_answers_to_renewals_keep_the_lease(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """One coordinator and the store's witness (a majority of two is both): the witness
-    answers each renewal 1.4 s late, later than a renewal interval; the lease holds."""
+    answers each renewal 0.45 D late, later than a renewal interval; the lease holds."""
     witness = SlowWitness()
     work: list[Work] = []
 
