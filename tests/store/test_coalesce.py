@@ -3,7 +3,7 @@ caller's failure or cancellation is its own."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import outcome
 import pytest
@@ -176,24 +176,30 @@ async def test_a_batch_over_its_time_fails_its_callers_with_a_store_error() -> N
     assert await coalescer(2) == 20  # the next batch runs as usual
 
 
-@pytest.mark.postgres
-async def test_concurrent_postgres_submits_go_in_batches(postgres_url: str, aio_loop: None) -> None:
+@pytest.fixture
+async def pg(postgres_url: str, aio_loop: None) -> AsyncIterator[PostgresStore]:
     store = await open_store(postgres_url)
     assert isinstance(store, PostgresStore)
-    results: list[tuple[str, bool]] = []
     try:
-
-        async def submit(i: int) -> None:
-            key = f"k{i % 40}"  # 80 submits, 40 keys: each key twice, some in one batch
-            task, created = await store.create_task(NewTask("echo", f"p{i}", idempotency_key=key))
-            results.append((task.id, created))
-
-        async with trio.open_nursery() as nursery:
-            for i in range(80):
-                nursery.start_soon(submit, i)
-        batches = store._submits.batches
+        yield store
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_concurrent_postgres_submits_go_in_batches(pg: PostgresStore) -> None:
+    store = pg
+    results: list[tuple[str, bool]] = []
+
+    async def submit(i: int) -> None:
+        key = f"k{i % 40}"  # 80 submits, 40 keys: each key twice, some in one batch
+        task, created = await store.create_task(NewTask("echo", f"p{i}", idempotency_key=key))
+        results.append((task.id, created))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(80):
+            nursery.start_soon(submit, i)
+    batches = store._submits.batches
     assert sum(created for _, created in results) == 40
     assert len({task_id for task_id, _ in results}) == 40
     assert batches < 80  # coalesced: fewer batches than submits
@@ -223,122 +229,105 @@ async def _together(*calls: Callable[[], Awaitable[object]]) -> list[object]:
 
 
 @pytest.mark.postgres
-async def test_coalesced_postgres_submits_keep_each_ones_answer(
-    postgres_url: str, aio_loop: None
-) -> None:
-    store = await open_store(postgres_url)
-    assert isinstance(store, PostgresStore)
-    try:
-        session = await store.create_session()
-        assert await store.raise_fence(7, "c1")
-        here = Placement(epoch=7, node_id="w1")
-        stale = Placement(epoch=6, node_id="w2")
-        subs = [
-            (NewTask("echo", "queued"), None),
-            (NewTask("echo", "placed"), here),
-            (NewTask("echo", "stale"), stale),  # its epoch is gone: queued, as alone
-            (NewTask("echo", "s", session_id=session.id, idempotency_key="a"), here),
-            (NewTask("echo", "s", session_id=session.id, idempotency_key="a"), here),
-        ]
-        answers = await _together(*(lambda n=n, p=p: store.create_task(n, p) for n, p in subs))
-        batches = store._submits.batches
-        assert all(isinstance(a, tuple) for a in answers), answers
-        tasks = [a[0] for a in answers if isinstance(a, tuple)]
-        created = [a[1] for a in answers if isinstance(a, tuple)]
-        assert created[:3] == [True, True, True]
-        assert sorted(created[3:]) == [False, True]  # one key, one task: whichever came first
-        assert [t.status for t in tasks[:4]] == [
-            TaskStatus.QUEUED,
-            TaskStatus.ASSIGNED,
-            TaskStatus.QUEUED,
-            TaskStatus.ASSIGNED,
-        ]
-        assert [t.node_id for t in tasks[:4]] == [None, "w1", None, "w1"]
-        assert tasks[4] == tasks[3] and tasks[3].session_id == session.id
-        assert batches < len(subs)
-        assert store.batches_split == 0  # they went in one statement
+async def test_coalesced_postgres_submits_keep_each_ones_answer(pg: PostgresStore) -> None:
+    store = pg
+    session = await store.create_session()
+    assert await store.raise_fence(7, "c1")
+    here = Placement(epoch=7, node_id="w1")
+    stale = Placement(epoch=6, node_id="w2")
+    subs = [
+        (NewTask("echo", "queued"), None),
+        (NewTask("echo", "placed"), here),
+        (NewTask("echo", "stale"), stale),  # its epoch is gone: queued, as alone
+        (NewTask("echo", "s", session_id=session.id, idempotency_key="a"), here),
+        (NewTask("echo", "s", session_id=session.id, idempotency_key="a"), here),
+    ]
+    answers = await _together(*(lambda n=n, p=p: store.create_task(n, p) for n, p in subs))
+    batches = store._submits.batches
+    assert all(isinstance(a, tuple) for a in answers), answers
+    tasks = [a[0] for a in answers if isinstance(a, tuple)]
+    created = [a[1] for a in answers if isinstance(a, tuple)]
+    assert created[:3] == [True, True, True]
+    assert sorted(created[3:]) == [False, True]  # one key, one task: whichever came first
+    assert [t.status for t in tasks[:4]] == [
+        TaskStatus.QUEUED,
+        TaskStatus.ASSIGNED,
+        TaskStatus.QUEUED,
+        TaskStatus.ASSIGNED,
+    ]
+    assert [t.node_id for t in tasks[:4]] == [None, "w1", None, "w1"]
+    assert tasks[4] == tasks[3] and tasks[3].session_id == session.id
+    assert batches < len(subs)
+    assert store.batches_split == 0  # they went in one statement
 
-        # A session that does not exist fails its batch's statement: each then goes alone, and
-        # only the bad one fails (the batch as the coalescer hands it over).
-        answers = [
-            _answer(a)
-            for a in await store._submit_batch(
-                [
-                    _Submit(NewTask("echo", "ok-1"), None),
-                    _Submit(NewTask("echo", "bad", session_id="no-such-session"), None),
-                    _Submit(NewTask("echo", "ok-2", idempotency_key="b"), None),
-                ]
-            )
-        ]
-        assert isinstance(answers[1], NotFound)
-        assert store.batches_split == 1
-        good = [a for a in answers if isinstance(a, tuple)]
-        assert [(t.prompt, created) for t, created in good] == [("ok-1", True), ("ok-2", True)]
-        assert (await store.create_task(NewTask("echo", "x", idempotency_key="b")))[1] is False
-    finally:
-        await store.close()
-
-
-@pytest.mark.postgres
-async def test_coalesced_postgres_finishes_each_land_once(
-    postgres_url: str, aio_loop: None
-) -> None:
-    store = await open_store(postgres_url)
-    assert isinstance(store, PostgresStore)
-    try:
-        assert await store.raise_fence(1, "c1")
-        for i in range(6):
-            await store.create_task(NewTask("echo", f"t{i}"), Placement(epoch=1, node_id="w1"))
-        running = await store.claim_assigned("w1", ["echo"], 10)
-        assert len(running) == 6
-        t = running
-
-        def finish(
-            task: TaskRecord, status: TaskStatus, attempt: int | None = None
-        ) -> Callable[[], Awaitable[TaskRecord | None]]:
-            return lambda: store.finish_task(
-                task.id,
-                task.attempt if attempt is None else attempt,
-                status,
-                result={"n": task.prompt} if status is TaskStatus.SUCCEEDED else None,
-                error="boom" if status is TaskStatus.FAILED else None,
-            )
-
-        answers = await _together(
-            finish(t[0], TaskStatus.SUCCEEDED),
-            finish(t[1], TaskStatus.SUCCEEDED),
-            finish(t[2], TaskStatus.FAILED),
-            finish(t[3], TaskStatus.SUCCEEDED, attempt=t[3].attempt + 1),  # superseded: refused
-            finish(t[4], TaskStatus.SUCCEEDED),
-            finish(t[4], TaskStatus.SUCCEEDED),  # the same attempt twice: one lands
-            finish(t[5], TaskStatus.SUCCEEDED),
+    # A session that does not exist fails its batch's statement: each then goes alone, and
+    # only the bad one fails (the batch as the coalescer hands it over).
+    answers = [
+        _answer(a)
+        for a in await store._submit_batch(
+            [
+                _Submit(NewTask("echo", "ok-1"), None),
+                _Submit(NewTask("echo", "bad", session_id="no-such-session"), None),
+                _Submit(NewTask("echo", "ok-2", idempotency_key="b"), None),
+            ]
         )
-        batches = store._finishes.batches
-        landed = [a for a in answers if isinstance(a, TaskRecord)]
-        assert [a.prompt for a in landed] == ["t0", "t1", "t2", "t4", "t5"]
-        assert answers[3] is None and (answers[4] is None) != (answers[5] is None)
-        assert landed[0].status is TaskStatus.SUCCEEDED and landed[0].result == {"n": "t0"}
-        assert landed[2].status is TaskStatus.FAILED and landed[2].error == "boom"
-        assert landed[2].result is None
-        again = await store.get_task(t[3].id)
-        assert again is not None and again.status is TaskStatus.RUNNING
-        assert batches < len(answers)
-        assert store.batches_split == 0
-    finally:
-        await store.close()
+    ]
+    assert isinstance(answers[1], NotFound)
+    assert store.batches_split == 1
+    good = [a for a in answers if isinstance(a, tuple)]
+    assert [(t.prompt, created) for t, created in good] == [("ok-1", True), ("ok-2", True)]
+    assert (await store.create_task(NewTask("echo", "x", idempotency_key="b")))[1] is False
 
 
 @pytest.mark.postgres
-async def test_postgres_statements_leave_no_timers_behind(
-    postgres_url: str, aio_loop: None
-) -> None:
+async def test_coalesced_postgres_finishes_each_land_once(pg: PostgresStore) -> None:
+    store = pg
+    assert await store.raise_fence(1, "c1")
+    for i in range(6):
+        await store.create_task(NewTask("echo", f"t{i}"), Placement(epoch=1, node_id="w1"))
+    running = await store.claim_assigned("w1", ["echo"], 10)
+    assert len(running) == 6
+    t = running
+
+    def finish(
+        task: TaskRecord, status: TaskStatus, attempt: int | None = None
+    ) -> Callable[[], Awaitable[TaskRecord | None]]:
+        return lambda: store.finish_task(
+            task.id,
+            task.attempt if attempt is None else attempt,
+            status,
+            result={"n": task.prompt} if status is TaskStatus.SUCCEEDED else None,
+            error="boom" if status is TaskStatus.FAILED else None,
+        )
+
+    answers = await _together(
+        finish(t[0], TaskStatus.SUCCEEDED),
+        finish(t[1], TaskStatus.SUCCEEDED),
+        finish(t[2], TaskStatus.FAILED),
+        finish(t[3], TaskStatus.SUCCEEDED, attempt=t[3].attempt + 1),  # superseded: refused
+        finish(t[4], TaskStatus.SUCCEEDED),
+        finish(t[4], TaskStatus.SUCCEEDED),  # the same attempt twice: one lands
+        finish(t[5], TaskStatus.SUCCEEDED),
+    )
+    batches = store._finishes.batches
+    landed = [a for a in answers if isinstance(a, TaskRecord)]
+    assert [a.prompt for a in landed] == ["t0", "t1", "t2", "t4", "t5"]
+    assert answers[3] is None and (answers[4] is None) != (answers[5] is None)
+    assert landed[0].status is TaskStatus.SUCCEEDED and landed[0].result == {"n": "t0"}
+    assert landed[2].status is TaskStatus.FAILED and landed[2].error == "boom"
+    assert landed[2].result is None
+    again = await store.get_task(t[3].id)
+    assert again is not None and again.status is TaskStatus.RUNNING
+    assert batches < len(answers)
+    assert store.batches_split == 0
+
+
+@pytest.mark.postgres
+async def test_postgres_statements_leave_no_timers_behind(pg: PostgresStore) -> None:
+    store = pg
     # asyncpg's idle timer (cancelled and set again at every release) is off: a busy store
     # must not fill the loop's timer heap with one object per statement.
-    store = await open_store(postgres_url)
-    try:
-        for i in range(1500):
-            await store.get_task(f"t{i}")
-        loop = trio_asyncio.current_loop.get()
-        assert len(loop._timers) < 100
-    finally:
-        await store.close()
+    for i in range(1500):
+        await store.get_task(f"t{i}")
+    loop = trio_asyncio.current_loop.get()
+    assert len(loop._timers) < 100
