@@ -152,9 +152,7 @@ class Calls:
                 heappush(heap, entry)
         if on_timeout is not None:
             heappush(src.call_deadlines, (deadline, call_id, on_timeout))
-            armed = src.timers.get(CALLS_TIMER)
-            if armed is None or deadline < armed[0]:
-                src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+            self._arm(src, deadline)
 
     def probe(
         self,
@@ -194,9 +192,7 @@ class Calls:
                 entry: Entry = (now + delay, next(seq), dst, arrive)
                 heappush(heap, entry)
         heappush(src.call_deadlines, (deadline, call_id, on_timeout))
-        armed = src.timers.get(CALLS_TIMER)
-        if armed is None or deadline < armed[0]:
-            src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+        self._arm(src, deadline)
 
     def _probed(self, call: Call) -> None:
         """``_arrive`` for a heartbeat (``probe``)."""
@@ -256,10 +252,13 @@ class Calls:
         while deadlines and deadlines[0][1] not in open_calls:
             heappop(deadlines)
         if deadlines:
-            deadline = deadlines[0][0]
-            armed = src.timers.get(CALLS_TIMER)
-            if armed is None or deadline < armed[0]:
-                src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
+            self._arm(src, deadlines[0][0])
+
+    def _arm(self, src: SimNode, deadline: float) -> None:
+        """Have ``CALLS_TIMER`` due by ``deadline`` at the latest (one timer per node)."""
+        armed = src.timers.get(CALLS_TIMER)
+        if armed is None or deadline < armed[0]:
+            src.set_timer(CALLS_TIMER, deadline, partial(self._expire, src))
 
     def _expire(self, src: SimNode) -> None:
         """End every open call of ``src`` past its deadline, earliest first; then arm the
