@@ -202,14 +202,19 @@ async def _migrate(conn: Connection) -> None:
         await conn.execute(record.text, *args)
 
 
+def _store_error(exc: BaseException) -> StoreError:
+    """A database or network failure as the store reports it, the cause kept."""
+    failed = StoreError(f"postgresql: {exc}")
+    failed.__cause__ = exc
+    return failed
+
+
 async def _captured(answer: Awaitable[T]) -> outcome.Outcome[T]:
     """``answer``'s value, or its error as ``PostgresStore._call`` would raise it."""
     try:
         return outcome.Value(await answer)
     except _DB_ERRORS as exc:
-        failed = StoreError(f"postgresql: {exc}")
-        failed.__cause__ = exc
-        return outcome.Error(failed)
+        return outcome.Error(_store_error(exc))
     except Exception as exc:
         return outcome.Error(exc)
 
@@ -369,7 +374,7 @@ class PostgresStore:
         try:
             return await aio.call(fn)
         except _DB_ERRORS as exc:
-            raise StoreError(f"postgresql: {exc}") from exc
+            raise _store_error(exc) from exc
 
     async def _read(self, fn: Callable[[Connection], Awaitable[T]], *, pool: Any = None) -> T:
         """``fn`` on a pooled connection (of ``pool``, else the main one) outside any
